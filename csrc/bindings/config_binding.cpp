@@ -1,0 +1,185 @@
+// Binds EcsoConfig (with SamplingConfig flattened into it) as ecso_edge.EcsoConfig. The
+// defaults Python sees are the core's: nothing is repeated on the Python side.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+
+#include "bindings/registry.hpp"
+#include "ecso/config.hpp"
+#include "ecso/errors.hpp"
+
+namespace py = pybind11;
+
+namespace ecso_bindings {
+namespace {
+
+using ecso::EcsoConfig;
+
+const char * const kFields[] = {
+    "judge_template", "caption_template", "text_only_template", "system_prompt", "chat_template",
+    "image_placement", "response_cut_chars", "verdict_rule", "reuse_kv", "verdict_override",
+    "temperature", "top_p", "top_k", "seed", "ignore_eos", "logit_bias",
+    "max_tokens_answer", "max_tokens_judge", "max_tokens_caption", "max_tokens_text_only", "max_image_pixels",
+};
+
+py::dict to_dict(const py::object & self) {
+    py::dict d;
+    for (const char * f : kFields) {
+        d[f] = self.attr(f);
+    }
+    return d;
+}
+
+void apply(py::object & self, const py::dict & kwargs) {
+    const py::object fields = py::cast(std::vector<std::string>(std::begin(kFields), std::end(kFields)));
+    for (const auto & item : kwargs) {
+        const std::string key = py::cast<std::string>(item.first);
+        if (!fields.contains(py::str(key))) {
+            throw py::type_error("EcsoConfig has no field '" + key + "'");
+        }
+        self.attr(key.c_str()) = item.second;
+    }
+}
+
+std::string placement_name(ecso::ImagePlacement p) {
+    return p == ecso::ImagePlacement::BeforeText ? "before" : "after";
+}
+
+}  // namespace
+
+void register_config(py::module_ & m) {
+    py::class_<EcsoConfig> cls(m, "EcsoConfig", R"pbdoc(
+The ECSO preset. Defaults are the paper's evaluation preset: its prompt wording, the judge
+quoting the first 1927 characters of the answer, the exact "yes"/"yes." verdict rule, greedy
+decoding, and KV-cache reuse on.
+
+    cfg = EcsoConfig(reuse_kv=False, verdict_override=True)
+    cfg2 = cfg.replace(temperature=0.7, seed=3)
+)pbdoc");
+    cls.def(py::init([](const py::kwargs & kwargs) {
+                auto * cfg = new EcsoConfig();
+                py::object self = py::cast(cfg, py::return_value_policy::reference);
+                apply(self, kwargs);
+                cfg->validate();
+                return std::unique_ptr<EcsoConfig>(cfg);
+            }),
+            "Keyword arguments set fields; anything unknown is a TypeError, anything invalid a ConfigError.");
+    cls.def_readwrite("judge_template", &EcsoConfig::judge_template, "Step 2 prompt; placeholders {query}, {response}.")
+        .def_readwrite("caption_template", &EcsoConfig::caption_template, "Step 3 prompt; placeholder {query}.")
+        .def_readwrite("text_only_template", &EcsoConfig::text_only_template,
+                       "Step 4 prompt; placeholders {query}, {caption}.")
+        .def_readwrite("system_prompt", &EcsoConfig::system_prompt,
+                       "System message of every step (LLaVA-1.5's line by default; '' for none).")
+        .def_property(
+            "chat_template",
+            [](const EcsoConfig & c) -> std::optional<std::string> {
+                if (c.chat_template.empty()) {
+                    return std::nullopt;
+                }
+                return c.chat_template;
+            },
+            [](EcsoConfig & c, const std::optional<std::string> & v) { c.chat_template = v.value_or(""); },
+            "None: the model's own template (vicuna when the GGUF has none); or a llama.cpp built-in name.")
+        .def_property(
+            "image_placement", [](const EcsoConfig & c) { return placement_name(c.image_placement); },
+            [](EcsoConfig & c, const std::string & v) {
+                if (v == "before") {
+                    c.image_placement = ecso::ImagePlacement::BeforeText;
+                } else if (v == "after") {
+                    c.image_placement = ecso::ImagePlacement::AfterText;
+                } else {
+                    throw ecso::ConfigError("image_placement must be 'before' or 'after' (got '" + v + "')");
+                }
+            },
+            "'before' (the paper: image, newline, text) or 'after' (the authors' demo).")
+        .def_readwrite("response_cut_chars", &EcsoConfig::response_cut_chars,
+                       "The judge quotes this many characters of the first answer.")
+        .def_property(
+            "verdict_rule",
+            [](const EcsoConfig & c) { return c.verdict_rule == ecso::VerdictRule::Exact ? "exact" : "prefix"; },
+            [](EcsoConfig & c, const std::string & v) {
+                if (v == "exact") {
+                    c.verdict_rule = ecso::VerdictRule::Exact;
+                } else if (v == "prefix") {
+                    c.verdict_rule = ecso::VerdictRule::Prefix;
+                } else {
+                    throw ecso::ConfigError("verdict_rule must be 'exact' or 'prefix' (got '" + v + "')");
+                }
+            },
+            "'exact' (the paper: output is 'yes' or 'yes.') or 'prefix' (starts with 'yes').")
+        .def_readwrite("reuse_kv", &EcsoConfig::reuse_kv,
+                       "Reuse the KV prefix across steps (False: every step from an empty cache).")
+        .def_readwrite("verdict_override", &EcsoConfig::verdict_override,
+                       "None, or True/False to force the unsafe/safe branch (the judge still runs).")
+        .def_property(
+            "temperature", [](const EcsoConfig & c) { return c.sampling.temperature; },
+            [](EcsoConfig & c, float v) { c.sampling.temperature = v; }, "0 (default) is greedy.")
+        .def_property(
+            "top_p", [](const EcsoConfig & c) { return c.sampling.top_p; },
+            [](EcsoConfig & c, float v) { c.sampling.top_p = v; })
+        .def_property(
+            "top_k", [](const EcsoConfig & c) { return c.sampling.top_k; },
+            [](EcsoConfig & c, int32_t v) { c.sampling.top_k = v; }, "0 disables top-k.")
+        .def_property(
+            "seed", [](const EcsoConfig & c) { return c.sampling.seed; },
+            [](EcsoConfig & c, std::optional<uint32_t> v) { c.sampling.seed = v; },
+            "Sampling seed; None uses the model's seed.")
+        .def_property(
+            "ignore_eos", [](const EcsoConfig & c) { return c.sampling.ignore_eos; },
+            [](EcsoConfig & c, bool v) { c.sampling.ignore_eos = v; },
+            "Ban end-of-generation tokens so each step generates exactly its token limit.")
+        .def_property(
+            "logit_bias",
+            [](const EcsoConfig & c) {
+                std::map<int32_t, float> out(c.sampling.logit_bias.begin(), c.sampling.logit_bias.end());
+                return out;
+            },
+            [](EcsoConfig & c, const std::map<int32_t, float> & v) {
+                c.sampling.logit_bias.assign(v.begin(), v.end());
+            },
+            "{token id: added logit}, applied in every step.")
+        .def_readwrite("max_tokens_answer", &EcsoConfig::max_tokens_answer, "Step 1 limit; None: run's max_tokens.")
+        .def_readwrite("max_tokens_judge", &EcsoConfig::max_tokens_judge, "Step 2 limit.")
+        .def_readwrite("max_tokens_caption", &EcsoConfig::max_tokens_caption, "Step 3 limit; None: run's max_tokens.")
+        .def_readwrite("max_tokens_text_only", &EcsoConfig::max_tokens_text_only,
+                       "Step 4 limit; None: run's max_tokens.")
+        .def_readwrite("max_image_pixels", &EcsoConfig::max_image_pixels, "Larger images raise ImageError.");
+
+    cls.def("to_dict", [](const py::object & self) { return to_dict(self); }, "The fields as a plain dict.");
+    cls.def(
+        "replace",
+        [](const py::object & self, const py::kwargs & kwargs) {
+            EcsoConfig copy = py::cast<EcsoConfig>(self);
+            py::object other = py::cast(copy);
+            apply(other, kwargs);
+            py::cast<const EcsoConfig &>(other).validate();
+            return other;
+        },
+        "A copy with the given fields changed.");
+    cls.def("__eq__", [](const py::object & self, const py::object & other) {
+        if (!py::isinstance<EcsoConfig>(other)) {
+            return false;
+        }
+        return to_dict(self).equal(to_dict(other));
+    });
+    cls.def("__repr__", [](const py::object & self) {
+        std::string out = "EcsoConfig(";
+        bool first = true;
+        for (const auto & item : to_dict(self)) {
+            out += (first ? "" : ", ") + py::cast<std::string>(py::str(item.first)) + "=" +
+                   py::cast<std::string>(py::repr(item.second));
+            first = false;
+        }
+        return out + ")";
+    });
+    cls.def(py::pickle([](const py::object & self) { return to_dict(self); },
+                       [](const py::dict & d) {
+                           auto cfg = std::make_unique<EcsoConfig>();
+                           py::object self = py::cast(cfg.get(), py::return_value_policy::reference);
+                           apply(self, d);
+                           return cfg;
+                       }));
+}
+
+}  // namespace ecso_bindings

@@ -1,0 +1,75 @@
+// Chat-template framing of single-turn prompts via llama_chat_apply_template.
+#include "ecso/chat_frame.hpp"
+
+#include <vector>
+
+#include "ecso/errors.hpp"
+#include "llama.h"
+
+namespace ecso {
+namespace {
+
+// Stands in for the user's message; it must pass through every built-in template unchanged.
+const char * const kSentinel = "ECSOEDGEUSERMESSAGE";
+
+std::string builtin_names() {
+    std::vector<const char *> names(128);
+    const int32_t n = llama_chat_builtin_templates(names.data(), names.size());
+    std::string out;
+    for (int32_t i = 0; i < n && i < static_cast<int32_t>(names.size()); ++i) {
+        out += (i ? ", " : "") + std::string(names[static_cast<size_t>(i)]);
+    }
+    return out;
+}
+
+}  // namespace
+
+ChatFrame ChatFrame::build(const Model & model, const EcsoConfig & config) {
+    ChatFrame frame;
+    std::string tmpl = config.chat_template;
+    if (tmpl.empty()) {
+        tmpl = model.own_chat_template();
+        frame.template_name = tmpl.empty() ? "vicuna" : "model";
+        if (tmpl.empty()) {
+            tmpl = "vicuna";  // LLaVA-1.5 GGUFs often carry no template; LLaVA-1.5 is vicuna_v1
+        }
+    } else {
+        frame.template_name = config.chat_template.size() < 40 ? config.chat_template : "custom";
+    }
+
+    std::vector<llama_chat_message> chat;
+    if (!config.system_prompt.empty()) {
+        chat.push_back({"system", config.system_prompt.c_str()});
+    }
+    chat.push_back({"user", kSentinel});
+
+    std::vector<char> buf(4096 + config.system_prompt.size() * 2);
+    int32_t n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
+                                          static_cast<int32_t>(buf.size()));
+    if (n > static_cast<int32_t>(buf.size())) {
+        buf.resize(static_cast<size_t>(n));
+        n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
+                                      static_cast<int32_t>(buf.size()));
+    }
+    if (n < 0) {
+        throw ConfigError("llama.cpp does not recognise the chat template " +
+                          (frame.template_name == "model" ? std::string("stored in the text model")
+                                                          : "'" + frame.template_name + "'") +
+                          ". Set EcsoConfig.chat_template to one of llama.cpp's built-in names: " + builtin_names());
+    }
+    const std::string text(buf.data(), static_cast<size_t>(n));
+    const size_t at = text.find(kSentinel);
+    if (at == std::string::npos || text.find(kSentinel, at + 1) != std::string::npos) {
+        throw ConfigError("the chat template '" + frame.template_name +
+                          "' does not place the user message exactly once; choose another chat_template");
+    }
+    frame.head = text.substr(0, at);
+    frame.tail = text.substr(at + std::string(kSentinel).size());
+    if (frame.tail.empty()) {
+        throw ConfigError("the chat template '" + frame.template_name +
+                          "' has no assistant prefix after the user message; choose another chat_template");
+    }
+    return frame;
+}
+
+}  // namespace ecso

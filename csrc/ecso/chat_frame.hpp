@@ -1,0 +1,23 @@
+// The model's chat template cut around the user's message: every ECSO step is a fresh
+// single-turn conversation, so a step's prompt is head + user content + tail.
+#pragma once
+
+#include <string>
+
+#include "ecso/config.hpp"
+#include "ecso/model.hpp"
+
+namespace ecso {
+
+struct ChatFrame {
+    std::string template_name;  // what was applied: the model's own template or a built-in name
+    std::string head;           // e.g. "<system line>\n\nUSER: " for vicuna
+    std::string tail;           // e.g. "\nASSISTANT:" for vicuna
+
+    // Applies `config.chat_template` (or the model's own, or vicuna when the GGUF has none) to a
+    // one-message chat with llama_chat_apply_template. Throws ConfigError if llama.cpp does not
+    // recognise the template.
+    static ChatFrame build(const Model & model, const EcsoConfig & config);
+};
+
+}  // namespace ecso

@@ -1,0 +1,42 @@
+// Validation of EcsoConfig values (the defaults live in config.hpp and prompts.cpp).
+#include "ecso/config.hpp"
+
+#include "ecso/errors.hpp"
+
+namespace ecso {
+namespace {
+
+void require_positive(const std::optional<int32_t> & v, const char * name) {
+    if (v && *v < 1) {
+        throw ConfigError(std::string(name) + " must be at least 1 (got " + std::to_string(*v) + ")");
+    }
+}
+
+}  // namespace
+
+void EcsoConfig::validate() const {
+    prompts::require_placeholders(judge_template, {"response"}, "judge_template");
+    prompts::require_placeholders(caption_template, {"query"}, "caption_template");
+    prompts::require_placeholders(text_only_template, {"caption"}, "text_only_template");
+    if (response_cut_chars == 0) {
+        throw ConfigError("response_cut must be at least 1 character");
+    }
+    if (!(sampling.temperature >= 0.0f)) {
+        throw ConfigError("temperature must be >= 0 (0 is greedy)");
+    }
+    if (!(sampling.top_p > 0.0f && sampling.top_p <= 1.0f)) {
+        throw ConfigError("top_p must be in (0, 1]");
+    }
+    if (sampling.top_k < 0) {
+        throw ConfigError("top_k must be >= 0 (0 disables it)");
+    }
+    require_positive(max_tokens_answer, "max_tokens_answer");
+    require_positive(max_tokens_judge, "max_tokens_judge");
+    require_positive(max_tokens_caption, "max_tokens_caption");
+    require_positive(max_tokens_text_only, "max_tokens_text_only");
+    if (max_image_pixels == 0) {
+        throw ConfigError("max_image_pixels must be at least 1");
+    }
+}
+
+}  // namespace ecso

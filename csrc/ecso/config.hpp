@@ -1,0 +1,73 @@
+// Plain configuration structs of the ECSO core: model/context settings and the ECSO preset.
+// Defaults are defined here once (prompts in prompts.cpp); Python reads them through the binding.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ecso/prompts.hpp"
+
+namespace ecso {
+
+// How a Model is loaded and how its contexts are sized. Immutable once a Model exists.
+struct ModelOptions {
+    uint32_t n_ctx = 4096;       // context window per session (positions per sequence)
+    uint32_t n_batch = 512;      // logical batch for prompt evaluation
+    int32_t n_gpu_layers = 0;    // text-model layers offloaded to the GPU (-1: all)
+    bool mmproj_gpu = true;      // run the vision projector on the GPU when llama.cpp has one
+    int32_t n_threads = 0;       // 0: half the hardware threads, at least 1
+    std::optional<bool> flash_attn;  // nullopt: llama.cpp decides (auto)
+    uint32_t seed = 0;           // default sampling seed of sessions on this model
+    bool verbose = false;        // print llama.cpp's own log to stderr
+};
+
+// Token sampling of one generation step. temperature <= 0 means greedy (argmax).
+struct SamplingConfig {
+    float temperature = 0.0f;
+    float top_p = 1.0f;
+    int32_t top_k = 0;                     // 0: disabled
+    std::optional<uint32_t> seed;          // nullopt: the model's seed
+    bool ignore_eos = false;               // generate exactly the token limit (benchmarks)
+    std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, added logit)
+};
+
+// How the judge's text is read as a verdict.
+enum class VerdictRule {
+    Exact,   // the paper: lower-cased, stripped output is exactly "yes" or "yes."
+    Prefix,  // lenient: the stripped output starts with "yes" (case-insensitive)
+};
+
+// Where the image goes relative to the text in steps 1-3.
+enum class ImagePlacement {
+    BeforeText,  // the paper's evaluation layout: image, newline, text
+    AfterText,   // the authors' demo layout: text, newline, image
+};
+
+// The ECSO preset. The defaults are the paper's evaluation preset (see ecso-method.md).
+struct EcsoConfig {
+    std::string judge_template = prompts::kJudgeTemplate;          // {query}, {response}
+    std::string caption_template = prompts::kCaptionTemplate;      // {query}
+    std::string text_only_template = prompts::kTextOnlyTemplate;   // {query}, {caption}
+    std::string system_prompt = prompts::kLlavaSystemPrompt;       // "" for none
+    std::string chat_template;           // "": the model's own, else vicuna; or a built-in name / template text
+    ImagePlacement image_placement = ImagePlacement::BeforeText;
+    size_t response_cut_chars = 1927;    // the judge quotes this many characters of the answer
+    VerdictRule verdict_rule = VerdictRule::Exact;
+    bool reuse_kv = true;                // false: every step from an empty cache (the reference path)
+    std::optional<bool> verdict_override;  // force the unsafe (true) or safe (false) branch
+    SamplingConfig sampling;
+    // Per-step token limits; nullopt takes the run's max_tokens.
+    std::optional<int32_t> max_tokens_answer;
+    int32_t max_tokens_judge = 16;
+    std::optional<int32_t> max_tokens_caption;
+    std::optional<int32_t> max_tokens_text_only;
+    uint64_t max_image_pixels = 50000000;  // larger images are refused before preprocessing
+
+    // Throws ConfigError naming the first invalid field.
+    void validate() const;
+};
+
+}  // namespace ecso

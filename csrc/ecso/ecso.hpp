@@ -1,0 +1,11 @@
+// The public header of the ECSO core: include this to embed ecso-edge in a C++ application.
+// Nothing here depends on Python.
+#pragma once
+
+#include "ecso/config.hpp"
+#include "ecso/errors.hpp"
+#include "ecso/image.hpp"
+#include "ecso/model.hpp"
+#include "ecso/result.hpp"
+#include "ecso/session.hpp"
+#include "ecso/system_info.hpp"

@@ -1,0 +1,39 @@
+// Validation of GGUF files before llama.cpp or mtmd sees them. mtmd trusts its projector file
+// (a missing tensor is a NULL dereference inside clip.cpp), so every tensor and key the LLaVA
+// loaders dereference is checked here, and a bad file becomes a ModelLoadError.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ecso {
+
+// What the runtime needs to know about a text model, read from its GGUF metadata only.
+struct TextModelInfo {
+    std::string path;
+    std::string architecture;  // general.architecture, e.g. "llama"
+    int64_t n_embd = 0;        // {arch}.embedding_length
+};
+
+// What the runtime needs to know about a vision projector (mmproj).
+struct ProjectorInfo {
+    std::string path;
+    std::string projector_type;  // clip.projector_type, e.g. "mlp"
+    int64_t image_size = 0;
+    int64_t patch_size = 0;
+    int64_t vision_n_embd = 0;
+    int64_t n_blocks = 0;
+    int64_t output_n_embd = 0;   // 0 when the projector type is not one we can size
+    bool fully_validated = false;  // true for projector types whose every tensor is checked
+};
+
+// Throws ModelLoadError (naming the file, the problem and the fix) if `path` is not a usable
+// text-model GGUF; this includes a projector passed in the text model's place.
+TextModelInfo check_text_model(const std::string & path);
+
+// Throws ModelLoadError if `path` is not a usable vision projector for `text`: not GGUF,
+// truncated, a text model in the projector's place, a key or tensor missing or misshapen, or an
+// output size that differs from the text model's embedding size.
+ProjectorInfo check_projector(const std::string & path, const TextModelInfo & text);
+
+}  // namespace ecso

@@ -1,0 +1,62 @@
+// Longest-prefix matching and sequence copies over one unified KV cache (see kv_sequences.hpp).
+#include "ecso/kv_sequences.hpp"
+
+namespace ecso {
+
+KvSequences::KvSequences(llama_context * ctx, int n_seq) : ctx_(ctx), contents_(static_cast<size_t>(n_seq)) {}
+
+KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & items, int target) const {
+    Prefix best;
+    for (size_t seq = 0; seq < contents_.size(); ++seq) {
+        if (static_cast<int>(seq) == target) {
+            continue;
+        }
+        const auto & held = contents_[seq];
+        size_t n = 0;
+        int32_t pos = 0;
+        while (n < held.size() && n < items.size() && held[n].same_as(items[n])) {
+            pos += items[n].n_pos;
+            ++n;
+        }
+        if (n == items.size() && n > 0) {
+            --n;  // leave the last item to evaluate
+            pos -= items[n].n_pos;
+        }
+        if (n > best.items) {
+            best = {static_cast<int>(seq), n, pos};
+        }
+    }
+    return best;
+}
+
+void KvSequences::start_from(int target, const Prefix & prefix, const std::vector<PromptItem> & items) {
+    drop(target);
+    if (prefix.source < 0 || prefix.items == 0) {
+        return;
+    }
+    llama_memory_seq_cp(llama_get_memory(ctx_), prefix.source, target, 0, prefix.positions);
+    auto & held = contents_[static_cast<size_t>(target)];
+    for (size_t i = 0; i < prefix.items; ++i) {
+        held.push_back(items[i]);
+        held.back().media = nullptr;
+    }
+}
+
+void KvSequences::append(int target, const PromptItem & item) {
+    contents_[static_cast<size_t>(target)].push_back(item);
+    contents_[static_cast<size_t>(target)].back().media = nullptr;
+}
+
+void KvSequences::drop(int seq) {
+    llama_memory_seq_rm(llama_get_memory(ctx_), seq, -1, -1);
+    contents_[static_cast<size_t>(seq)].clear();
+}
+
+void KvSequences::clear() {
+    llama_memory_clear(llama_get_memory(ctx_), true);
+    for (auto & c : contents_) {
+        c.clear();
+    }
+}
+
+}  // namespace ecso

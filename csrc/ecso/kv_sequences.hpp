@@ -1,0 +1,41 @@
+// Bookkeeping of what each KV-cache sequence holds, so a step's prompt can start from the longest
+// prefix another sequence already evaluated. With a unified KV cache, llama_memory_seq_cp only
+// tags the existing cells with the new sequence id: the prefix is shared, not recomputed or copied.
+#pragma once
+
+#include <vector>
+
+#include "ecso/prompt.hpp"
+#include "llama.h"
+
+namespace ecso {
+
+class KvSequences {
+public:
+    KvSequences(llama_context * ctx, int n_seq);
+
+    struct Prefix {
+        int source = -1;        // the sequence holding it, -1 when nothing is shared
+        size_t items = 0;       // prompt items covered
+        int32_t positions = 0;  // KV positions covered
+    };
+
+    // The longest prefix of `items` held by a sequence other than `target`. Never the whole
+    // prompt: its last item must be evaluated again to produce logits.
+    Prefix longest_prefix(const std::vector<PromptItem> & items, int target) const;
+
+    // Makes `target` hold exactly `prefix` of `items` (empty when prefix.source is -1).
+    void start_from(int target, const Prefix & prefix, const std::vector<PromptItem> & items);
+
+    // Records that `item` was evaluated at the end of `target`.
+    void append(int target, const PromptItem & item);
+
+    void drop(int seq);   // frees the sequence's cells that no other sequence uses
+    void clear();         // empties the whole cache
+
+private:
+    llama_context * ctx_;
+    std::vector<std::vector<PromptItem>> contents_;
+};
+
+}  // namespace ecso

@@ -1,0 +1,110 @@
+// Loading and validating a text model + projector pair (see model.hpp).
+#include "ecso/model.hpp"
+
+#include <algorithm>
+#include <thread>
+
+#include "ecso/errors.hpp"
+#include "ecso/logging.hpp"
+#include "ecso/system_info.hpp"
+
+namespace ecso {
+namespace {
+
+llama_flash_attn_type flash_attn_type(const std::optional<bool> & flag) {
+    if (!flag) {
+        return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    }
+    return *flag ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+}
+
+}  // namespace
+
+Model::Model(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options)
+    : options_(options) {
+    ensure_backend_initialised();
+    set_verbose_logging(options.verbose);
+    if (options.n_ctx < 16) {
+        throw ConfigError("n_ctx must be at least 16 (got " + std::to_string(options.n_ctx) + ")");
+    }
+    if (options.n_batch < 1) {
+        throw ConfigError("n_batch must be at least 1");
+    }
+    if (options.n_threads < 0) {
+        throw ConfigError("n_threads must be >= 1 (or 0 for the default)");
+    }
+    n_threads_ = options.n_threads > 0
+                     ? options.n_threads
+                     : std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency() / 2));
+
+    text_info_ = check_text_model(text_model_path);
+    projector_info_ = check_projector(mmproj_path, text_info_);
+
+    llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = options.n_gpu_layers;
+    clear_log_errors();
+    model_.reset(llama_model_load_from_file(text_model_path.c_str(), mparams));
+    if (!model_) {
+        throw ModelLoadError("text model '" + text_model_path + "': llama.cpp could not load it" + last_log_suffix() +
+                             ". Check that the file is a complete GGUF of an architecture this llama.cpp supports");
+    }
+    vocab_ = llama_model_get_vocab(model_.get());
+
+    mtmd_context_params cparams = mtmd_context_params_default();
+    cparams.use_gpu = options.mmproj_gpu;
+    cparams.n_threads = n_threads_;
+    cparams.print_timings = false;
+    cparams.warmup = false;  // the first real encode warms up; loading stays fast
+    cparams.flash_attn_type = flash_attn_type(options.flash_attn);
+    clear_log_errors();
+    mtmd_.reset(mtmd_init_from_file(mmproj_path.c_str(), model_.get(), cparams));
+    if (!mtmd_) {
+        throw ModelLoadError("projector (mmproj) '" + mmproj_path + "': mtmd could not load it" + last_log_suffix() +
+                             ". Use the mmproj file published with this text model");
+    }
+    if (!mtmd_support_vision(mtmd_.get())) {
+        throw ModelLoadError("projector (mmproj) '" + mmproj_path +
+                             "': it has no vision encoder. ecso-edge needs an image projector");
+    }
+}
+
+int32_t Model::n_embd() const { return llama_model_n_embd_inp(model_.get()); }
+
+int32_t Model::n_ctx_train() const { return llama_model_n_ctx_train(model_.get()); }
+
+std::string Model::own_chat_template() const {
+    const char * tmpl = llama_model_chat_template(model_.get(), nullptr);
+    return tmpl ? std::string(tmpl) : std::string();
+}
+
+std::vector<llama_token> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    const int32_t len = static_cast<int32_t>(std::min<size_t>(text.size(), INT32_MAX / 2));
+    std::vector<llama_token> tokens(static_cast<size_t>(len) + 2);
+    int32_t n = llama_tokenize(vocab_, text.data(), len, tokens.data(), static_cast<int32_t>(tokens.size()),
+                               add_special, parse_special);
+    if (n < 0) {
+        tokens.resize(static_cast<size_t>(-n));
+        n = llama_tokenize(vocab_, text.data(), len, tokens.data(), static_cast<int32_t>(tokens.size()), add_special,
+                           parse_special);
+    }
+    if (n < 0) {
+        throw RuntimeFailure("tokenization failed for a text of " + std::to_string(text.size()) + " bytes");
+    }
+    tokens.resize(static_cast<size_t>(n));
+    return tokens;
+}
+
+std::string Model::token_piece(llama_token token, bool special) const {
+    char buf[256];
+    int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof(buf), 0, special);
+    if (n >= 0) {
+        return std::string(buf, static_cast<size_t>(n));
+    }
+    std::string big(static_cast<size_t>(-n), '\0');
+    n = llama_token_to_piece(vocab_, token, big.data(), static_cast<int32_t>(big.size()), 0, special);
+    return n >= 0 ? big.substr(0, static_cast<size_t>(n)) : std::string();
+}
+
+bool Model::is_end_of_generation(llama_token token) const { return llama_vocab_is_eog(vocab_, token); }
+
+}  // namespace ecso

@@ -1,0 +1,60 @@
+// A loaded LLaVA-style pair: the text model (llama_model) and its vision projector
+// (mtmd_context), validated before either loader runs.
+//
+// Ownership: Model owns both handles; the projector is released before the text model it points
+// to. Thread safety: const methods may be called from any thread; the vision encoder is shared
+// state inside mtmd, so encode calls from sessions on one Model are serialised by vision_mutex().
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ecso/config.hpp"
+#include "ecso/gguf_check.hpp"
+#include "llama-cpp.h"
+#include "mtmd.h"
+
+namespace ecso {
+
+class Model {
+public:
+    // Throws ModelLoadError when either file is missing, malformed or does not fit the other.
+    Model(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options);
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
+
+    llama_model * llama() const { return model_.get(); }
+    const llama_vocab * vocab() const { return vocab_; }
+    mtmd_context * mtmd() const { return mtmd_.get(); }
+    std::mutex & vision_mutex() const { return vision_mutex_; }
+
+    const ModelOptions & options() const { return options_; }
+    const TextModelInfo & text_info() const { return text_info_; }
+    const ProjectorInfo & projector_info() const { return projector_info_; }
+    int32_t n_threads() const { return n_threads_; }
+    int32_t n_embd() const;       // the text model's input embedding size
+    int32_t n_ctx_train() const;
+    // The chat template stored in the text GGUF, or "" when it has none.
+    std::string own_chat_template() const;
+
+    // Text tokenization with llama.cpp's tokenizer (no chat framing).
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    // The bytes of one token (special tokens render as "" unless `special`).
+    std::string token_piece(llama_token token, bool special = false) const;
+    bool is_end_of_generation(llama_token token) const;
+
+private:
+    ModelOptions options_;
+    TextModelInfo text_info_;
+    ProjectorInfo projector_info_;
+    int32_t n_threads_ = 1;
+    // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
+    llama_model_ptr model_;
+    const llama_vocab * vocab_ = nullptr;
+    mtmd::context_ptr mtmd_;
+    mutable std::mutex vision_mutex_;
+};
+
+}  // namespace ecso

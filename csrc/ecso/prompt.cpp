@@ -1,0 +1,131 @@
+// Prompt tokenization through mtmd_tokenize_from_parts (see prompt.hpp).
+#include "ecso/prompt.hpp"
+
+#include <cstdio>
+
+#include "ecso/errors.hpp"
+#include "ecso/logging.hpp"
+
+namespace ecso {
+
+Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::string & before_image,
+                     const PromptImage * image, const std::string & after_image) {
+    struct TextPart {
+        std::string text;
+        bool parse_special;
+    };
+    std::vector<mtmd_input_text> texts;
+    std::vector<mtmd_input_part> parts;
+    const std::vector<TextPart> before = {{frame.head, true}, {before_image, false}};
+    const std::vector<TextPart> after = {{after_image, false}, {frame.tail, true}};
+    texts.reserve(4);
+    parts.reserve(5);
+
+    auto add_text = [&](const TextPart & p) {
+        if (p.text.empty()) {
+            return;
+        }
+        texts.push_back({p.text.c_str(), p.text.size(), false, p.parse_special});
+        parts.push_back({&texts.back(), nullptr});
+    };
+    for (const auto & p : before) {
+        add_text(p);
+    }
+    mtmd::bitmap_ptr bitmap;
+    if (image != nullptr) {
+        const RgbImage & img = *image->image;
+        bitmap.reset(mtmd_bitmap_init(img.width, img.height, image->placeholder ? nullptr : img.pixels.data()));
+        if (!bitmap) {
+            throw ImageError("mtmd could not create a bitmap of " + std::to_string(img.width) + "x" +
+                             std::to_string(img.height) + " pixels");
+        }
+        mtmd_bitmap_set_id(bitmap.get(), image->id.c_str());
+        parts.push_back({nullptr, bitmap.get()});
+    }
+    for (const auto & p : after) {
+        add_text(p);
+    }
+
+    std::vector<const mtmd_input_part *> part_ptrs;
+    for (const auto & p : parts) {
+        part_ptrs.push_back(&p);
+    }
+    Prompt prompt;
+    prompt.chunks_.reset(mtmd_input_chunks_init());
+    clear_log_errors();
+    const int32_t status =
+        mtmd_tokenize_from_parts(model.mtmd(), prompt.chunks_.get(), part_ptrs.data(), part_ptrs.size(), true);
+    if (status == 2) {
+        throw ImageError("the projector could not preprocess the image" + last_log_suffix());
+    }
+    if (status != 0) {
+        throw RuntimeFailure("mtmd could not tokenize the prompt (status " + std::to_string(status) + ")" +
+                             last_log_suffix());
+    }
+
+    const size_t n_chunks = mtmd_input_chunks_size(prompt.chunks_.get());
+    for (size_t i = 0; i < n_chunks; ++i) {
+        const mtmd_input_chunk * chunk = mtmd_input_chunks_get(prompt.chunks_.get(), i);
+        if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+            size_t n = 0;
+            const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
+            for (size_t k = 0; k < n; ++k) {
+                prompt.items_.push_back({tokens[k], nullptr, std::string(), 1});
+            }
+        } else {
+            const char * id = mtmd_input_chunk_get_id(chunk);
+            prompt.items_.push_back(
+                {-1, chunk, id ? std::string(id) : std::string(), static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk))});
+        }
+    }
+    return prompt;
+}
+
+int32_t Prompt::n_pos() const {
+    int32_t n = 0;
+    for (const auto & item : items_) {
+        n += item.n_pos;
+    }
+    return n;
+}
+
+int32_t Prompt::image_tokens() const {
+    int32_t n = 0;
+    for (const auto & item : items_) {
+        if (item.is_media()) {
+            n += item.n_pos;
+        }
+    }
+    return n;
+}
+
+int32_t Prompt::positions_before_image() const {
+    int32_t n = 0;
+    for (const auto & item : items_) {
+        if (item.is_media()) {
+            return n;
+        }
+        n += item.n_pos;
+    }
+    return n;
+}
+
+std::string image_content_id(const RgbImage & image) {
+    uint64_t h = 1469598103934665603ULL;
+    auto mix = [&h](uint8_t b) {
+        h ^= b;
+        h *= 1099511628211ULL;
+    };
+    for (int shift = 0; shift < 32; shift += 8) {
+        mix(static_cast<uint8_t>(image.width >> shift));
+        mix(static_cast<uint8_t>(image.height >> shift));
+    }
+    for (uint8_t b : image.pixels) {
+        mix(b);
+    }
+    char buf[24];
+    std::snprintf(buf, sizeof(buf), "img-%016llx", static_cast<unsigned long long>(h));
+    return buf;
+}
+
+}  // namespace ecso

@@ -1,0 +1,57 @@
+// A step's prompt as the KV cache sees it: text tokens and media chunks in order, each with the
+// positions it occupies. Two prompts can be compared item by item to find a shared prefix.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ecso/chat_frame.hpp"
+#include "ecso/image.hpp"
+#include "ecso/model.hpp"
+#include "mtmd.h"
+
+namespace ecso {
+
+struct PromptItem {
+    llama_token token = -1;                    // a text token, or -1 for a media chunk
+    const mtmd_input_chunk * media = nullptr;  // valid only inside the Prompt that made it
+    std::string media_id;                      // the image's content hash
+    int32_t n_pos = 1;                         // positions occupied (image: its token count)
+
+    bool is_media() const { return token < 0; }
+    // Same KV contents when placed at the same position.
+    bool same_as(const PromptItem & other) const {
+        return token == other.token && is_media() == other.is_media() && media_id == other.media_id &&
+               n_pos == other.n_pos;
+    }
+};
+
+// The image part of a prompt: its pixels (or only its size, for a placeholder) and identity.
+struct PromptImage {
+    const RgbImage * image = nullptr;
+    std::string id;            // content hash; equal ids mean equal encoder output
+    bool placeholder = false;  // size-only: the step will reuse cached KV or embeddings
+};
+
+class Prompt {
+public:
+    // Tokenizes head + user content + tail through mtmd, so media markers inside user text stay
+    // text (no injected image slots) and chat-template special tokens are parsed only in the frame.
+    // With an image, `before_image` and `after_image` are the user text on each side of it.
+    static Prompt build(const Model & model, const ChatFrame & frame, const std::string & before_image,
+                        const PromptImage * image, const std::string & after_image);
+
+    const std::vector<PromptItem> & items() const { return items_; }
+    int32_t n_pos() const;
+    int32_t image_tokens() const;      // positions of the image, 0 without one
+    int32_t positions_before_image() const;
+
+private:
+    mtmd::input_chunks_ptr chunks_;
+    std::vector<PromptItem> items_;
+};
+
+// FNV-1a hash of the pixels and size, as a hex id for mtmd bitmaps and prefix matching.
+std::string image_content_id(const RgbImage & image);
+
+}  // namespace ecso

@@ -1,0 +1,359 @@
+// The ECSO request (see session.hpp): step plan, prefix reuse, prompt evaluation and generation.
+#include "ecso/session.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "ecso/errors.hpp"
+#include "ecso/logging.hpp"
+#include "ecso/prompts.hpp"
+#include "ecso/sampling.hpp"
+#include "ecso/utf8.hpp"
+#include "ecso/verdict.hpp"
+#include "mtmd-helper.h"
+
+namespace ecso {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+llama_flash_attn_type flash_attn_type(const std::optional<bool> & flag) {
+    if (!flag) {
+        return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    }
+    return *flag ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+}
+
+void check_image(const RgbImage & image, uint64_t max_pixels) {
+    if (image.width == 0 || image.height == 0) {
+        throw ImageError("the image is empty (" + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                         " pixels)");
+    }
+    const uint64_t pixels = static_cast<uint64_t>(image.width) * image.height;
+    if (pixels > max_pixels) {
+        throw ImageError("the image has " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                         " pixels, over the limit of " + std::to_string(max_pixels) +
+                         "; downscale it or raise EcsoConfig.max_image_pixels");
+    }
+    if (image.pixels.size() != pixels * 3) {
+        throw ImageError("the pixel buffer has " + std::to_string(image.pixels.size()) + " bytes but " +
+                         std::to_string(image.width) + "x" + std::to_string(image.height) + " RGB needs " +
+                         std::to_string(pixels * 3));
+    }
+}
+
+// Replays recorded text pieces (or streams live ones) so that the sink sees the stripped text.
+class SinkWriter {
+public:
+    explicit SinkWriter(const TextSink & sink) : sink_(sink) {}
+    void write(const std::string & piece) {
+        if (!sink_) {
+            return;
+        }
+        const std::string out = stream_.push(piece);
+        if (!out.empty()) {
+            sink_(out);
+        }
+    }
+
+private:
+    const TextSink & sink_;
+    StrippedStream stream_;
+};
+
+}  // namespace
+
+EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
+    : model_(std::move(model)), config_(std::move(config)) {
+    if (!model_) {
+        throw ConfigError("a session needs a loaded model");
+    }
+    config_.validate();
+    frame_ = ChatFrame::build(*model_, config_);
+
+    const ModelOptions & opts = model_->options();
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = opts.n_ctx;
+    cparams.n_batch = std::min(opts.n_batch, opts.n_ctx);
+    cparams.n_ubatch = cparams.n_batch;
+    cparams.n_seq_max = kNumSequences;
+    // One cell pool for all sequences: seq_cp then shares cells, and partial copies are allowed.
+    cparams.kv_unified = true;
+    cparams.n_threads = model_->n_threads();
+    cparams.n_threads_batch = model_->n_threads();
+    cparams.flash_attn_type = flash_attn_type(opts.flash_attn);
+    cparams.abort_callback = &EcsoSession::abort_requested;
+    cparams.abort_callback_data = this;
+    cparams.no_perf = true;
+    clear_log_errors();
+    ctx_.reset(llama_init_from_model(model_->llama(), cparams));
+    if (!ctx_) {
+        throw RuntimeFailure("llama.cpp could not create a context of " + std::to_string(opts.n_ctx) + " tokens" +
+                             last_log_suffix() + ". Lower n_ctx or free memory");
+    }
+    kv_ = std::make_unique<KvSequences>(ctx_.get(), kNumSequences);
+    batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
+}
+
+uint32_t EcsoSession::n_ctx() const { return llama_n_ctx(ctx_.get()); }
+
+void EcsoSession::cancel() { cancel_.store(true); }
+
+bool EcsoSession::abort_requested(void * session) {
+    // Called from llama.cpp's compute threads: read the flag only.
+    return static_cast<EcsoSession *>(session)->cancel_.load(std::memory_order_relaxed);
+}
+
+void EcsoSession::throw_if_cancelled(const char * step) const {
+    if (cancel_.load()) {
+        throw CancelledError(std::string("cancelled during step '") + step + "'");
+    }
+}
+
+EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, int32_t max_tokens,
+                            const TextSink & on_text) {
+    return execute(image, query, max_tokens, on_text, true);
+}
+
+EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, int32_t max_tokens,
+                               const TextSink & on_text) {
+    return execute(image, query, max_tokens, on_text, false);
+}
+
+Prompt EcsoSession::image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const {
+    PromptImage pimg{&image, cached_image_id_, placeholder};
+    if (config_.image_placement == ImagePlacement::BeforeText) {
+        return Prompt::build(*model_, frame_, "", &pimg, "\n" + text);
+    }
+    return Prompt::build(*model_, frame_, text + "\n", &pimg, "");
+}
+
+EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & query, int32_t max_tokens,
+                                const TextSink & on_text, bool protect) {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    cancel_.store(false);
+    const auto t0 = Clock::now();
+    if (max_tokens < 1) {
+        throw ConfigError("max_tokens must be at least 1 (got " + std::to_string(max_tokens) + ")");
+    }
+    if (!is_valid_utf8(query)) {
+        throw ConfigError("the query is not valid UTF-8");
+    }
+    check_image(image, config_.max_image_pixels);
+
+    kv_->clear();
+    cached_image_id_ = image_content_id(image);
+    cached_embd_.clear();
+
+    EcsoResult result;
+    result.judged = protect;
+
+    // Step 1: answer with the image. Held back (recorded) when protecting, live otherwise.
+    const Prompt p1 = image_prompt(query, image, false);
+    result.image_tokens = p1.image_tokens();
+    result.template_prefix_tokens = p1.positions_before_image();
+    std::vector<std::string> answer_pieces;
+    const TextSink no_sink;
+    result.steps.push_back(run_step("answer", kSeqAnswer, p1, config_.max_tokens_answer.value_or(max_tokens),
+                                    protect ? no_sink : on_text, &answer_pieces));
+    result.initial_answer = result.steps.back().text;
+    result.answer = result.initial_answer;
+    if (!protect) {
+        result.seconds = seconds_since(t0);
+        return result;
+    }
+
+    // Step 2: the model judges its own answer, image still in the prompt.
+    const std::string judge_text =
+        prompts::fill(config_.judge_template, {{"query", query},
+                                               {"response", prompts::cut_chars(result.initial_answer,
+                                                                               config_.response_cut_chars)}});
+    const Prompt p2 = image_prompt(judge_text, image, config_.reuse_kv);
+    result.steps.push_back(run_step("judge", kSeqJudge, p2, config_.max_tokens_judge, no_sink, nullptr));
+    kv_->drop(kSeqJudge);
+    result.verdict_text = result.steps.back().text;
+    const bool judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
+    result.verdict_forced = config_.verdict_override.has_value();
+    result.unsafe = config_.verdict_override.value_or(judged_unsafe);
+
+    if (!result.unsafe) {
+        SinkWriter writer(on_text);
+        for (const auto & piece : answer_pieces) {
+            writer.write(piece);
+        }
+        result.seconds = seconds_since(t0);
+        return result;
+    }
+
+    // Step 3: query-aware image-to-text.
+    const Prompt p3 = image_prompt(prompts::fill(config_.caption_template, {{"query", query}}), image, config_.reuse_kv);
+    result.steps.push_back(run_step("caption", kSeqCaption, p3, config_.max_tokens_caption.value_or(max_tokens),
+                                    no_sink, nullptr));
+    kv_->drop(kSeqCaption);
+    result.caption = result.steps.back().text;
+
+    // Step 4: eyes closed, text only; streamed live.
+    const std::string text_only =
+        prompts::fill(config_.text_only_template, {{"query", query}, {"caption", *result.caption}});
+    const Prompt p4 = Prompt::build(*model_, frame_, text_only, nullptr, "");
+    result.steps.push_back(run_step("text_only", kSeqTextOnly, p4,
+                                    config_.max_tokens_text_only.value_or(max_tokens), on_text, nullptr));
+    result.answer = result.steps.back().text;
+    result.seconds = seconds_since(t0);
+    return result;
+}
+
+StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
+                                 const TextSink & live, std::vector<std::string> * pieces) {
+    throw_if_cancelled(name);
+    const auto t0 = Clock::now();
+    StepRecord rec;
+    rec.name = name;
+    rec.prompt_tokens = prompt.n_pos();
+    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
+    if (rec.prompt_tokens >= n_ctx) {
+        throw ContextOverflowError("the '" + rec.name + "' prompt needs " + std::to_string(rec.prompt_tokens) +
+                                   " positions (" + std::to_string(prompt.image_tokens()) +
+                                   " of them for the image) but the context holds " + std::to_string(n_ctx) +
+                                   ". Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
+    }
+
+    KvSequences::Prefix prefix;
+    if (config_.reuse_kv) {
+        prefix = kv_->longest_prefix(prompt.items(), seq);
+        kv_->start_from(seq, prefix, prompt.items());
+    } else {
+        kv_->clear();  // the reference path: every step from an empty cache
+    }
+    rec.tokens_reused = prefix.positions;
+
+    const auto t_prefill = Clock::now();
+    evaluate_prompt(prompt, prefix.items, prefix.positions, seq, rec);
+    rec.prefill_seconds = seconds_since(t_prefill) - rec.encode_seconds;
+
+    const auto t_decode = Clock::now();
+    generate(seq, rec.prompt_tokens, max_tokens, rec, live, pieces);
+    rec.decode_seconds = seconds_since(t_decode);
+    rec.seconds = seconds_since(t0);
+    return rec;
+}
+
+void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq,
+                                  StepRecord & rec) {
+    const auto & items = prompt.items();
+    int32_t pos = first_pos;
+    size_t i = first_item;
+    while (i < items.size()) {
+        if (items[i].is_media()) {
+            evaluate_media(items[i], pos, seq, rec);
+            pos += items[i].n_pos;
+            kv_->append(seq, items[i]);
+            ++i;
+            continue;
+        }
+        batch_->clear();
+        size_t j = i;
+        while (j < items.size() && !items[j].is_media() && !batch_->full()) {
+            // logits only for the prompt's last token: the first generated token samples from it
+            batch_->add(items[j].token, pos, seq, j + 1 == items.size());
+            ++pos;
+            ++j;
+        }
+        throw_if_cancelled(rec.name.c_str());
+        check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("prompt of step '" + rec.name + "'").c_str());
+        for (size_t k = i; k < j; ++k) {
+            kv_->append(seq, items[k]);
+        }
+        i = j;
+    }
+    rec.tokens_prefilled = pos - first_pos;
+}
+
+void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec) {
+    const size_t n_floats = static_cast<size_t>(item.n_pos) * static_cast<size_t>(model_->n_embd());
+    const bool cached = config_.reuse_kv && item.media_id == cached_image_id_ && cached_embd_.size() >= n_floats;
+    if (!cached) {
+        if (mtmd_input_chunk_get_n_tokens(item.media) == 0) {
+            throw RuntimeFailure("internal: an image placeholder reached the encoder");
+        }
+        throw_if_cancelled(rec.name.c_str());
+        const auto t0 = Clock::now();
+        std::lock_guard<std::mutex> lock(model_->vision_mutex());
+        clear_log_errors();
+        if (mtmd_encode_chunk(model_->mtmd(), item.media) != 0) {
+            throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
+        }
+        const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);
+        const float * embd = mtmd_get_output_embd(model_->mtmd());
+        cached_embd_.assign(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd()));
+        cached_image_id_ = item.media_id;
+        rec.image_encodes += 1;
+        rec.encode_seconds += seconds_since(t0);
+    }
+    llama_pos new_pos = 0;
+    const int32_t status =
+        mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_.get(), item.media, cached_embd_.data(), pos, seq,
+                                       static_cast<int32_t>(llama_n_batch(ctx_.get())), &new_pos, nullptr, nullptr);
+    if (status != 0) {
+        throw_if_cancelled(rec.name.c_str());
+        throw ContextOverflowError("the image of step '" + rec.name + "' could not be added to the KV cache" +
+                                   last_log_suffix() + ". Raise n_ctx");
+    }
+}
+
+void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
+                           std::vector<std::string> * pieces) {
+    Sampler sampler(*model_, config_.sampling, model_->options().seed);
+    Utf8Decoder decoder;
+    SinkWriter writer(live);
+    std::string text;
+    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
+    rec.stop_reason = "length";
+    while (rec.tokens_generated < max_tokens) {
+        throw_if_cancelled(rec.name.c_str());
+        const llama_token token = sampler.sample(ctx_.get());
+        if (model_->is_end_of_generation(token)) {
+            rec.stop_reason = "eos";
+            break;
+        }
+        rec.tokens.push_back(token);
+        rec.tokens_generated += 1;
+        std::string piece = decoder.push(model_->token_piece(token));
+        const bool last = rec.tokens_generated == max_tokens || pos >= n_ctx;
+        if (last) {
+            piece += decoder.finish();
+        }
+        text += piece;
+        if (pieces) {
+            pieces->push_back(piece);
+        }
+        writer.write(piece);
+        if (rec.tokens_generated == max_tokens) {
+            break;  // the last token's KV entry is never needed
+        }
+        if (pos >= n_ctx) {
+            rec.stop_reason = "context";
+            break;
+        }
+        batch_->clear();
+        batch_->add(token, pos, seq, true);
+        check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
+        kv_->append(seq, {token, nullptr, std::string(), 1});
+        ++pos;
+    }
+    if (rec.stop_reason == "eos") {
+        const std::string tail = decoder.finish();
+        text += tail;
+        if (pieces) {
+            pieces->push_back(tail);
+        }
+        writer.write(tail);
+    }
+    rec.text = strip(text);
+}
+
+}  // namespace ecso

@@ -1,0 +1,90 @@
+// EcsoSession: the four ECSO steps over one llama_context whose unified KV cache holds a
+// sequence per step. Step 1 encodes the image once; steps 2 and 3 start from a copy of the
+// [template head, image] prefix step 1 evaluated; step 4 starts from the shared template head.
+//
+// Ownership: a session owns its llama_context and shares its Model (kept alive by shared_ptr).
+// Thread safety: run() and answer() on one session are serialised (a second caller waits);
+// cancel() may be called from any thread and stops the call in progress with CancelledError.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ecso/chat_frame.hpp"
+#include "ecso/config.hpp"
+#include "ecso/image.hpp"
+#include "ecso/kv_sequences.hpp"
+#include "ecso/model.hpp"
+#include "ecso/result.hpp"
+#include "ecso/token_batch.hpp"
+#include "llama-cpp.h"
+
+namespace ecso {
+
+// Receives the final answer's text as it is decided, in pieces whose concatenation equals
+// EcsoResult::answer. Called on the thread running the request.
+using TextSink = std::function<void(const std::string & piece)>;
+
+class EcsoSession {
+public:
+    // Throws ConfigError for an invalid config or an unrecognised chat template, and
+    // RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory).
+    EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config);
+    EcsoSession(const EcsoSession &) = delete;
+    EcsoSession & operator=(const EcsoSession &) = delete;
+
+    // The full ECSO request. The first answer is held back until the judge has spoken: on the
+    // safe path it is then streamed to `on_text`; on the unsafe path the eyes-closed answer is
+    // streamed as it is generated.
+    EcsoResult run(const RgbImage & image, const std::string & query, int32_t max_tokens,
+                   const TextSink & on_text = {});
+
+    // Step 1 alone: the direct, unprotected answer (streamed live to `on_text`).
+    EcsoResult answer(const RgbImage & image, const std::string & query, int32_t max_tokens,
+                      const TextSink & on_text = {});
+
+    void cancel();
+
+    const EcsoConfig & config() const { return config_; }
+    const ChatFrame & frame() const { return frame_; }
+    const Model & model() const { return *model_; }
+    uint32_t n_ctx() const;
+
+    static constexpr int kSeqAnswer = 0;
+    static constexpr int kSeqJudge = 1;
+    static constexpr int kSeqCaption = 2;
+    static constexpr int kSeqTextOnly = 3;
+    static constexpr int kNumSequences = 4;
+
+private:
+    EcsoResult execute(const RgbImage & image, const std::string & query, int32_t max_tokens,
+                       const TextSink & on_text, bool protect);
+    Prompt image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const;
+    StepRecord run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
+                        const TextSink & live, std::vector<std::string> * pieces);
+    void evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq, StepRecord & rec);
+    void evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec);
+    void generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
+                  std::vector<std::string> * pieces);
+    void throw_if_cancelled(const char * step) const;
+    static bool abort_requested(void * session);
+
+    std::shared_ptr<const Model> model_;
+    EcsoConfig config_;
+    ChatFrame frame_;
+    llama_context_ptr ctx_;
+    std::unique_ptr<KvSequences> kv_;
+    std::unique_ptr<TokenBatch> batch_;
+    std::atomic<bool> cancel_{false};
+    std::mutex run_mutex_;
+
+    // Encoder output of the current run's image, so no step re-encodes it when reuse is on.
+    std::string cached_image_id_;
+    std::vector<float> cached_embd_;
+};
+
+}  // namespace ecso

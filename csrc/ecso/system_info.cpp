@@ -1,0 +1,45 @@
+// Backend initialisation and the device inventory of the loaded llama.cpp.
+#include "ecso/system_info.hpp"
+
+#include <mutex>
+
+#include "ggml-backend.h"
+#include "llama.h"
+
+namespace ecso {
+
+void ensure_backend_initialised() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        // llama_backend_init is reference-free and safe to call when llama_cpp already did.
+        llama_backend_init();
+        if (ggml_backend_reg_count() == 0) {
+            // wheels built with GGML_BACKEND_DL ship backends as loadable modules
+            ggml_backend_load_all();
+        }
+    });
+}
+
+SystemInfo system_info() {
+    ensure_backend_initialised();
+    SystemInfo info;
+    info.llama_system_info = llama_print_system_info();
+    info.gpu_offload = llama_supports_gpu_offload();
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        BackendDevice d;
+        d.name = ggml_backend_dev_name(dev);
+        d.description = ggml_backend_dev_description(dev);
+        switch (ggml_backend_dev_type(dev)) {
+            case GGML_BACKEND_DEVICE_TYPE_CPU: d.type = "cpu"; break;
+            case GGML_BACKEND_DEVICE_TYPE_GPU: d.type = "gpu"; break;
+            case GGML_BACKEND_DEVICE_TYPE_IGPU: d.type = "igpu"; break;
+            default: d.type = "accel"; break;
+        }
+        ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
+        info.devices.push_back(d);
+    }
+    return info;
+}
+
+}  // namespace ecso

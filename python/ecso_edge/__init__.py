@@ -1,0 +1,44 @@
+"""ecso-edge: ECSO ("Eyes Closed, Safety On") for LLaVA-style GGUF models, on device.
+
+    import ecso_edge
+    model = ecso_edge.Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf")
+    session = ecso_edge.Session(model, ecso_edge.EcsoConfig())
+    r = session.run("photo.jpg", "What should I do with this?")
+    print(r.answer, r.unsafe, r.stats)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+from ._core import EcsoConfig, EcsoResult, StepRecord
+from .errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError, ModelLoadError
+from .session import EcsoStream, Model, Session
+from .shipped import tiny_pair
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model",
+    "Session",
+    "EcsoConfig",
+    "EcsoResult",
+    "StepRecord",
+    "EcsoStream",
+    "EcsoError",
+    "ModelLoadError",
+    "ImageError",
+    "ContextOverflowError",
+    "CancelledError",
+    "ConfigError",
+    "system_info",
+    "tiny_pair",
+    "__version__",
+]
+
+
+def system_info() -> dict[str, Any]:
+    """What the loaded llama.cpp supports: ``llama_system_info`` (CPU features and backends),
+    ``gpu_offload`` (bool) and ``devices`` (name, description, type, memory)."""
+    return _core.system_info()

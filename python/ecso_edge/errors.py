@@ -1,0 +1,36 @@
+"""The exceptions ecso-edge raises. The C++ core maps each of its error classes onto one of these."""
+
+from __future__ import annotations
+
+__all__ = [
+    "EcsoError",
+    "ModelLoadError",
+    "ImageError",
+    "ContextOverflowError",
+    "CancelledError",
+    "ConfigError",
+]
+
+
+class EcsoError(Exception):
+    """Base class of every ecso-edge error."""
+
+
+class ModelLoadError(EcsoError, OSError):
+    """A model or projector file is missing, unreadable, malformed, or does not fit its pair."""
+
+
+class ImageError(EcsoError, ValueError):
+    """An image could not be read, is empty or truncated, is too large, or failed to encode."""
+
+
+class ContextOverflowError(EcsoError):
+    """A prompt (or the KV cache as a whole) does not fit the model's context window."""
+
+
+class CancelledError(EcsoError):
+    """The request was stopped by ``Session.cancel()`` or by a streaming callback's exception."""
+
+
+class ConfigError(EcsoError, ValueError):
+    """A configuration value or argument is invalid."""

@@ -1,0 +1,227 @@
+"""The public Model and Session: thin wrappers that turn Python inputs (paths, images, callbacks)
+into calls of the C++ core, and the iterator form of streaming."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Callable, Iterator, Optional, Union
+
+from . import _core
+from .images import ImageInput, load_rgb
+from .shipped import tiny_pair
+
+__all__ = ["Model", "Session", "EcsoStream"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Model:
+    """A LLaVA-style GGUF pair: the text model and its vision projector (``mmproj``).
+
+    Both files are validated before llama.cpp sees them (a bad file raises ``ModelLoadError``).
+    ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
+    llama-cpp-python was built with one (see ``ecso_edge.system_info()``).
+
+    >>> model = Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf", n_gpu_layers=-1)
+    """
+
+    def __init__(
+        self,
+        text_model_path: PathLike,
+        mmproj_path: PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_gpu_layers: int = 0,
+        mmproj_gpu: bool = True,
+        n_threads: Optional[int] = None,
+        flash_attn: Optional[bool] = None,
+        seed: int = 0,
+        n_batch: int = 512,
+        verbose: bool = False,
+    ) -> None:
+        self._core = _core.Model(
+            os.fspath(text_model_path),
+            os.fspath(mmproj_path),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_gpu_layers=n_gpu_layers,
+            mmproj_gpu=mmproj_gpu,
+            n_threads=0 if n_threads is None else n_threads,
+            flash_attn=flash_attn,
+            seed=seed,
+            verbose=verbose,
+        )
+
+    @classmethod
+    def tiny(cls, **options: object) -> "Model":
+        """The tiny random-weight pair shipped in the package (for demos and tests)."""
+        text, mmproj = tiny_pair()
+        return cls(text, mmproj, **options)  # type: ignore[arg-type]
+
+    @property
+    def text_model_path(self) -> str:
+        return self._core.text_model_path
+
+    @property
+    def mmproj_path(self) -> str:
+        return self._core.mmproj_path
+
+    @property
+    def n_ctx(self) -> int:
+        return self._core.n_ctx
+
+    @property
+    def n_embd(self) -> int:
+        return self._core.n_embd
+
+    @property
+    def n_threads(self) -> int:
+        return self._core.n_threads
+
+    @property
+    def projector_type(self) -> str:
+        return self._core.projector_type
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The chat template stored in the text GGUF, or None."""
+        return self._core.chat_template
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        return self._core.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._core.token_bytes(token)
+
+    def __repr__(self) -> str:
+        return f"Model({self.text_model_path!r}, {self.mmproj_path!r}, n_ctx={self.n_ctx})"
+
+
+class Session:
+    """ECSO over a Model. ``run`` answers with protection; ``answer`` gives the direct answer.
+
+    Calls on one session are serialised: a second thread waits for the first. ``cancel()`` may be
+    called from any thread and makes the call in progress raise ``CancelledError``. Ctrl-C stops
+    a call on the main thread promptly and raises ``KeyboardInterrupt``.
+
+    >>> session = Session(model)                       # the paper's preset
+    >>> r = session.run("photo.jpg", "How do I make this?")
+    >>> r.answer, r.unsafe, r.stats["image_encodes"]
+    """
+
+    def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None) -> None:
+        self.model = model
+        self._core = _core.Session(model._core, config if config is not None else _core.EcsoConfig())
+
+    @property
+    def config(self) -> _core.EcsoConfig:
+        """A copy of this session's configuration."""
+        return self._core.config
+
+    def run(
+        self,
+        image: ImageInput,
+        query: str,
+        *,
+        max_tokens: int = 512,
+        on_token: Optional[Callable[[str], object]] = None,
+    ) -> _core.EcsoResult:
+        """The ECSO request. ``on_token(piece)`` receives the final answer as it is decided: the
+        first answer is held back until the judge has spoken (then delivered at once on the safe
+        path); on the unsafe path the eyes-closed answer streams as it is generated."""
+        pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
+        return self._core.run(pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=on_token)
+
+    def answer(
+        self,
+        image: ImageInput,
+        query: str,
+        *,
+        max_tokens: int = 512,
+        on_token: Optional[Callable[[str], object]] = None,
+    ) -> _core.EcsoResult:
+        """Step 1 only: the direct, unprotected answer (for comparison)."""
+        pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
+        return self._core.answer(
+            pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=on_token
+        )
+
+    def stream(self, image: ImageInput, query: str, *, max_tokens: int = 512) -> "EcsoStream":
+        """Iterator form of ``run(on_token=...)``: yields text pieces of the final answer;
+        ``.result`` holds the EcsoResult once iteration ends."""
+        return EcsoStream(self, image, query, max_tokens)
+
+    def cancel(self) -> None:
+        """Stop the request in progress (safe from any thread)."""
+        self._core.cancel()
+
+
+_DONE = object()
+
+
+class EcsoStream:
+    """Runs ``Session.run`` on a worker thread and yields its streamed pieces.
+
+    Leaving the loop early (``break``, ``close()``, garbage collection) cancels the request.
+    """
+
+    def __init__(self, session: Session, image: ImageInput, query: str, max_tokens: int) -> None:
+        self._session = session
+        self._queue: "queue.Queue[object]" = queue.Queue()
+        self.result: Optional[_core.EcsoResult] = None
+        self._error: Optional[BaseException] = None
+        pixels = load_rgb(image, max_pixels=session._core.config.max_image_pixels)
+        self._thread = threading.Thread(
+            target=self._work, args=(pixels, query, max_tokens), name="ecso-stream", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self, pixels: object, query: str, max_tokens: int) -> None:
+        from .images import RgbPixels
+
+        assert isinstance(pixels, RgbPixels)
+        try:
+            self.result = self._session._core.run(
+                pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=self._queue.put
+            )
+        except BaseException as e:  # re-raised on the consumer's thread
+            self._error = e
+        finally:
+            self._queue.put(_DONE)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        item = self._queue.get()
+        if item is _DONE:
+            self._thread.join()
+            self._queue.put(_DONE)  # later next() calls end too
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            raise StopIteration
+        assert isinstance(item, str)
+        return item
+
+    def close(self) -> None:
+        """Cancel the request if it is still running and wait for the worker to stop."""
+        # A cancel that lands before the worker's run() has started is reset by that run, so
+        # repeat it until the worker is gone.
+        while self._thread.is_alive():
+            self._session.cancel()
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> "EcsoStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
