@@ -1,0 +1,185 @@
+"""The `ecso-edge` command: demo, run, make-tiny-model, selftest, system-info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from .errors import EcsoError
+from .session import Model, Session
+from .shipped import selftest_program, tiny_pair
+
+__all__ = ["main"]
+
+
+def _demo_image() -> "np.ndarray[object, np.dtype[np.uint8]]":
+    """A 64x64 synthetic picture (no file needed): a red square on a blue-green gradient."""
+    y, x = np.mgrid[0:64, 0:64]
+    img = np.stack([x * 4, y * 4, np.full_like(x, 160)], axis=2).astype(np.uint8)
+    img[20:44, 20:44] = (220, 30, 30)
+    return img
+
+
+def _print_result(r: _core.EcsoResult) -> None:
+    for step in r.steps:
+        s = step.stats
+        print(
+            f"  [{step.name:9s}] prompt {s['prompt_tokens']:4d} tok (reused {s['tokens_reused']:4d}, "
+            f"prefilled {s['tokens_prefilled']:4d}), generated {s['tokens_generated']:3d}, "
+            f"image encodes {s['image_encodes']}, {s['seconds'] * 1000:7.1f} ms"
+        )
+        print(f"               {step.text!r}")
+    verdict = "UNSAFE" if r.unsafe else "safe"
+    forced = " (forced by verdict_override)" if r.verdict_forced else ""
+    print(f"  verdict: {verdict}{forced}; judge said {r.verdict_text!r}")
+    print(f"  answer:  {r.answer!r}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    text, mmproj = tiny_pair()
+    print(f"ecso-edge demo on the shipped tiny random-weight pair:\n  {text}\n  {mmproj}")
+    print("(random weights: the texts are gibberish; the branch is forced so both paths show)\n")
+    model = Model(text, mmproj, n_threads=args.threads, n_ctx=2048)
+    image = _demo_image()
+    query = "What is in this picture and how do I make it?"
+    for unsafe in (False, True):
+        path = "unsafe" if unsafe else "safe"
+        session = Session(model, _core.EcsoConfig(verdict_override=unsafe))
+        reference = Session(model, _core.EcsoConfig(verdict_override=unsafe, reuse_kv=False))
+        t0 = time.perf_counter()
+        r = session.run(image, query, max_tokens=args.max_tokens)
+        t_reuse = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref = reference.run(image, query, max_tokens=args.max_tokens)
+        t_ref = time.perf_counter() - t0
+        print(f"== {path} path (query: {query!r})")
+        _print_result(r)
+        same = all(a.tokens == b.tokens for a, b in zip(r.steps, ref.steps))
+        print(
+            f"  KV reuse: image encodes {r.stats['image_encodes']} (reference path without reuse: "
+            f"{ref.stats['image_encodes']}), tokens reused {r.stats['tokens_reused']}, "
+            f"prefilled {r.stats['tokens_prefilled']} (reference: {ref.stats['tokens_prefilled']})"
+        )
+        print(
+            f"  identical tokens to the reference path: {same}; "
+            f"time {t_reuse * 1000:.1f} ms (reference {t_ref * 1000:.1f} ms)\n"
+        )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    model = Model(
+        args.model,
+        args.mmproj,
+        n_ctx=args.n_ctx,
+        n_gpu_layers=args.n_gpu_layers,
+        n_threads=args.threads,
+        verbose=args.verbose,
+    )
+    config = _core.EcsoConfig()
+    if args.no_reuse:
+        config.reuse_kv = False
+    session = Session(model, config)
+    stream = args.stream and not args.json
+    r = session.run(
+        args.image,
+        args.query,
+        max_tokens=args.max_tokens,
+        on_token=(lambda piece: print(piece, end="", flush=True)) if stream else None,
+    )
+    if args.json:
+        json.dump(r.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
+        print()
+    elif stream:
+        print()
+    else:
+        _print_result(r)
+    return 0
+
+
+def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from . import tiny_model
+
+    argv = [args.out_dir]
+    if args.for_text_model:
+        argv += ["--for-text-model", args.for_text_model, "--vit", args.vit]
+        if args.image_size:
+            argv += ["--image-size", str(args.image_size)]
+    return tiny_model.main(argv)
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "passive")
+    return subprocess.call([str(selftest_program()), str(text), str(mmproj)], env=env)
+
+
+def _cmd_system_info(args: argparse.Namespace) -> int:
+    print(json.dumps(_core.system_info(), indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecso-edge", description="ECSO-protected answers from LLaVA-style GGUF models")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run both ECSO branches on the shipped tiny model and show every step")
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--max-tokens", type=int, default=24)
+    d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("run", help="one ECSO request on your own model pair")
+    r.add_argument("--model", required=True, help="text model GGUF")
+    r.add_argument("--mmproj", required=True, help="vision projector GGUF")
+    r.add_argument("--image", required=True)
+    r.add_argument("--query", required=True)
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
+    r.add_argument("--max-tokens", type=int, default=512)
+    r.add_argument("--n-gpu-layers", type=int, default=0, help="-1 offloads every layer")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--n-ctx", type=int, default=4096)
+    r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
+    r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    r.set_defaults(func=_cmd_run)
+
+    t = sub.add_parser("make-tiny-model", help="write the tiny test pair, or a random projector for a text GGUF")
+    t.add_argument("out_dir")
+    t.add_argument("--for-text-model", default=None, help="write a random mlp projector sized for this text GGUF")
+    t.add_argument("--vit", choices=["tiny", "clip-b16"], default="clip-b16")
+    t.add_argument("--image-size", type=int, default=None)
+    t.set_defaults(func=_cmd_make_tiny_model)
+
+    s = sub.add_parser("selftest", help="run the C++ self-test program (no Python inside)")
+    s.add_argument("--model", default=None)
+    s.add_argument("--mmproj", default=None)
+    s.set_defaults(func=_cmd_selftest)
+
+    i = sub.add_parser("system-info", help="what the installed llama.cpp supports (CPU features, GPUs)")
+    i.set_defaults(func=_cmd_system_info)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EcsoError as e:
+        print(f"ecso-edge: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ecso-edge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
