@@ -16,7 +16,7 @@ void check_decode_status(int status, const char * what) {
             throw ContextOverflowError(where + "the KV cache is full (no free slot for the batch). "
                                        "Raise n_ctx or lower the token limits.");
         case 2:
-            throw CancelledError(where + "cancelled");
+            throw CancelledError(std::string("cancelled during ") + what);
         case -1:
             throw ConfigError(where + "llama.cpp rejected the batch as invalid" + last_log_suffix());
         default:

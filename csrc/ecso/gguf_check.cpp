@@ -138,6 +138,10 @@ public:
         return {ne[0], ne[1], ne[2], ne[3]};
     }
 
+    ggml_type tensor_type(const std::string & name) const {
+        return gguf_get_tensor_type(ctx_.get(), gguf_find_tensor(ctx_.get(), name.c_str()));
+    }
+
     [[noreturn]] void shape_error(const std::string & name, const std::array<int64_t, 4> & ne,
                                   const std::string & expected) const {
         fail(role_, path_,
@@ -228,6 +232,10 @@ void check_vision_tower(const GgufFile & f, ProjectorInfo & info) {
     const bool has_class = f.has_tensor("v.class_embd");
     if (has_class) {
         require_vector(f, "v.class_embd", n_embd);
+        if (f.tensor_type("v.class_embd") != GGML_TYPE_F32) {
+            // clip.cpp concatenates it with f32 activations and asserts on any other type
+            fail(f.role(), f.path(), "tensor 'v.class_embd' must be f32", "The file was converted incorrectly");
+        }
     }
     const int64_t side = info.image_size / info.patch_size;
     const int64_t n_pos = side * side + (has_class ? 1 : 0);

@@ -47,6 +47,19 @@ void KvSequences::append(int target, const PromptItem & item) {
     contents_[static_cast<size_t>(target)].back().media = nullptr;
 }
 
+void KvSequences::truncate(int seq, size_t n_items) {
+    auto & held = contents_[static_cast<size_t>(seq)];
+    if (n_items >= held.size()) {
+        return;
+    }
+    int32_t pos = 0;
+    for (size_t i = 0; i < n_items; ++i) {
+        pos += held[i].n_pos;
+    }
+    llama_memory_seq_rm(llama_get_memory(ctx_), seq, pos, -1);
+    held.resize(n_items);
+}
+
 void KvSequences::drop(int seq) {
     llama_memory_seq_rm(llama_get_memory(ctx_), seq, -1, -1);
     contents_[static_cast<size_t>(seq)].clear();

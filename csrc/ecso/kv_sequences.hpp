@@ -30,6 +30,9 @@ public:
     // Records that `item` was evaluated at the end of `target`.
     void append(int target, const PromptItem & item);
 
+    // Keeps the first `n_items` items of `seq` and frees the rest of its cells.
+    void truncate(int seq, size_t n_items);
+
     void drop(int seq);   // frees the sequence's cells that no other sequence uses
     void clear();         // empties the whole cache
 

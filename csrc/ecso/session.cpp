@@ -166,6 +166,9 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         result.seconds = seconds_since(t0);
         return result;
     }
+    // Later steps can share step 1's prompt but never its generated tokens: free their cells, so
+    // a step with reuse never needs more of the cache than the same step from an empty cache.
+    kv_->truncate(kSeqAnswer, p1.items().size());
 
     // Step 2: the model judges its own answer, image still in the prompt.
     const std::string judge_text =

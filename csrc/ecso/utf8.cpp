@@ -8,14 +8,21 @@ namespace {
 
 const char * const kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
-// Length of a valid sequence starting at s[i] (1-4), 0 if invalid, -1 if valid so far but cut off.
-int sequence_length(const std::string & s, size_t i) {
+// Classifies the bytes at s[i]: a valid character of `length` bytes, an invalid "maximal
+// subpart" of `length` bytes (replaced by one U+FFFD, as Python's errors="replace" does), or the
+// valid start of a character cut off by the end of the buffer.
+struct Sequence {
+    enum Kind { Valid, Invalid, Incomplete } kind;
+    size_t length;
+};
+
+Sequence classify(const std::string & s, size_t i) {
     const auto b0 = static_cast<unsigned char>(s[i]);
-    int len = 0;
+    size_t len = 0;
     unsigned char lo = 0x80;
     unsigned char hi = 0xBF;
     if (b0 < 0x80) {
-        return 1;
+        return {Sequence::Valid, 1};
     } else if (b0 >= 0xC2 && b0 <= 0xDF) {
         len = 2;
     } else if (b0 >= 0xE0 && b0 <= 0xEF) {
@@ -27,20 +34,20 @@ int sequence_length(const std::string & s, size_t i) {
         if (b0 == 0xF0) lo = 0x90;
         if (b0 == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
     } else {
-        return 0;
+        return {Sequence::Invalid, 1};
     }
-    for (int k = 1; k < len; ++k) {
+    for (size_t k = 1; k < len; ++k) {
         if (i + k >= s.size()) {
-            return -1;
+            return {Sequence::Incomplete, k};
         }
         const auto b = static_cast<unsigned char>(s[i + k]);
         const unsigned char min = k == 1 ? lo : 0x80;
         const unsigned char max = k == 1 ? hi : 0xBF;
         if (b < min || b > max) {
-            return 0;
+            return {Sequence::Invalid, k};
         }
     }
-    return len;
+    return {Sequence::Valid, len};
 }
 
 bool is_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
@@ -52,17 +59,16 @@ std::string Utf8Decoder::push(const std::string & bytes) {
     std::string out;
     size_t i = 0;
     while (i < pending_.size()) {
-        const int len = sequence_length(pending_, i);
-        if (len < 0) {
+        const Sequence seq = classify(pending_, i);
+        if (seq.kind == Sequence::Incomplete) {
             break;  // wait for the rest of this character
         }
-        if (len == 0) {
+        if (seq.kind == Sequence::Invalid) {
             out += kReplacement;
-            ++i;
-            continue;
+        } else {
+            out.append(pending_, i, seq.length);
         }
-        out.append(pending_, i, static_cast<size_t>(len));
-        i += static_cast<size_t>(len);
+        i += seq.length;
     }
     pending_.erase(0, i);
     return out;
@@ -109,11 +115,11 @@ std::string strip(const std::string & s) {
 bool is_valid_utf8(const std::string & s) {
     size_t i = 0;
     while (i < s.size()) {
-        const int len = sequence_length(s, i);
-        if (len <= 0) {
+        const Sequence seq = classify(s, i);
+        if (seq.kind != Sequence::Valid) {
             return false;
         }
-        i += static_cast<size_t>(len);
+        i += seq.length;
     }
     return true;
 }

