@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _core
-from ._core import EcsoConfig, EcsoResult, StepRecord
+from ._preload import preload_llama_cpp_libraries
+
+preload_llama_cpp_libraries()
+
+from . import _core  # noqa: E402  (after the preload, by design)
+from ._core import EcsoConfig  # noqa: E402, EcsoResult, StepRecord
 from .errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError, ModelLoadError
 from .session import EcsoStream, Model, Session
 from .shipped import tiny_pair

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .shipped import selftest_program, tiny_pair
 __all__ = ["main"]
 
 
-def _demo_image() -> "np.ndarray[object, np.dtype[np.uint8]]":
+def _demo_image() -> "np.ndarray[Any, np.dtype[np.uint8]]":
     """A 64x64 synthetic picture (no file needed): a red square on a blue-green gradient."""
     y, x = np.mgrid[0:64, 0:64]
     img = np.stack([x * 4, y * 4, np.full_like(x, 160)], axis=2).astype(np.uint8)

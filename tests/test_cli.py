@@ -1,0 +1,104 @@
+"""The `ecso-edge` command as a user runs it: demo, run (text and JSON), make-tiny-model,
+selftest, system-info, and errors shown as one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import ecso_edge
+
+ENV = dict(os.environ, OMP_WAIT_POLICY="passive")
+
+
+def ecso(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ecso_edge.cli", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+
+
+def test_demo_runs_both_branches_on_the_shipped_pair() -> None:
+    proc = ecso("demo", "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "== safe path" in out and "== unsafe path" in out
+    for step in ("answer", "judge", "caption", "text_only"):
+        assert f"[{step:9s}]" in out
+    assert out.count("identical tokens to the reference path: True") == 2
+    assert "image encodes 1 (reference path without reuse: 2)" in out
+    assert "image encodes 1 (reference path without reuse: 3)" in out
+
+
+def test_run_prints_json_with_texts_and_stats(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(img)
+    text, mmproj = tiny_paths
+    proc = ecso(
+        "run", "--model", str(text), "--mmproj", str(mmproj), "--image", str(img),
+        "--query", "What is this?", "--json", "--max-tokens", "6", "--threads", "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) >= {"answer", "initial_answer", "verdict_text", "caption", "unsafe", "stats"}
+    assert data["stats"]["image_encodes"] == 1
+    assert data["stats"]["steps"]["answer"]["tokens_generated"] == 6
+
+
+def test_run_streams_the_answer(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
+    img = tmp_path / "pic.jpg"
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(img)
+    text, mmproj = tiny_paths
+    proc = ecso(
+        "run", "--model", str(text), "--mmproj", str(mmproj), "--image", str(img),
+        "--query", "What is this?", "--stream", "--max-tokens", "6", "--threads", "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    model = ecso_edge.Model(text, mmproj, n_threads=1)
+    expected = ecso_edge.Session(model).run(img, "What is this?", max_tokens=6).answer
+    assert proc.stdout == expected + "\n"
+
+
+def test_run_reports_a_bad_file_as_one_line_and_exit_1(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
+    text, _ = tiny_paths
+    proc = ecso("run", "--model", str(text), "--mmproj", str(tmp_path / "nope.gguf"), "--image", "x.png",
+                "--query", "q")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("ecso-edge: error: projector (mmproj)")
+    assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_make_tiny_model_writes_the_shipped_pair(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
+    proc = ecso("make-tiny-model", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / tiny_paths[0].name).read_bytes() == tiny_paths[0].read_bytes()
+    assert (tmp_path / tiny_paths[1].name).read_bytes() == tiny_paths[1].read_bytes()
+
+
+def test_make_tiny_model_for_a_text_model_writes_a_loadable_projector(
+    tmp_path: Path, tiny_paths: tuple[Path, Path]
+) -> None:
+    proc = ecso("make-tiny-model", str(tmp_path), "--for-text-model", str(tiny_paths[0]), "--vit", "tiny")
+    assert proc.returncode == 0, proc.stderr
+    written = [p for p in tmp_path.iterdir() if p.suffix == ".gguf"]
+    assert len(written) == 1
+    ecso_edge.Model(tiny_paths[0], written[0], n_threads=1, n_ctx=256)
+
+
+def test_selftest_and_system_info_commands() -> None:
+    proc = ecso("selftest")
+    assert proc.returncode == 0 and "0 failed" in proc.stdout, proc.stdout + proc.stderr
+    info = ecso("system-info")
+    assert info.returncode == 0 and json.loads(info.stdout)["devices"]
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "ecso-edge"
+    assert script.is_file()
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 0 and "demo" in proc.stdout
