@@ -120,3 +120,13 @@ def test_public_api_names() -> None:
     for name in ["Model", "Session", "EcsoConfig", "EcsoError", "ModelLoadError", "ImageError", "ContextOverflowError"]:
         assert name in ecso_edge.__all__ and hasattr(ecso_edge, name)
     assert issubclass(ecso_edge.ImageError, ecso_edge.EcsoError)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)\n```", readme, re.S)
+    install_and_demo, install_and_test = blocks[0].strip(), blocks[1].strip()
+    assert readme.index(install_and_demo) < 400, "the two commands must be the README's first lines"
+    assert install_and_demo.endswith("ecso-edge demo")
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    assert install_and_test in ci_lines
