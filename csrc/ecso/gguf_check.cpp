@@ -2,6 +2,7 @@
 #include "ecso/gguf_check.hpp"
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -112,15 +113,58 @@ public:
         return *v;
     }
 
-    void require_float(const std::string & key) const {
+    double require_float(const std::string & key) const {
         const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
         if (id < 0) {
             fail(role_, path_, "required metadata key '" + key + "' is missing",
                  "The file is incomplete or not of the expected kind");
         }
         const auto type = gguf_get_kv_type(ctx_.get(), id);
-        if (type != GGUF_TYPE_FLOAT32 && type != GGUF_TYPE_FLOAT64) {
-            fail(role_, path_, "metadata key '" + key + "' should be a float but is " + gguf_type_name(type),
+        if (type == GGUF_TYPE_FLOAT32) {
+            return gguf_get_val_f32(ctx_.get(), id);
+        }
+        if (type == GGUF_TYPE_FLOAT64) {
+            return gguf_get_val_f64(ctx_.get(), id);
+        }
+        fail(role_, path_, "metadata key '" + key + "' should be a float but is " + gguf_type_name(type),
+             "The file is malformed");
+    }
+
+    std::optional<bool> get_bool(const std::string & key) const {
+        const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
+        if (id < 0) {
+            return std::nullopt;
+        }
+        require_type(key, GGUF_TYPE_BOOL);
+        return gguf_get_val_bool(ctx_.get(), id);
+    }
+
+    // Throws unless `key` is absent or stored with exactly `type`. llama.cpp's clip loader reads
+    // its keys with gguf_get_val_<type>, which aborts the process on any other type (even u32 vs i32).
+    void require_type(const std::string & key, gguf_type type) const {
+        const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
+        if (id >= 0 && gguf_get_kv_type(ctx_.get(), id) != type) {
+            fail(role_, path_,
+                 "metadata key '" + key + "' is stored as " + gguf_type_name(gguf_get_kv_type(ctx_.get(), id)) +
+                     " but must be " + gguf_type_name(type),
+                 "The file is malformed (llama.cpp would abort reading it); re-convert it with llama.cpp's converter");
+        }
+    }
+
+    // A required array of at least `min_n` elements of type `elem`.
+    void require_array(const std::string & key, gguf_type elem, size_t min_n) const {
+        const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
+        if (id < 0) {
+            fail(role_, path_, "required metadata key '" + key + "' is missing",
+                 "The file is incomplete or not of the expected kind");
+        }
+        const auto type = gguf_get_kv_type(ctx_.get(), id);
+        const bool ok = type == GGUF_TYPE_ARRAY && gguf_get_arr_type(ctx_.get(), id) == elem &&
+                        gguf_get_arr_n(ctx_.get(), id) >= min_n;
+        if (!ok) {
+            fail(role_, path_,
+                 "metadata key '" + key + "' must be an array of at least " + std::to_string(min_n) + " " +
+                     gguf_type_name(elem) + " values",
                  "The file is malformed");
         }
     }
@@ -174,6 +218,62 @@ private:
     GgufPtr ctx_;
 };
 
+// Keys that clip.cpp's loader (llama-cpp-python 0.3.36) reads with a typed gguf_get_val_*, which
+// aborts the process when the stored type differs. Keys it reads as arrays are checked by clip.cpp.
+struct KeyType {
+    const char * key;
+    gguf_type type;
+};
+constexpr KeyType kClipKeyTypes[] = {
+    {"general.name", GGUF_TYPE_STRING},
+    {"general.description", GGUF_TYPE_STRING},
+    {"clip.has_vision_encoder", GGUF_TYPE_BOOL},
+    {"clip.has_audio_encoder", GGUF_TYPE_BOOL},
+    {"clip.use_gelu", GGUF_TYPE_BOOL},
+    {"clip.use_silu", GGUF_TYPE_BOOL},
+    {"clip.projector_type", GGUF_TYPE_STRING},
+    {"clip.vision.projector_type", GGUF_TYPE_STRING},
+    {"clip.audio.projector_type", GGUF_TYPE_STRING},
+    {"clip.vision.mm_patch_merge_type", GGUF_TYPE_STRING},
+    {"clip.minicpmv_version", GGUF_TYPE_INT32},
+    {"clip.minicpmv_query_num", GGUF_TYPE_UINT32},
+    {"clip.vision.image_size", GGUF_TYPE_UINT32},
+    {"clip.vision.patch_size", GGUF_TYPE_UINT32},
+    {"clip.vision.embedding_length", GGUF_TYPE_UINT32},
+    {"clip.vision.feed_forward_length", GGUF_TYPE_UINT32},
+    {"clip.vision.block_count", GGUF_TYPE_UINT32},
+    {"clip.vision.projection_dim", GGUF_TYPE_UINT32},
+    {"clip.vision.attention.head_count", GGUF_TYPE_UINT32},
+    {"clip.vision.attention.head_count_kv", GGUF_TYPE_UINT32},
+    {"clip.vision.attention.layer_norm_epsilon", GGUF_TYPE_FLOAT32},
+    {"clip.vision.projector.scale_factor", GGUF_TYPE_UINT32},
+    {"clip.vision.spatial_merge_size", GGUF_TYPE_UINT32},
+    {"clip.vision.n_wa_pattern", GGUF_TYPE_UINT32},
+    {"clip.vision.window_size", GGUF_TYPE_UINT32},
+    {"clip.vision.image_min_pixels", GGUF_TYPE_UINT32},
+    {"clip.vision.image_max_pixels", GGUF_TYPE_UINT32},
+    {"clip.vision.preproc_image_size", GGUF_TYPE_UINT32},
+    {"clip.vision.preproc_min_tiles", GGUF_TYPE_UINT32},
+    {"clip.vision.preproc_max_tiles", GGUF_TYPE_UINT32},
+    {"clip.vision.sam.block_count", GGUF_TYPE_UINT32},
+    {"clip.vision.sam.head_count", GGUF_TYPE_UINT32},
+    {"clip.vision.sam.embedding_length", GGUF_TYPE_UINT32},
+    {"clip.audio.embedding_length", GGUF_TYPE_UINT32},
+    {"clip.audio.feed_forward_length", GGUF_TYPE_UINT32},
+    {"clip.audio.block_count", GGUF_TYPE_UINT32},
+    {"clip.audio.projection_dim", GGUF_TYPE_UINT32},
+    {"clip.audio.attention.head_count", GGUF_TYPE_UINT32},
+    {"clip.audio.attention.layer_norm_epsilon", GGUF_TYPE_FLOAT32},
+    {"clip.audio.num_mel_bins", GGUF_TYPE_UINT32},
+    {"clip.audio.projector.stack_factor", GGUF_TYPE_UINT32},
+};
+
+void check_key_types(const GgufFile & f) {
+    for (const auto & kt : kClipKeyTypes) {
+        f.require_type(kt.key, kt.type);
+    }
+}
+
 bool looks_like_projector(const GgufFile & f) {
     const auto arch = f.get_string("general.architecture");
     return (arch && *arch == "clip") || f.has_key("clip.has_vision_encoder") || f.has_key("clip.projector_type");
@@ -191,10 +291,18 @@ std::array<int64_t, 4> require_matrix(const GgufFile & f, const std::string & na
     return ne;
 }
 
+// A 1-D tensor (bias, norm weight, class embedding). clip.cpp adds or multiplies these into f32
+// activations, and ggml's CPU binary ops abort on an f16 or quantized operand, so they must be f32
+// (llama.cpp's converters always store 1-D tensors as f32).
 void require_vector(const GgufFile & f, const std::string & name, int64_t len) {
     const auto ne = f.require_tensor(name);
     if (ne[0] != len || ne[1] != 1 || ne[2] != 1 || ne[3] != 1) {
         f.shape_error(name, ne, "[" + std::to_string(len) + "]");
+    }
+    const ggml_type type = f.tensor_type(name);
+    if (type != GGML_TYPE_F32) {
+        fail(f.role(), f.path(), "tensor '" + name + "' is " + ggml_type_name(type) + " but must be f32",
+             "The file was converted incorrectly (1-D tensors must stay f32); re-convert it with llama.cpp's converter");
     }
 }
 
@@ -213,7 +321,15 @@ void check_vision_tower(const GgufFile & f, ProjectorInfo & info) {
     const int64_t n_ff = f.require_int(v + "feed_forward_length", 1, 1 << 20);
     info.n_blocks = f.require_int(v + "block_count", 1, 1024);
     const int64_t n_head = f.require_int(v + "attention.head_count", 1, 4096);
-    f.require_float(v + "attention.layer_norm_epsilon");
+    const double eps = f.require_float(v + "attention.layer_norm_epsilon");
+    if (!std::isfinite(eps) || eps < 0.0 || eps > 1.0) {
+        // ggml_norm asserts eps >= 0 (a NaN fails it too)
+        fail(f.role(), f.path(), "metadata key '" + v + "attention.layer_norm_epsilon' has the implausible value " +
+                                     std::to_string(eps),
+             "The file is malformed");
+    }
+    f.require_array(v + "image_mean", GGUF_TYPE_FLOAT32, 3);
+    f.require_array(v + "image_std", GGUF_TYPE_FLOAT32, 3);
     const int64_t n_embd = info.vision_n_embd;
     if (n_embd % n_head != 0) {
         fail(f.role(), f.path(),
@@ -231,11 +347,8 @@ void check_vision_tower(const GgufFile & f, ProjectorInfo & info) {
     optional_vector(f, "v.patch_embd.bias", n_embd);
     const bool has_class = f.has_tensor("v.class_embd");
     if (has_class) {
+        // f32 is also what clip.cpp's concat with the f32 patch embeddings asserts
         require_vector(f, "v.class_embd", n_embd);
-        if (f.tensor_type("v.class_embd") != GGML_TYPE_F32) {
-            // clip.cpp concatenates it with f32 activations and asserts on any other type
-            fail(f.role(), f.path(), "tensor 'v.class_embd' must be f32", "The file was converted incorrectly");
-        }
     }
     const int64_t side = info.image_size / info.patch_size;
     const int64_t n_pos = side * side + (has_class ? 1 : 0);
@@ -333,18 +446,27 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
              "this is not a vision projector" + (arch ? " but a '" + *arch + "' text model" : std::string()),
              "Pass the language model as the text model and its mmproj-*.gguf file as the projector");
     }
-    const auto has_vision = f.has_key("clip.has_vision_encoder");
-    if (!has_vision) {
-        fail(f.role(), path, "the projector has no vision encoder (clip.has_vision_encoder is missing)",
+    check_key_types(f);
+    const auto has_vision = f.get_bool("clip.has_vision_encoder");
+    if (!has_vision || !*has_vision) {
+        fail(f.role(), path,
+             std::string("the projector has no vision encoder (clip.has_vision_encoder is ") +
+                 (has_vision ? "false" : "missing") + ")",
              "ecso-edge needs an image projector; audio-only projectors are not supported");
     }
     ProjectorInfo info;
     info.path = path;
-    auto type = f.get_string("clip.vision.projector_type");
-    if (!type) {
-        type = f.get_string("clip.projector_type");
+    // clip.cpp's order: clip.projector_type, then (when empty) clip.vision.projector_type. Checking
+    // another type than the one clip.cpp builds would let an unchecked layout through.
+    auto type = f.get_string("clip.projector_type");
+    if (!type || type->empty()) {
+        type = f.get_string("clip.vision.projector_type");
     }
-    info.projector_type = type.value_or("mlp");  // clip.cpp's default for old LLaVA exports
+    if (!type || type->empty()) {
+        fail(f.role(), path, "the projector type is not set (clip.projector_type is missing or empty)",
+             "Re-convert the projector with a current llama.cpp (LLaVA-1.5 projectors use 'mlp')");
+    }
+    info.projector_type = *type;
     const std::string & t = info.projector_type;
     if (t == "mlp" || t == "mlp_norm" || t == "ldp" || t == "ldpv2") {
         // These run clip.cpp's llava graph, which dereferences every tower tensor unchecked.

@@ -32,8 +32,9 @@ struct ProjectorInfo {
 TextModelInfo check_text_model(const std::string & path);
 
 // Throws ModelLoadError if `path` is not a usable vision projector for `text`: not GGUF,
-// truncated, a text model in the projector's place, a key or tensor missing or misshapen, or an
-// output size that differs from the text model's embedding size.
+// truncated, a text model in the projector's place, a key or tensor missing, misshapen or of a
+// type llama.cpp would abort on (a key clip.cpp reads stored as another GGUF type, a 1-D tensor
+// not in f32), or an output size that differs from the text model's embedding size.
 ProjectorInfo check_projector(const std::string & path, const TextModelInfo & text);
 
 }  // namespace ecso

@@ -58,7 +58,16 @@ std::string last_log_suffix() {
         return "";
     }
     std::string joined;
-    for (const auto & line : g_errors) {
+    for (std::string line : g_errors) {
+        // one message line: llama.cpp's log lines can carry their own newlines
+        for (auto & c : line) {
+            if (c == '\n' || c == '\r') {
+                c = ' ';
+            }
+        }
+        while (!line.empty() && line.back() == ' ') {
+            line.pop_back();
+        }
         if (!joined.empty()) {
             joined += "; ";
         }

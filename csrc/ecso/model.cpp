@@ -9,17 +9,6 @@
 #include "ecso/system_info.hpp"
 
 namespace ecso {
-namespace {
-
-llama_flash_attn_type flash_attn_type(const std::optional<bool> & flag) {
-    if (!flag) {
-        return LLAMA_FLASH_ATTN_TYPE_AUTO;
-    }
-    return *flag ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-}
-
-}  // namespace
-
 Model::Model(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options)
     : options_(options) {
     ensure_backend_initialised();
@@ -55,7 +44,7 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
     cparams.n_threads = n_threads_;
     cparams.print_timings = false;
     cparams.warmup = false;  // the first real encode warms up; loading stays fast
-    cparams.flash_attn_type = flash_attn_type(options.flash_attn);
+    cparams.flash_attn_type = flash_attn_type();
     clear_log_errors();
     mtmd_.reset(mtmd_init_from_file(mmproj_path.c_str(), model_.get(), cparams));
     if (!mtmd_) {
@@ -66,6 +55,13 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
         throw ModelLoadError("projector (mmproj) '" + mmproj_path +
                              "': it has no vision encoder. ecso-edge needs an image projector");
     }
+}
+
+llama_flash_attn_type Model::flash_attn_type() const {
+    if (!options_.flash_attn) {
+        return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    }
+    return *options_.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
 }
 
 int32_t Model::n_embd() const { return llama_model_n_embd_inp(model_.get()); }

@@ -34,6 +34,8 @@ public:
     const TextModelInfo & text_info() const { return text_info_; }
     const ProjectorInfo & projector_info() const { return projector_info_; }
     int32_t n_threads() const { return n_threads_; }
+    // The flash-attention setting for contexts on this model (auto unless the options force it).
+    llama_flash_attn_type flash_attn_type() const;
     int32_t n_embd() const;       // the text model's input embedding size
     int32_t n_ctx_train() const;
     // The chat template stored in the text GGUF, or "" when it has none.

@@ -21,13 +21,6 @@ double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-llama_flash_attn_type flash_attn_type(const std::optional<bool> & flag) {
-    if (!flag) {
-        return LLAMA_FLASH_ATTN_TYPE_AUTO;
-    }
-    return *flag ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-}
-
 void check_image(const RgbImage & image, uint64_t max_pixels) {
     if (image.width == 0 || image.height == 0) {
         throw ImageError("the image is empty (" + std::to_string(image.width) + "x" + std::to_string(image.height) +
@@ -85,7 +78,7 @@ EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
     cparams.kv_unified = true;
     cparams.n_threads = model_->n_threads();
     cparams.n_threads_batch = model_->n_threads();
-    cparams.flash_attn_type = flash_attn_type(opts.flash_attn);
+    cparams.flash_attn_type = model_->flash_attn_type();
     cparams.abort_callback = &EcsoSession::abort_requested;
     cparams.abort_callback_data = this;
     cparams.no_perf = true;
