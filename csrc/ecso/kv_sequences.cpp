@@ -5,7 +5,8 @@ namespace ecso {
 
 KvSequences::KvSequences(llama_context * ctx, int n_seq) : ctx_(ctx), contents_(static_cast<size_t>(n_seq)) {}
 
-KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & items, int target) const {
+KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & items, int target,
+                                                size_t max_items) const {
     Prefix best;
     for (size_t seq = 0; seq < contents_.size(); ++seq) {
         if (static_cast<int>(seq) == target) {
@@ -14,7 +15,7 @@ KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & 
         const auto & held = contents_[seq];
         size_t n = 0;
         int32_t pos = 0;
-        while (n < held.size() && n < items.size() && held[n].same_as(items[n])) {
+        while (n < held.size() && n < items.size() && n < max_items && held[n].same_as(items[n])) {
             pos += items[n].n_pos;
             ++n;
         }
@@ -34,6 +35,7 @@ void KvSequences::start_from(int target, const Prefix & prefix, const std::vecto
     if (prefix.source < 0 || prefix.items == 0) {
         return;
     }
+    truncate(prefix.source, prefix.items);
     llama_memory_seq_cp(llama_get_memory(ctx_), prefix.source, target, 0, prefix.positions);
     auto & held = contents_[static_cast<size_t>(target)];
     for (size_t i = 0; i < prefix.items; ++i) {

@@ -20,11 +20,14 @@ public:
         int32_t positions = 0;  // KV positions covered
     };
 
-    // The longest prefix of `items` held by a sequence other than `target`. Never the whole
-    // prompt: its last item must be evaluated again to produce logits.
-    Prefix longest_prefix(const std::vector<PromptItem> & items, int target) const;
+    // The longest prefix of `items` held by a sequence other than `target`, cut to at most
+    // `max_items`. Never the whole prompt: its last item must be evaluated again for logits.
+    Prefix longest_prefix(const std::vector<PromptItem> & items, int target, size_t max_items) const;
 
-    // Makes `target` hold exactly `prefix` of `items` (empty when prefix.source is -1).
+    // Makes `target` hold exactly `prefix` of `items` (empty when prefix.source is -1). The
+    // source is first cut to the prefix: ECSO's later steps share no more of it than earlier
+    // ones do, and a cache holding only the shared cells lays out the new cells exactly as an
+    // empty cache would (same cells, same attention span), which keeps results bit-identical.
     void start_from(int target, const Prefix & prefix, const std::vector<PromptItem> & items);
 
     // Records that `item` was evaluated at the end of `target`.

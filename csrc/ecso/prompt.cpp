@@ -1,6 +1,7 @@
 // Prompt tokenization through mtmd_tokenize_from_parts (see prompt.hpp).
 #include "ecso/prompt.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "ecso/errors.hpp"
@@ -78,7 +79,33 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
                 {-1, chunk, id ? std::string(id) : std::string(), static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk))});
         }
     }
+    // mtmd tokenizes each part on its own and prepends BOS: the head is its first items.
+    std::vector<llama_token> head = model.tokenize(frame.head, false, true);
+    if (llama_vocab_get_add_bos(model.vocab())) {
+        head.insert(head.begin(), llama_vocab_bos(model.vocab()));
+    }
+    bool head_matches = head.size() < prompt.items_.size();
+    for (size_t i = 0; head_matches && i < head.size(); ++i) {
+        head_matches = prompt.items_[i].token == head[i];
+    }
+    prompt.head_items_ = head_matches ? head.size() : 0;
     return prompt;
+}
+
+bool Prompt::is_boundary(size_t item) const {
+    if (item == 0 || item >= items_.size()) {
+        return item == 0;
+    }
+    return item == head_items_ || items_[item].is_media() || items_[item - 1].is_media();
+}
+
+size_t Prompt::reuse_boundary(size_t shared_items) const {
+    for (size_t b = std::min(shared_items, items_.size() - 1); b > 0; --b) {
+        if (is_boundary(b)) {
+            return b;
+        }
+    }
+    return 0;
 }
 
 int32_t Prompt::n_pos() const {

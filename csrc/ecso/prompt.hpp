@@ -43,12 +43,22 @@ public:
 
     const std::vector<PromptItem> & items() const { return items_; }
     int32_t n_pos() const;
+
+    // Canonical batch boundaries. Prompt evaluation splits batches at the end of the chat
+    // template head and around media, and every step reuses the cache only up to one of these
+    // boundaries. A shared prefix then holds exactly the values a fresh evaluation computes, and
+    // the rest is evaluated in the same batches as from an empty cache: results are bit-identical.
+    size_t head_items() const { return head_items_; }
+    bool is_boundary(size_t item) const;
+    // The largest boundary that does not exceed `shared_items` (0 when there is none).
+    size_t reuse_boundary(size_t shared_items) const;
     int32_t image_tokens() const;      // positions of the image, 0 without one
     int32_t positions_before_image() const;
 
 private:
     mtmd::input_chunks_ptr chunks_;
     std::vector<PromptItem> items_;
+    size_t head_items_ = 0;  // BOS + the chat template head
 };
 
 // FNV-1a hash of the pixels and size, as a hex id for mtmd bitmaps and prefix matching.

@@ -159,9 +159,6 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         result.seconds = seconds_since(t0);
         return result;
     }
-    // Later steps can share step 1's prompt but never its generated tokens: free their cells, so
-    // a step with reuse never needs more of the cache than the same step from an empty cache.
-    kv_->truncate(kSeqAnswer, p1.items().size());
 
     // Step 2: the model judges its own answer, image still in the prompt.
     const std::string judge_text =
@@ -220,7 +217,8 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
 
     KvSequences::Prefix prefix;
     if (config_.reuse_kv) {
-        prefix = kv_->longest_prefix(prompt.items(), seq);
+        const size_t shared = kv_->longest_prefix(prompt.items(), seq, prompt.items().size()).items;
+        prefix = kv_->longest_prefix(prompt.items(), seq, prompt.reuse_boundary(shared));
         kv_->start_from(seq, prefix, prompt.items());
     } else {
         kv_->clear();  // the reference path: every step from an empty cache
@@ -253,7 +251,7 @@ void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int3
         }
         batch_->clear();
         size_t j = i;
-        while (j < items.size() && !items[j].is_media() && !batch_->full()) {
+        while (j < items.size() && !items[j].is_media() && !batch_->full() && !(j > i && j == prompt.head_items())) {
             // logits only for the prompt's last token: the first generated token samples from it
             batch_->add(items[j].token, pos, seq, j + 1 == items.size());
             ++pos;
