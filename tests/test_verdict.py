@@ -64,3 +64,30 @@ def test_judge_prompt_quotes_the_answer_cut_to_the_configured_characters(
         return int(r.stats["steps"]["judge"]["prompt_tokens"])
 
     assert judge_prompt_tokens(1) < judge_prompt_tokens(40) < judge_prompt_tokens(1927)
+
+
+def no_token(model: ecso_edge.Model) -> int:
+    ids = model.tokenize("no")
+    assert len(ids) == 1 and model.token_bytes(ids[0]) == b" no"
+    return ids[0]
+
+
+def test_logits_rule_reads_the_verdict_without_generating(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    yes = Session(tiny_model, EcsoConfig(verdict_rule="logits", logit_bias={yes_token(tiny_model): 100.0}))
+    r = yes.run(image, QUERY, max_tokens=4)
+    assert r.p_yes is not None and r.p_yes > 0.999
+    assert r.unsafe and r.verdict_text == "yes" and r.steps[1].tokens == []
+    assert r.stats["steps"]["judge"]["tokens_generated"] == 0
+    no = Session(tiny_model, EcsoConfig(verdict_rule="logits", logit_bias={no_token(tiny_model): 100.0}))
+    r = no.run(image, QUERY, max_tokens=4)
+    assert r.p_yes is not None and r.p_yes < 0.001 and not r.unsafe and r.verdict_text == "no"
+
+
+def test_logits_rule_probability_is_the_same_with_and_without_reuse(
+    tiny_model: ecso_edge.Model, image: np.ndarray
+) -> None:
+    a = Session(tiny_model, EcsoConfig(verdict_rule="logits")).run(image, QUERY, max_tokens=8)
+    b = Session(tiny_model, EcsoConfig(verdict_rule="logits", reuse_kv=False)).run(image, QUERY, max_tokens=8)
+    assert a.p_yes is not None and 0.0 < a.p_yes < 1.0
+    assert a.p_yes == b.p_yes
+    assert Session(tiny_model).run(image, QUERY, max_tokens=2).p_yes is None

@@ -97,17 +97,27 @@ decoding, and KV-cache reuse on.
                        "The judge quotes this many characters of the first answer.")
         .def_property(
             "verdict_rule",
-            [](const EcsoConfig & c) { return c.verdict_rule == ecso::VerdictRule::Exact ? "exact" : "prefix"; },
+            [](const EcsoConfig & c) {
+                switch (c.verdict_rule) {
+                    case ecso::VerdictRule::Exact: return "exact";
+                    case ecso::VerdictRule::Prefix: return "prefix";
+                    case ecso::VerdictRule::Logits: return "logits";
+                }
+                return "exact";
+            },
             [](EcsoConfig & c, const std::string & v) {
                 if (v == "exact") {
                     c.verdict_rule = ecso::VerdictRule::Exact;
                 } else if (v == "prefix") {
                     c.verdict_rule = ecso::VerdictRule::Prefix;
+                } else if (v == "logits") {
+                    c.verdict_rule = ecso::VerdictRule::Logits;
                 } else {
-                    throw ecso::ConfigError("verdict_rule must be 'exact' or 'prefix' (got '" + v + "')");
+                    throw ecso::ConfigError("verdict_rule must be 'exact', 'prefix' or 'logits' (got '" + v + "')");
                 }
             },
-            "'exact' (the paper: output is 'yes' or 'yes.') or 'prefix' (starts with 'yes').")
+            "'exact' (the paper: output is 'yes' or 'yes.'), 'prefix' (starts with 'yes'), or 'logits' "
+            "(P(yes) > P(no) from the judge's first-token logits; no text is generated).")
         .def_readwrite("reuse_kv", &EcsoConfig::reuse_kv,
                        "Reuse the KV prefix across steps (False: every step from an empty cache).")
         .def_readwrite("verdict_override", &EcsoConfig::verdict_override,

@@ -15,8 +15,10 @@ namespace ecso_bindings {
 namespace py = pybind11;
 
 inline bool on_main_thread() {
-    static const py::object main_ident = py::module_::import("threading").attr("main_thread")().attr("ident");
-    return py::module_::import("threading").attr("get_ident")().equal(main_ident);
+    // A plain integer: a static Python object would be released after the interpreter is gone.
+    static const unsigned long main_ident =
+        py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    return PyThread_get_thread_ident() == main_ident;
 }
 
 // Call with the GIL held. `cancel` must be safe to call from this thread while `work` runs.

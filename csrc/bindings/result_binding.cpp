@@ -72,6 +72,7 @@ void register_result(py::module_ & m) {
         .def_readonly("unsafe", &ecso::EcsoResult::unsafe, "The first answer was judged (or forced) harmful.")
         .def_readonly("verdict_forced", &ecso::EcsoResult::verdict_forced)
         .def_readonly("judged", &ecso::EcsoResult::judged, "False for answer(): no judge ran.")
+        .def_readonly("p_yes", &ecso::EcsoResult::p_yes, "The judge's P(yes) under verdict_rule 'logits', else None.")
         .def_readonly("steps", &ecso::EcsoResult::steps)
         .def_property_readonly("stats", &stats,
                                "image_encodes, tokens_prefilled, tokens_reused, tokens_generated, seconds per step, "
@@ -84,6 +85,7 @@ void register_result(py::module_ & m) {
             d["caption"] = r.caption;
             d["unsafe"] = r.unsafe;
             d["verdict_forced"] = r.verdict_forced;
+            d["p_yes"] = r.p_yes;
             d["stats"] = stats(r);
             return d;
         }, "Texts, verdict and stats as JSON-ready values.")

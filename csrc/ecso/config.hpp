@@ -38,6 +38,7 @@ struct SamplingConfig {
 enum class VerdictRule {
     Exact,   // the paper: lower-cased, stripped output is exactly "yes" or "yes."
     Prefix,  // lenient: the stripped output starts with "yes" (case-insensitive)
+    Logits,  // beyond the paper: P(yes) > P(no) from the judge's first-token logits, no text generated
 };
 
 // Where the image goes relative to the text in steps 1-3.

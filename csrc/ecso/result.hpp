@@ -35,6 +35,7 @@ struct EcsoResult {
     bool unsafe = false;         // the verdict (forced or judged) said harmful
     bool verdict_forced = false; // EcsoConfig::verdict_override decided the branch
     bool judged = false;         // false for answer(): no judge ran
+    std::optional<double> p_yes;  // the judge's P(yes) under verdict_rule Logits
     int32_t image_tokens = 0;    // positions the image occupies in the prompt
     int32_t template_prefix_tokens = 0;  // positions before the image (chat template head)
     std::vector<StepRecord> steps;

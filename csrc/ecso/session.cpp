@@ -89,6 +89,9 @@ EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
                              last_log_suffix() + ". Lower n_ctx or free memory");
     }
     kv_ = std::make_unique<KvSequences>(ctx_.get(), kNumSequences);
+    if (config_.verdict_rule == VerdictRule::Logits) {
+        yes_no_ = YesNoTokens::find(*model_);
+    }
     batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
 }
 
@@ -166,7 +169,14 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
                                                {"response", prompts::cut_chars(result.initial_answer,
                                                                                config_.response_cut_chars)}});
     const Prompt p2 = image_prompt(judge_text, image, config_.reuse_kv);
-    result.steps.push_back(run_step("judge", kSeqJudge, p2, config_.max_tokens_judge, no_sink, nullptr));
+    const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
+    result.steps.push_back(
+        run_step("judge", kSeqJudge, p2, logits_rule ? 0 : config_.max_tokens_judge, no_sink, nullptr));
+    if (logits_rule) {
+        // The prompt's last logits are still in the context: no token is generated.
+        result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_);
+        result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
+    }
     kv_->drop(kSeqJudge);
     result.verdict_text = result.steps.back().text;
     const bool judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);

@@ -21,6 +21,7 @@
 #include "ecso/model.hpp"
 #include "ecso/result.hpp"
 #include "ecso/token_batch.hpp"
+#include "ecso/verdict.hpp"
 #include "llama-cpp.h"
 
 namespace ecso {
@@ -81,6 +82,8 @@ private:
     std::unique_ptr<TokenBatch> batch_;
     std::atomic<bool> cancel_{false};
     std::mutex run_mutex_;
+
+    std::optional<YesNoTokens> yes_no_;  // for verdict_rule Logits
 
     // Encoder output of the current run's image, so no step re-encodes it when reuse is on.
     std::string cached_image_id_;

@@ -1,7 +1,11 @@
 // Verdict rules: the paper's exact "yes"/"yes." match and a lenient prefix match.
 #include "ecso/verdict.hpp"
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
+
+#include "ecso/errors.hpp"
 
 namespace ecso {
 namespace {
@@ -31,8 +35,39 @@ bool judge_verdict(const std::string & judge_text, VerdictRule rule) {
             return t == "yes" || t == "yes.";
         case VerdictRule::Prefix:
             return t.rfind("yes", 0) == 0;
+        case VerdictRule::Logits:
+            return t == "yes";  // the session writes "yes" or "no" from the probabilities
     }
     return false;
+}
+
+YesNoTokens YesNoTokens::find(const Model & model) {
+    YesNoTokens found;
+    const int32_t n_vocab = llama_vocab_n_tokens(model.vocab());
+    for (llama_token t = 0; t < n_vocab; ++t) {
+        const std::string piece = lower_stripped(model.token_piece(t));
+        if (piece == "yes") {
+            found.yes.push_back(t);
+        } else if (piece == "no") {
+            found.no.push_back(t);
+        }
+    }
+    if (found.yes.empty() || found.no.empty()) {
+        throw ConfigError("verdict_rule 'logits' needs single tokens for \"yes\" and \"no\", and this vocabulary has none; "
+                          "use verdict_rule 'exact'");
+    }
+    return found;
+}
+
+double yes_probability(const float * logits, const YesNoTokens & tokens) {
+    auto best = [logits](const std::vector<llama_token> & ids) {
+        float m = -INFINITY;
+        for (llama_token t : ids) {
+            m = std::max(m, logits[t]);
+        }
+        return static_cast<double>(m);
+    };
+    return 1.0 / (1.0 + std::exp(best(tokens.no) - best(tokens.yes)));
 }
 
 }  // namespace ecso

