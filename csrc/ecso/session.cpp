@@ -174,7 +174,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         run_step("judge", kSeqJudge, p2, logits_rule ? 0 : config_.max_tokens_judge, no_sink, nullptr));
     if (logits_rule) {
         // The prompt's last logits are still in the context: no token is generated.
-        result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_);
+        result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
         result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
     }
     kv_->drop(kSeqJudge);

@@ -59,13 +59,20 @@ YesNoTokens YesNoTokens::find(const Model & model) {
     return found;
 }
 
-double yes_probability(const float * logits, const YesNoTokens & tokens) {
-    auto best = [logits](const std::vector<llama_token> & ids) {
-        float m = -INFINITY;
+double yes_probability(const float * logits, const YesNoTokens & tokens,
+                       const std::vector<std::pair<int32_t, float>> & logit_bias) {
+    auto best = [&](const std::vector<llama_token> & ids) {
+        double m = -INFINITY;
         for (llama_token t : ids) {
-            m = std::max(m, logits[t]);
+            double v = logits[t];
+            for (const auto & [id, bias] : logit_bias) {
+                if (id == t) {
+                    v += bias;
+                }
+            }
+            m = std::max(m, v);
         }
-        return static_cast<double>(m);
+        return m;
     };
     return 1.0 / (1.0 + std::exp(best(tokens.no) - best(tokens.yes)));
 }

@@ -22,7 +22,9 @@ struct YesNoTokens {
     static YesNoTokens find(const Model & model);
 };
 
-// P(yes) from next-token logits: a softmax over the best "yes" and the best "no" token.
-double yes_probability(const float * logits, const YesNoTokens & tokens);
+// P(yes) from next-token logits (plus the sampling logit_bias, so the verdict prefers what the
+// sampler would): a softmax over the best "yes" and the best "no" token.
+double yes_probability(const float * logits, const YesNoTokens & tokens,
+                       const std::vector<std::pair<int32_t, float>> & logit_bias);
 
 }  // namespace ecso
