@@ -91,3 +91,27 @@ def test_logits_rule_probability_is_the_same_with_and_without_reuse(
     assert a.p_yes is not None and 0.0 < a.p_yes < 1.0
     assert a.p_yes == b.p_yes
     assert Session(tiny_model).run(image, QUERY, max_tokens=2).p_yes is None
+
+
+def contains_run(haystack: list[int], needle: list[int]) -> bool:
+    return any(haystack[i : i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
+
+
+def test_shadow_judge_reads_the_generated_answer_tokens(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    shadow = Session(tiny_model, EcsoConfig(shadow_judge=True, verdict_override=True)).run(image, QUERY, max_tokens=12)
+    plain = Session(tiny_model, EcsoConfig(verdict_override=True)).run(image, QUERY, max_tokens=12)
+    judge = shadow.stats["steps"]["judge"]
+    # the answer went into the judge during step 1: only the closing question is left to prefill
+    assert judge["tokens_shadowed"] >= 12
+    assert judge["tokens_prefilled"] < plain.stats["steps"]["judge"]["tokens_prefilled"]
+    assert judge["tokens_reused"] == shadow.stats["template_prefix_tokens"] + shadow.stats["image_tokens"]
+    assert contains_run(shadow.steps[1].input_tokens, shadow.steps[0].tokens)
+    head_and_image = shadow.stats["template_prefix_tokens"] + 1  # input_tokens: one -1 per image
+    assert shadow.steps[1].input_tokens[:head_and_image] == plain.steps[1].input_tokens[:head_and_image]
+    assert shadow.steps[1].input_tokens[head_and_image - 1] == -1
+    assert shadow.stats["image_encodes"] == 1 and len(shadow.steps) == 4
+
+
+def test_shadow_judge_is_ignored_without_kv_reuse(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    r = Session(tiny_model, EcsoConfig(shadow_judge=True, reuse_kv=False)).run(image, QUERY, max_tokens=6)
+    assert r.stats["steps"]["judge"]["tokens_shadowed"] == 0

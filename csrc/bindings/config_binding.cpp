@@ -18,7 +18,7 @@ using ecso::EcsoConfig;
 
 const char * const kFields[] = {
     "judge_template", "caption_template", "text_only_template", "system_prompt", "chat_template",
-    "image_placement", "response_cut_chars", "verdict_rule", "reuse_kv", "verdict_override",
+    "image_placement", "response_cut_chars", "verdict_rule", "reuse_kv", "shadow_judge", "verdict_override",
     "temperature", "top_p", "top_k", "seed", "ignore_eos", "logit_bias",
     "max_tokens_answer", "max_tokens_judge", "max_tokens_caption", "max_tokens_text_only", "max_image_pixels",
 };
@@ -120,6 +120,10 @@ decoding, and KV-cache reuse on.
             "(P(yes) > P(no) from the judge's first-token logits; no text is generated).")
         .def_readwrite("reuse_kv", &EcsoConfig::reuse_kv,
                        "Reuse the KV prefix across steps (False: every step from an empty cache).")
+        .def_readwrite("shadow_judge", &EcsoConfig::shadow_judge,
+                       "Feed the answer into the judge while step 1 decodes (beyond the paper; the judge reads the "
+                       "generated tokens rather than the re-tokenized answer). Needs reuse_kv and image_placement "
+                       "'before'; ignored otherwise.")
         .def_readwrite("verdict_override", &EcsoConfig::verdict_override,
                        "None, or True/False to force the unsafe/safe branch (the judge still runs).")
         .def_property(

@@ -16,6 +16,7 @@ py::dict step_dict(const ecso::StepRecord & s) {
     d["tokens_reused"] = s.tokens_reused;
     d["tokens_prefilled"] = s.tokens_prefilled;
     d["tokens_generated"] = s.tokens_generated;
+    d["tokens_shadowed"] = s.tokens_shadowed;
     d["image_encodes"] = s.image_encodes;
     d["stop_reason"] = s.stop_reason;
     d["encode_seconds"] = s.encode_seconds;
@@ -58,6 +59,8 @@ void register_result(py::module_ & m) {
         .def_readonly("text", &ecso::StepRecord::text)
         .def_readonly("tokens", &ecso::StepRecord::tokens, "Generated token ids (end-of-generation excluded).")
         .def_readonly("stop_reason", &ecso::StepRecord::stop_reason, "'eos', 'length' or 'context'.")
+        .def_readonly("input_tokens", &ecso::StepRecord::input_tokens,
+                      "The prompt's text token ids in order, -1 standing for each image.")
         .def_property_readonly("stats", &step_dict)
         .def("__repr__", [](const ecso::StepRecord & s) {
             return "StepRecord(name=" + py::repr(py::str(s.name)).cast<std::string>() +

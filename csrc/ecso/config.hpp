@@ -58,6 +58,11 @@ struct EcsoConfig {
     size_t response_cut_chars = 1927;    // the judge quotes this many characters of the answer
     VerdictRule verdict_rule = VerdictRule::Exact;
     bool reuse_kv = true;                // false: every step from an empty cache (the reference path)
+    // Beyond the paper: feed the answer into the judge's sequence while step 1 decodes (both in
+    // one decode batch), so only the judge's closing question is left when the answer ends. The
+    // judge then reads the answer's generated tokens instead of its re-tokenized text, which can
+    // differ. Applies with reuse_kv and image_placement "before"; ignored otherwise.
+    bool shadow_judge = false;
     std::optional<bool> verdict_override;  // force the unsafe (true) or safe (false) branch
     SamplingConfig sampling;
     // Per-step token limits; nullopt takes the run's max_tokens.

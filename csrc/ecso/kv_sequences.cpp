@@ -31,11 +31,17 @@ KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & 
 }
 
 void KvSequences::start_from(int target, const Prefix & prefix, const std::vector<PromptItem> & items) {
+    if (prefix.source >= 0) {
+        truncate(prefix.source, prefix.items);
+    }
+    share(target, prefix, items);
+}
+
+void KvSequences::share(int target, const Prefix & prefix, const std::vector<PromptItem> & items) {
     drop(target);
     if (prefix.source < 0 || prefix.items == 0) {
         return;
     }
-    truncate(prefix.source, prefix.items);
     llama_memory_seq_cp(llama_get_memory(ctx_), prefix.source, target, 0, prefix.positions);
     auto & held = contents_[static_cast<size_t>(target)];
     for (size_t i = 0; i < prefix.items; ++i) {

@@ -30,6 +30,9 @@ public:
     // empty cache would (same cells, same attention span), which keeps results bit-identical.
     void start_from(int target, const Prefix & prefix, const std::vector<PromptItem> & items);
 
+    // Like start_from, but leaves the source whole (shadow judging: the source is still decoding).
+    void share(int target, const Prefix & prefix, const std::vector<PromptItem> & items);
+
     // Records that `item` was evaluated at the end of `target`.
     void append(int target, const PromptItem & item);
 

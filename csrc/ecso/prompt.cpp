@@ -10,7 +10,7 @@
 namespace ecso {
 
 Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::string & before_image,
-                     const PromptImage * image, const std::string & after_image) {
+                     const PromptImage * image, const std::string & after_image, bool with_tail) {
     struct TextPart {
         std::string text;
         bool parse_special;
@@ -18,7 +18,7 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
     std::vector<mtmd_input_text> texts;
     std::vector<mtmd_input_part> parts;
     const std::vector<TextPart> before = {{frame.head, true}, {before_image, false}};
-    const std::vector<TextPart> after = {{after_image, false}, {frame.tail, true}};
+    const std::vector<TextPart> after = {{after_image, false}, {with_tail ? frame.tail : std::string(), true}};
     texts.reserve(4);
     parts.reserve(5);
 
@@ -114,6 +114,15 @@ int32_t Prompt::n_pos() const {
         n += item.n_pos;
     }
     return n;
+}
+
+std::vector<llama_token> Prompt::input_tokens() const {
+    std::vector<llama_token> out;
+    out.reserve(items_.size());
+    for (const auto & item : items_) {
+        out.push_back(item.is_media() ? -1 : item.token);
+    }
+    return out;
 }
 
 int32_t Prompt::image_tokens() const {

@@ -38,8 +38,9 @@ public:
     // Tokenizes head + user content + tail through mtmd, so media markers inside user text stay
     // text (no injected image slots) and chat-template special tokens are parsed only in the frame.
     // With an image, `before_image` and `after_image` are the user text on each side of it.
+    // `with_tail` false leaves the prompt open (shadow judging continues it token by token).
     static Prompt build(const Model & model, const ChatFrame & frame, const std::string & before_image,
-                        const PromptImage * image, const std::string & after_image);
+                        const PromptImage * image, const std::string & after_image, bool with_tail = true);
 
     const std::vector<PromptItem> & items() const { return items_; }
     int32_t n_pos() const;
@@ -54,6 +55,8 @@ public:
     size_t reuse_boundary(size_t shared_items) const;
     int32_t image_tokens() const;      // positions of the image, 0 without one
     int32_t positions_before_image() const;
+    // Text token ids in order, -1 standing for each media chunk.
+    std::vector<llama_token> input_tokens() const;
 
 private:
     mtmd::input_chunks_ptr chunks_;

@@ -63,6 +63,14 @@ std::string cut_chars(const std::string & text, size_t max_chars) {
     return text;
 }
 
+size_t count_chars(const std::string & text) {
+    size_t n = 0;
+    for (char c : text) {
+        n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    }
+    return n;
+}
+
 void require_placeholders(const std::string & tmpl, const std::vector<std::string> & names, const char * what) {
     for (const auto & name : names) {
         if (tmpl.find("{" + name + "}") == std::string::npos) {

@@ -25,6 +25,9 @@ std::string fill(const std::string & tmpl, const std::vector<std::pair<std::stri
 // response by characters, as Python's str slicing does).
 std::string cut_chars(const std::string & text, size_t max_chars);
 
+// The number of Unicode code points in valid UTF-8 `text`.
+size_t count_chars(const std::string & text);
+
 // Throws ConfigError if `tmpl` lacks a required placeholder. `what` names the template.
 void require_placeholders(const std::string & tmpl, const std::vector<std::string> & names, const char * what);
 

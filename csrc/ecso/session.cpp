@@ -154,8 +154,23 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     result.template_prefix_tokens = p1.positions_before_image();
     std::vector<std::string> answer_pieces;
     const TextSink no_sink;
+    const bool shadowing = protect && config_.shadow_judge && config_.reuse_kv &&
+                           config_.image_placement == ImagePlacement::BeforeText;
+    // The judge template around {response}: before it goes in ahead of the answer, after it behind.
+    const size_t at = config_.judge_template.find("{response}");
+    const std::string judge_before = prompts::fill(config_.judge_template.substr(0, at), {{"query", query}});
+    const std::string judge_after =
+        prompts::fill(config_.judge_template.substr(at + std::string("{response}").size()), {{"query", query}});
+    ShadowJudge shadow;
+    std::optional<Prompt> judge_head;
+    if (shadowing) {
+        PromptImage pimg{&image, cached_image_id_, true};
+        judge_head.emplace(Prompt::build(*model_, frame_, "", &pimg, "\n" + judge_before, false));
+        shadow.head = &*judge_head;
+    }
     result.steps.push_back(run_step("answer", kSeqAnswer, p1, config_.max_tokens_answer.value_or(max_tokens),
-                                    protect ? no_sink : on_text, &answer_pieces));
+                                    protect ? no_sink : on_text, &answer_pieces,
+                                    shadowing ? &shadow : nullptr));
     result.initial_answer = result.steps.back().text;
     result.answer = result.initial_answer;
     if (!protect) {
@@ -168,10 +183,14 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         prompts::fill(config_.judge_template, {{"query", query},
                                                {"response", prompts::cut_chars(result.initial_answer,
                                                                                config_.response_cut_chars)}});
-    const Prompt p2 = image_prompt(judge_text, image, config_.reuse_kv);
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
-    result.steps.push_back(
-        run_step("judge", kSeqJudge, p2, logits_rule ? 0 : config_.max_tokens_judge, no_sink, nullptr));
+    const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
+    if (shadowing) {
+        result.steps.push_back(finish_shadow(shadow, judge_after, judge_tokens));
+    } else {
+        const Prompt p2 = image_prompt(judge_text, image, config_.reuse_kv);
+        result.steps.push_back(run_step("judge", kSeqJudge, p2, judge_tokens, no_sink, nullptr));
+    }
     if (logits_rule) {
         // The prompt's last logits are still in the context: no token is generated.
         result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
@@ -211,12 +230,13 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
 }
 
 StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
-                                 const TextSink & live, std::vector<std::string> * pieces) {
+                                 const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow) {
     throw_if_cancelled(name);
     const auto t0 = Clock::now();
     StepRecord rec;
     rec.name = name;
     rec.prompt_tokens = prompt.n_pos();
+    rec.input_tokens = prompt.input_tokens();
     const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
     if (rec.prompt_tokens >= n_ctx) {
         throw ContextOverflowError("the '" + rec.name + "' prompt needs " + std::to_string(rec.prompt_tokens) +
@@ -239,11 +259,79 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     evaluate_prompt(prompt, prefix.items, prefix.positions, seq, rec);
     rec.prefill_seconds = seconds_since(t_prefill) - rec.encode_seconds;
 
+    if (shadow != nullptr) {
+        open_shadow(*shadow);
+    }
     const auto t_decode = Clock::now();
-    generate(seq, rec.prompt_tokens, max_tokens, rec, live, pieces);
+    generate(seq, rec.prompt_tokens, max_tokens, rec, live, pieces, shadow);
     rec.decode_seconds = seconds_since(t_decode);
     rec.seconds = seconds_since(t0);
     return rec;
+}
+
+void EcsoSession::open_shadow(ShadowJudge & shadow) {
+    const auto & items = shadow.head->items();
+    const size_t shared = kv_->longest_prefix(items, kSeqJudge, items.size()).items;
+    const KvSequences::Prefix prefix = kv_->longest_prefix(items, kSeqJudge, shadow.head->reuse_boundary(shared));
+    kv_->share(kSeqJudge, prefix, items);  // step 1 keeps its whole prompt: it is still decoding
+    shadow.reused = prefix.positions;
+    shadow.pos = prefix.positions;
+    const std::vector<llama_token> head_input = shadow.head->input_tokens();
+    shadow.input.assign(head_input.begin(), head_input.begin() + static_cast<std::ptrdiff_t>(prefix.items));
+    for (size_t i = prefix.items; i < items.size(); ++i) {
+        if (items[i].is_media()) {
+            throw RuntimeFailure("internal: shadow judging needs the image in the shared prefix");
+        }
+        shadow.queue.push_back(items[i].token);
+    }
+}
+
+StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::string & judge_rest, int32_t max_tokens) {
+    throw_if_cancelled("judge");
+    const auto t0 = Clock::now();
+    StepRecord rec;
+    rec.name = "judge";
+    std::vector<llama_token> rest(shadow.queue.begin() + static_cast<std::ptrdiff_t>(shadow.fed), shadow.queue.end());
+    for (const auto & part : {model_->tokenize(judge_rest, false, false), model_->tokenize(frame_.tail, false, true)}) {
+        rest.insert(rest.end(), part.begin(), part.end());
+    }
+    rec.input_tokens = shadow.input;
+    rec.input_tokens.insert(rec.input_tokens.end(), shadow.queue.begin(), shadow.queue.end());
+    rec.input_tokens.insert(rec.input_tokens.end(), rest.begin() + static_cast<std::ptrdiff_t>(shadow.queue.size() - shadow.fed),
+                            rest.end());
+    rec.tokens_reused = shadow.reused;
+    rec.tokens_shadowed = static_cast<int32_t>(shadow.fed);
+    rec.tokens_prefilled = static_cast<int32_t>(rest.size());
+    rec.prompt_tokens = shadow.pos + rec.tokens_prefilled;
+    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
+    if (rec.prompt_tokens >= n_ctx) {
+        throw ContextOverflowError("the 'judge' prompt needs " + std::to_string(rec.prompt_tokens) +
+                                   " positions but the context holds " + std::to_string(n_ctx) +
+                                   ". Raise n_ctx (Model(..., n_ctx=...)) or lower the answer's token limit");
+    }
+    const auto t_prefill = Clock::now();
+    decode_text(rest, shadow.pos, kSeqJudge, "prompt of step 'judge'");
+    rec.prefill_seconds = seconds_since(t_prefill);
+    const auto t_decode = Clock::now();
+    generate(kSeqJudge, rec.prompt_tokens, max_tokens, rec, {}, nullptr);
+    rec.decode_seconds = seconds_since(t_decode);
+    rec.seconds = seconds_since(t0);
+    return rec;
+}
+
+void EcsoSession::decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what) {
+    size_t i = 0;
+    while (i < tokens.size()) {
+        batch_->clear();
+        while (i < tokens.size() && !batch_->full()) {
+            batch_->add(tokens[i], pos, seq, i + 1 == tokens.size());
+            kv_->append(seq, {tokens[i], nullptr, std::string(), 1});
+            ++pos;
+            ++i;
+        }
+        throw_if_cancelled("judge");
+        check_decode_status(llama_decode(ctx_.get(), batch_->get()), what.c_str());
+    }
 }
 
 void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq,
@@ -310,7 +398,7 @@ void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, 
 }
 
 void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
-                           std::vector<std::string> * pieces) {
+                           std::vector<std::string> * pieces, ShadowJudge * shadow) {
     Sampler sampler(*model_, config_.sampling, model_->options().seed);
     Utf8Decoder decoder;
     SinkWriter writer(live);
@@ -336,6 +424,11 @@ void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord 
             pieces->push_back(piece);
         }
         writer.write(piece);
+        if (shadow != nullptr && shadow->quoting) {
+            shadow->queue.push_back(token);
+            shadow->response_chars += prompts::count_chars(piece);
+            shadow->quoting = shadow->response_chars < config_.response_cut_chars;
+        }
         if (rec.tokens_generated == max_tokens) {
             break;  // the last token's KV entry is never needed
         }
@@ -345,6 +438,17 @@ void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord 
         }
         batch_->clear();
         batch_->add(token, pos, seq, true);
+        if (shadow != nullptr) {
+            // A decode step costs about the same with a few more tokens in the batch: the judge
+            // takes up to kShadowPerStep of its queued tokens along.
+            constexpr size_t kShadowPerStep = 2;
+            for (size_t k = 0; k < kShadowPerStep && shadow->fed < shadow->queue.size(); ++k) {
+                batch_->add(shadow->queue[shadow->fed], shadow->pos, kSeqJudge, false);
+                kv_->append(kSeqJudge, {shadow->queue[shadow->fed], nullptr, std::string(), 1});
+                ++shadow->fed;
+                ++shadow->pos;
+            }
+        }
         check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
         kv_->append(seq, {token, nullptr, std::string(), 1});
         ++pos;

@@ -65,12 +65,27 @@ private:
     EcsoResult execute(const RgbImage & image, const std::string & query, int32_t max_tokens,
                        const TextSink & on_text, bool protect);
     Prompt image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const;
+    // The judge's sequence while shadow judging: fed during step 1's decode batches.
+    struct ShadowJudge {
+        const Prompt * head = nullptr;   // [template head, image, judge text before {response}]
+        std::vector<llama_token> input;  // the judge's input tokens so far (-1 for the image)
+        std::vector<llama_token> queue;  // tokens waiting to enter the judge's sequence
+        size_t fed = 0;                  // queue[0, fed) are in the KV cache
+        int32_t pos = 0;                 // the judge's next position
+        int32_t reused = 0;              // positions shared with step 1
+        size_t response_chars = 0;       // characters of the answer quoted so far
+        bool quoting = true;             // still within response_cut_chars
+    };
+
     StepRecord run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
-                        const TextSink & live, std::vector<std::string> * pieces);
+                        const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr);
+    void open_shadow(ShadowJudge & shadow);
+    StepRecord finish_shadow(ShadowJudge & shadow, const std::string & judge_rest, int32_t max_tokens);
     void evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq, StepRecord & rec);
     void evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec);
     void generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
-                  std::vector<std::string> * pieces);
+                  std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr);
+    void decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what);
     void throw_if_cancelled(const char * step) const;
     static bool abort_requested(void * session);
 

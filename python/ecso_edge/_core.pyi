@@ -14,6 +14,7 @@ class EcsoConfig:
     response_cut_chars: int
     verdict_rule: str
     reuse_kv: bool
+    shadow_judge: bool
     verdict_override: Optional[bool]
     temperature: float
     top_p: float
@@ -42,6 +43,8 @@ class StepRecord:
     def tokens(self) -> list[int]: ...
     @property
     def stop_reason(self) -> str: ...
+    @property
+    def input_tokens(self) -> list[int]: ...
     @property
     def stats(self) -> dict[str, Any]: ...
 
