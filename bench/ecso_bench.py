@@ -88,38 +88,109 @@ def test_image(size: int) -> tuple[np.ndarray, bytes]:
     return img, buf.getvalue()
 
 
-class PeakRss:
-    """Peak resident memory during one call: /proc/self/clear_refs resets the kernel's high-water
-    mark (VmHWM), so each contender's peak is its own, measured in this one process."""
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    import resource
 
-    def __init__(self) -> None:
-        self.resettable = Path("/proc/self/clear_refs").exists()
-
-    def reset(self) -> None:
-        if self.resettable:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                self.resettable = False
-
-    @staticmethod
-    def peak_mb() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def step_tokens(r: Any) -> list[list[int]]:
     return [list(s.tokens) for s in r.steps]
 
 
+LIMITS = dict(
+    ignore_eos=True,
+    max_tokens_answer=TOKENS["answer"],
+    max_tokens_judge=TOKENS["judge"],
+    max_tokens_caption=TOKENS["caption"],
+    max_tokens_text_only=TOKENS["text_only"],
+)
+SESSION_CONFIGS = {
+    "direct": {},
+    "ecso_safe": dict(verdict_override=False),
+    "ecso_unsafe": dict(verdict_override=True),
+    "ecso_safe_logits": dict(verdict_override=False, verdict_rule="logits"),
+    "ecso_safe_shadow": dict(verdict_override=False, verdict_rule="logits", shadow_judge=True),
+    "reference_safe": dict(verdict_override=False, reuse_kv=False),
+    "reference_unsafe": dict(verdict_override=True, reuse_kv=False),
+}
+CONTENDERS = list(SESSION_CONFIGS) + ["naive_safe", "naive_unsafe"]
+
+
+def build_contenders(
+    text: Path, mmproj: Path, threads: int, n_ctx: int, image_size: int, names: list[str]
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Loads what the named contenders need (one ecso-edge Model, llama-cpp-python only for the
+    naive ones) and returns a call per contender that runs one request."""
+    pixels, png = test_image(image_size)
+    model = ecso_edge.Model(text, mmproj, n_threads=threads, n_ctx=n_ctx)
+    sessions = {n: Session(model, EcsoConfig(**SESSION_CONFIGS[n], **LIMITS)) for n in names if n in SESSION_CONFIGS}
+    calls: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def ecso_call(name: str) -> Callable[[], dict[str, Any]]:
+        session = sessions[name]
+
+        def call() -> dict[str, Any]:
+            if name == "direct":
+                r = session.answer(pixels, QUERY, max_tokens=64)
+            else:
+                r = session.run(pixels, QUERY, max_tokens=64)
+            return {
+                "image_encodes": r.stats["image_encodes"],
+                "prefilled": r.stats["tokens_prefilled"],
+                "reused": r.stats["tokens_reused"],
+                "tokens": step_tokens(r),
+                "verdict": r.verdict_text,
+            }
+
+        return call
+
+    for name in sessions:
+        calls[name] = ecso_call(name)
+    if any(n.startswith("naive") for n in names):
+        frame = Session(model)._core
+        naive = NaiveEcso(
+            str(text), str(mmproj), head=frame.prompt_head, tail=frame.prompt_tail, config=EcsoConfig(),
+            n_ctx=n_ctx, n_threads=threads,
+        )
+        for unsafe in (False, True):
+            name = "naive_unsafe" if unsafe else "naive_safe"
+            if name in names:
+                calls[name] = (
+                    lambda u=unsafe: (
+                        lambda r: {"image_encodes": r.image_encodes, "prefilled": sum(r.prompt_tokens.values()),
+                                   "reused": 0}
+                    )(naive.run(png, QUERY, unsafe=u, tokens=TOKENS))
+                )
+    calls["_model"] = lambda: {"model": model, "pixels": pixels}  # for the agreement runs
+    return calls
+
+
+def measure_memory(text: Path, mmproj: Path, threads: int, n_ctx: int, image_size: int, name: str) -> float:
+    """Peak RSS of a process that loads only what one contender needs and runs it twice: run in
+    a child process per contender so that no contender pays for another's models or caches."""
+    import subprocess
+
+    code = (
+        "import json, sys; sys.path.insert(0, %r)\n"
+        "import ecso_bench as b\n"
+        "from pathlib import Path\n"
+        "calls = b.build_contenders(Path(%r), Path(%r), %d, %d, %d, [%r])\n"
+        "calls[%r](); calls[%r]()\n"
+        "print(json.dumps(b.peak_rss_mb()))\n"
+    ) % (str(Path(__file__).resolve().parent), str(text), str(mmproj), threads, n_ctx, image_size, name, name, name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 timed repetition (under 3 minutes on 2 cores)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 1)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 4, quick 1)")
     p.add_argument("--json", type=Path, default=None, help="write the results here (and a PNG chart next to it)")
     p.add_argument("--model", default=None)
     p.add_argument("--mmproj", default=None)
@@ -141,73 +212,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         text, mmproj = default_pair(out_dir)
         image_size = 224
-    reps = args.reps or (1 if args.quick else 5)
+    reps = args.reps or (1 if args.quick else 4)
     warmups = 0 if args.quick else 1
-    pixels, png = test_image(image_size)
 
-    model = ecso_edge.Model(text, mmproj, n_threads=args.threads, n_ctx=args.n_ctx)
-    limits = dict(
-        ignore_eos=True,
-        max_tokens_answer=TOKENS["answer"],
-        max_tokens_judge=TOKENS["judge"],
-        max_tokens_caption=TOKENS["caption"],
-        max_tokens_text_only=TOKENS["text_only"],
-    )
-    sessions = {
-        "direct": Session(model, EcsoConfig(**limits)),
-        "ecso_safe": Session(model, EcsoConfig(verdict_override=False, **limits)),
-        "ecso_unsafe": Session(model, EcsoConfig(verdict_override=True, **limits)),
-        "ecso_safe_logits": Session(model, EcsoConfig(verdict_override=False, verdict_rule="logits", **limits)),
-        "ecso_safe_shadow": Session(
-            model, EcsoConfig(verdict_override=False, verdict_rule="logits", shadow_judge=True, **limits)
-        ),
-        "reference_safe": Session(model, EcsoConfig(verdict_override=False, reuse_kv=False, **limits)),
-        "reference_unsafe": Session(model, EcsoConfig(verdict_override=True, reuse_kv=False, **limits)),
-    }
-    head, tail = sessions["direct"]._core.prompt_head, sessions["direct"]._core.prompt_tail
-    naive = NaiveEcso(
-        str(text), str(mmproj), head=head, tail=tail, config=EcsoConfig(), n_ctx=args.n_ctx, n_threads=args.threads
-    )
-
-    def ecso_call(name: str) -> Callable[[], dict[str, Any]]:
-        def call() -> dict[str, Any]:
-            s = sessions[name]
-            r = s.answer(pixels, QUERY, max_tokens=64) if name == "direct" else s.run(pixels, QUERY, max_tokens=64)
-            return {
-                "image_encodes": r.stats["image_encodes"],
-                "prefilled": r.stats["tokens_prefilled"],
-                "reused": r.stats["tokens_reused"],
-                "tokens": step_tokens(r),
-                "p_yes": r.p_yes,
-                "verdict": r.verdict_text,
-            }
-
-        return call
-
-    def naive_call(unsafe: bool) -> Callable[[], dict[str, Any]]:
-        def call() -> dict[str, Any]:
-            r = naive.run(png, QUERY, unsafe=unsafe, tokens=TOKENS)
-            return {"image_encodes": r.image_encodes, "prefilled": sum(r.prompt_tokens.values()), "reused": 0}
-
-        return call
-
-    contenders: dict[str, Callable[[], dict[str, Any]]] = {name: ecso_call(name) for name in sessions}
-    contenders["naive_safe"] = naive_call(False)
-    contenders["naive_unsafe"] = naive_call(True)
-
-    rss = PeakRss()
+    contenders = build_contenders(text, mmproj, args.threads, args.n_ctx, image_size, CONTENDERS)
+    shared = contenders.pop("_model")()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    peaks: dict[str, float] = {name: 0.0 for name in contenders}
     last: dict[str, dict[str, Any]] = {}
     identical = True
     verdict_agreement: list[bool] = []
     for rep in range(warmups + reps):
         for name, call in contenders.items():
-            rss.reset()
             t0 = time.perf_counter()
             out = call()
             elapsed = time.perf_counter() - t0
-            peaks[name] = max(peaks[name], rss.peak_mb())
             if rep >= warmups:
                 samples[name].append(elapsed)
             last[name] = out
@@ -216,7 +234,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         verdict_agreement.append(last["ecso_safe_logits"]["verdict"] == last["ecso_safe"]["verdict"])
         print(f"repetition {rep + 1}/{warmups + reps}{' (warm-up)' if rep < warmups else ''} done", flush=True)
 
-    agreement = judge_agreement(model, limits, pixels, AGREEMENT_QUERIES[: 2 if args.quick else None])
+    queries = AGREEMENT_QUERIES[: 2 if args.quick else 8]
+    agreement = judge_agreement(shared["model"], LIMITS, shared["pixels"], queries)
+    memory_names = ["direct", "ecso_safe", "ecso_unsafe", "naive_unsafe"] if args.quick else CONTENDERS
+    peaks = {n: measure_memory(text, mmproj, args.threads, args.n_ctx, image_size, n) for n in memory_names}
+    print("memory measured", flush=True)
 
     med = {name: statistics.median(v) for name, v in samples.items()}
     results: dict[str, Any] = {f"{name}_s": med[name] for name in contenders}
@@ -224,8 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["tokens_prefilled"] = {name: last[name]["prefilled"] for name in contenders}
     results["tokens_reused"] = {name: last[name]["reused"] for name in contenders}
     results["tokens_identical"] = bool(identical)
-    results["peak_rss_mb"] = {name: round(peaks[name], 1) for name in contenders}
-    results["peak_rss_measured_per_contender"] = rss.resettable
+    results["peak_rss_mb"] = {name: round(v, 1) for name, v in peaks.items()}
     results["logits_verdict_agrees_with_text_verdict"] = all(verdict_agreement)
     results["judge_agreement"] = agreement
     results["samples_s"] = samples
@@ -282,8 +303,9 @@ def print_report(r: dict[str, Any]) -> None:
     for name in r["image_encodes"]:
         print(
             f"{name:18s} {r[name + '_s']:9.3f} {r['image_encodes'][name]:8d} {r['tokens_prefilled'][name]:10d} "
-            f"{r['tokens_reused'][name]:7d} {r['peak_rss_mb'][name]:12.1f}"
+            f"{r['tokens_reused'][name]:7d} {r['peak_rss_mb'].get(name, float('nan')):12.1f}"
         )
+    print(f"(peak RSS: a child process per contender loads only what that contender needs)")
     print(f"\ntokens identical to the reference path: {r['tokens_identical']}")
     print(f"logits verdict agrees with the text verdict: {r['logits_verdict_agrees_with_text_verdict']}")
     print(f"\n{'target':36s} {'value':>8s} {'limit':>7s}  met")

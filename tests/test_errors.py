@@ -504,8 +504,8 @@ def test_unknown_config_field_is_a_type_error() -> None:
         EcsoConfig(temprature=0.5)
 
 
-def test_verdict_rule_must_be_exact_or_prefix() -> None:
-    with pytest.raises(ConfigError, match=re.escape("verdict_rule must be 'exact' or 'prefix' (got 'maybe')")):
+def test_verdict_rule_must_be_a_known_rule() -> None:
+    with pytest.raises(ConfigError, match=re.escape("verdict_rule must be 'exact', 'prefix' or 'logits' (got 'maybe')")):
         EcsoConfig(verdict_rule="maybe")
 
 

@@ -17,6 +17,7 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
 )pbdoc")
         .def(py::init([](const std::string & text_model_path, const std::string & mmproj_path, uint32_t n_ctx,
                          uint32_t n_batch, int32_t n_gpu_layers, bool mmproj_gpu, int32_t n_threads,
+                         int32_t n_threads_batch,
                          std::optional<bool> flash_attn, uint32_t seed, bool verbose) {
                  ecso::ModelOptions options;
                  options.n_ctx = n_ctx;
@@ -24,6 +25,7 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
                  options.n_gpu_layers = n_gpu_layers;
                  options.mmproj_gpu = mmproj_gpu;
                  options.n_threads = n_threads;
+                 options.n_threads_batch = n_threads_batch;
                  options.flash_attn = flash_attn;
                  options.seed = seed;
                  options.verbose = verbose;
@@ -31,7 +33,8 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
                  return std::make_shared<ecso::Model>(text_model_path, mmproj_path, options);
              }),
              py::arg("text_model_path"), py::arg("mmproj_path"), py::kw_only(), py::arg("n_ctx"), py::arg("n_batch"),
-             py::arg("n_gpu_layers"), py::arg("mmproj_gpu"), py::arg("n_threads"), py::arg("flash_attn"),
+             py::arg("n_gpu_layers"), py::arg("mmproj_gpu"), py::arg("n_threads"),
+             py::arg("n_threads_batch"), py::arg("flash_attn"),
              py::arg("seed"), py::arg("verbose"))
         .def_property_readonly("text_model_path", [](const ecso::Model & mdl) { return mdl.text_info().path; })
         .def_property_readonly("mmproj_path", [](const ecso::Model & mdl) { return mdl.projector_info().path; })
@@ -43,6 +46,7 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
         .def_property_readonly("n_ctx", [](const ecso::Model & mdl) { return mdl.options().n_ctx; })
         .def_property_readonly("n_ctx_train", &ecso::Model::n_ctx_train)
         .def_property_readonly("n_threads", &ecso::Model::n_threads)
+        .def_property_readonly("n_threads_batch", &ecso::Model::n_threads_batch)
         .def_property_readonly("n_gpu_layers", [](const ecso::Model & mdl) { return mdl.options().n_gpu_layers; })
         .def_property_readonly("seed", [](const ecso::Model & mdl) { return mdl.options().seed; })
         .def_property_readonly(

@@ -18,7 +18,8 @@ struct ModelOptions {
     uint32_t n_batch = 512;      // logical batch for prompt evaluation
     int32_t n_gpu_layers = 0;    // text-model layers offloaded to the GPU (-1: all)
     bool mmproj_gpu = true;      // run the vision projector on the GPU when llama.cpp has one
-    int32_t n_threads = 0;       // 0: half the hardware threads, at least 1
+    int32_t n_threads = 0;       // generation threads; 0: half the hardware threads, at least 1
+    int32_t n_threads_batch = 0; // prompt and image threads; 0: as n_threads
     std::optional<bool> flash_attn;  // nullopt: llama.cpp decides (auto)
     uint32_t seed = 0;           // default sampling seed of sessions on this model
     bool verbose = false;        // print llama.cpp's own log to stderr

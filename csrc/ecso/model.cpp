@@ -19,12 +19,13 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
     if (options.n_batch < 1) {
         throw ConfigError("n_batch must be at least 1");
     }
-    if (options.n_threads < 0) {
-        throw ConfigError("n_threads must be >= 1 (or 0 for the default)");
+    if (options.n_threads < 0 || options.n_threads_batch < 0) {
+        throw ConfigError("n_threads and n_threads_batch must be >= 1 (or 0 for the default)");
     }
     n_threads_ = options.n_threads > 0
                      ? options.n_threads
                      : std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency() / 2));
+    n_threads_batch_ = options.n_threads_batch > 0 ? options.n_threads_batch : n_threads_;
 
     text_info_ = check_text_model(text_model_path);
     projector_info_ = check_projector(mmproj_path, text_info_);
@@ -41,7 +42,7 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
 
     mtmd_context_params cparams = mtmd_context_params_default();
     cparams.use_gpu = options.mmproj_gpu;
-    cparams.n_threads = n_threads_;
+    cparams.n_threads = n_threads_batch_;  // the encoder is batch work
     cparams.print_timings = false;
     cparams.warmup = false;  // the first real encode warms up; loading stays fast
     cparams.flash_attn_type = flash_attn_type();

@@ -34,6 +34,7 @@ public:
     const TextModelInfo & text_info() const { return text_info_; }
     const ProjectorInfo & projector_info() const { return projector_info_; }
     int32_t n_threads() const { return n_threads_; }
+    int32_t n_threads_batch() const { return n_threads_batch_; }
     // The flash-attention setting for contexts on this model (auto unless the options force it).
     llama_flash_attn_type flash_attn_type() const;
     int32_t n_embd() const;       // the text model's input embedding size
@@ -52,6 +53,7 @@ private:
     TextModelInfo text_info_;
     ProjectorInfo projector_info_;
     int32_t n_threads_ = 1;
+    int32_t n_threads_batch_ = 1;
     // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
     llama_model_ptr model_;
     const llama_vocab * vocab_ = nullptr;

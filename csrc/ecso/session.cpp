@@ -77,7 +77,7 @@ EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
     // One cell pool for all sequences: seq_cp then shares cells, and partial copies are allowed.
     cparams.kv_unified = true;
     cparams.n_threads = model_->n_threads();
-    cparams.n_threads_batch = model_->n_threads();
+    cparams.n_threads_batch = model_->n_threads_batch();
     cparams.flash_attn_type = model_->flash_attn_type();
     cparams.abort_callback = &EcsoSession::abort_requested;
     cparams.abort_callback_data = this;

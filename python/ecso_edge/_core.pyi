@@ -82,6 +82,7 @@ class Model:
         n_gpu_layers: int,
         mmproj_gpu: bool,
         n_threads: int,
+        n_threads_batch: int,
         flash_attn: Optional[bool],
         seed: int,
         verbose: bool,
@@ -104,6 +105,8 @@ class Model:
     def n_ctx_train(self) -> int: ...
     @property
     def n_threads(self) -> int: ...
+    @property
+    def n_threads_batch(self) -> int: ...
     @property
     def n_gpu_layers(self) -> int: ...
     @property

@@ -82,6 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         n_ctx=args.n_ctx,
         n_gpu_layers=args.n_gpu_layers,
         n_threads=args.threads,
+        n_threads_batch=args.threads_batch,
         verbose=args.verbose,
     )
     config = _core.EcsoConfig()
@@ -146,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
     r.add_argument("--max-tokens", type=int, default=512)
     r.add_argument("--n-gpu-layers", type=int, default=0, help="-1 offloads every layer")
-    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--threads", type=int, default=None, help="generation threads")
+    r.add_argument("--threads-batch", type=int, default=None, help="prompt/image threads (default: --threads)")
     r.add_argument("--n-ctx", type=int, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")

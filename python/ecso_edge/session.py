@@ -21,7 +21,8 @@ class Model:
     """A LLaVA-style GGUF pair: the text model and its vision projector (``mmproj``).
 
     Both files are validated before llama.cpp sees them (a bad file raises ``ModelLoadError``).
-    ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
+    ``n_threads`` drives generation, ``n_threads_batch`` (default: the same) prompt evaluation and
+    the image encoder. ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
     llama-cpp-python was built with one (see ``ecso_edge.system_info()``).
 
     >>> model = Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf", n_gpu_layers=-1)
@@ -36,6 +37,7 @@ class Model:
         n_gpu_layers: int = 0,
         mmproj_gpu: bool = True,
         n_threads: Optional[int] = None,
+        n_threads_batch: Optional[int] = None,
         flash_attn: Optional[bool] = None,
         seed: int = 0,
         n_batch: int = 512,
@@ -49,6 +51,7 @@ class Model:
             n_gpu_layers=n_gpu_layers,
             mmproj_gpu=mmproj_gpu,
             n_threads=0 if n_threads is None else n_threads,
+            n_threads_batch=0 if n_threads_batch is None else n_threads_batch,
             flash_attn=flash_attn,
             seed=seed,
             verbose=verbose,
@@ -78,7 +81,13 @@ class Model:
 
     @property
     def n_threads(self) -> int:
+        """Threads for generation."""
         return self._core.n_threads
+
+    @property
+    def n_threads_batch(self) -> int:
+        """Threads for prompt evaluation and the image encoder."""
+        return self._core.n_threads_batch
 
     @property
     def projector_type(self) -> str:
