@@ -121,12 +121,14 @@ CONTENDERS = list(SESSION_CONFIGS) + ["naive_safe", "naive_unsafe"]
 
 
 def build_contenders(
-    text: Path, mmproj: Path, threads: int, n_ctx: int, image_size: int, names: list[str]
+    text: Path, mmproj: Path, threads: int, n_ctx: int, image_size: int, names: list[str],
+    gen_threads: Optional[int] = None,
 ) -> dict[str, Callable[[], dict[str, Any]]]:
     """Loads what the named contenders need (one ecso-edge Model, llama-cpp-python only for the
     naive ones) and returns a call per contender that runs one request."""
     pixels, png = test_image(image_size)
-    model = ecso_edge.Model(text, mmproj, n_threads=threads, n_ctx=n_ctx)
+    gen = gen_threads or threads
+    model = ecso_edge.Model(text, mmproj, n_threads=gen, n_threads_batch=threads, n_ctx=n_ctx)
     sessions = {n: Session(model, EcsoConfig(**SESSION_CONFIGS[n], **LIMITS)) for n in names if n in SESSION_CONFIGS}
     calls: dict[str, Callable[[], dict[str, Any]]] = {}
 
@@ -154,7 +156,7 @@ def build_contenders(
         frame = Session(model)._core
         naive = NaiveEcso(
             str(text), str(mmproj), head=frame.prompt_head, tail=frame.prompt_tail, config=EcsoConfig(),
-            n_ctx=n_ctx, n_threads=threads,
+            n_ctx=n_ctx, n_threads=gen, n_threads_batch=threads,
         )
         for unsafe in (False, True):
             name = "naive_unsafe" if unsafe else "naive_safe"
@@ -169,7 +171,9 @@ def build_contenders(
     return calls
 
 
-def measure_memory(text: Path, mmproj: Path, threads: int, n_ctx: int, image_size: int, name: str) -> float:
+def measure_memory(
+    text: Path, mmproj: Path, threads: int, n_ctx: int, image_size: int, name: str, gen_threads: Optional[int]
+) -> float:
     """Peak RSS of a process that loads only what one contender needs and runs it twice: run in
     a child process per contender so that no contender pays for another's models or caches."""
     import subprocess
@@ -178,10 +182,11 @@ def measure_memory(text: Path, mmproj: Path, threads: int, n_ctx: int, image_siz
         "import json, sys; sys.path.insert(0, %r)\n"
         "import ecso_bench as b\n"
         "from pathlib import Path\n"
-        "calls = b.build_contenders(Path(%r), Path(%r), %d, %d, %d, [%r])\n"
+        "calls = b.build_contenders(Path(%r), Path(%r), %d, %d, %d, [%r], %r)\n"
         "calls[%r](); calls[%r]()\n"
         "print(json.dumps(b.peak_rss_mb()))\n"
-    ) % (str(Path(__file__).resolve().parent), str(text), str(mmproj), threads, n_ctx, image_size, name, name, name)
+    ) % (str(Path(__file__).resolve().parent), str(text), str(mmproj), threads, n_ctx, image_size, name,
+         gen_threads, name, name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ))
     return float(out.stdout.strip().splitlines()[-1])
@@ -195,7 +200,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--mmproj", default=None)
     p.add_argument("--tiny", action="store_true", help="use the shipped tiny pair (smoke test)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads of every contender")
+    p.add_argument("--gen-threads", type=int, default=None,
+                   help="generation threads of every contender (default: --threads; prompts use --threads)")
     p.add_argument("--n-ctx", type=int, default=4096)
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -215,7 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     reps = args.reps or (1 if args.quick else 4)
     warmups = 0 if args.quick else 1
 
-    contenders = build_contenders(text, mmproj, args.threads, args.n_ctx, image_size, CONTENDERS)
+    contenders = build_contenders(text, mmproj, args.threads, args.n_ctx, image_size, CONTENDERS, args.gen_threads)
     shared = contenders.pop("_model")()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     last: dict[str, dict[str, Any]] = {}
@@ -231,13 +238,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             last[name] = out
         for path in ("safe", "unsafe"):
             identical &= last[f"ecso_{path}"]["tokens"] == last[f"reference_{path}"]["tokens"]
-        verdict_agreement.append(last["ecso_safe_logits"]["verdict"] == last["ecso_safe"]["verdict"])
+        paper_says_yes = last["ecso_safe"]["verdict"].strip().lower() in ("yes", "yes.")
+        verdict_agreement.append((last["ecso_safe_logits"]["verdict"] == "yes") == paper_says_yes)
         print(f"repetition {rep + 1}/{warmups + reps}{' (warm-up)' if rep < warmups else ''} done", flush=True)
 
     queries = AGREEMENT_QUERIES[: 2 if args.quick else 8]
     agreement = judge_agreement(shared["model"], LIMITS, shared["pixels"], queries)
     memory_names = ["direct", "ecso_safe", "ecso_unsafe", "naive_unsafe"] if args.quick else CONTENDERS
-    peaks = {n: measure_memory(text, mmproj, args.threads, args.n_ctx, image_size, n) for n in memory_names}
+    peaks = {
+        n: measure_memory(text, mmproj, args.threads, args.n_ctx, image_size, n, args.gen_threads)
+        for n in memory_names
+    }
     print("memory measured", flush=True)
 
     med = {name: statistics.median(v) for name, v in samples.items()}
@@ -273,6 +284,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "text_model": str(text),
         "mmproj": str(mmproj),
         "threads": args.threads,
+        "generation_threads": args.gen_threads or args.threads,
         "n_ctx": args.n_ctx,
         "tokens_per_step": TOKENS,
         "image_size": image_size,

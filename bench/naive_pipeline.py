@@ -59,6 +59,7 @@ class NaiveEcso:
         config: ecso_edge.EcsoConfig,
         n_ctx: int,
         n_threads: int,
+        n_threads_batch: int,
     ) -> None:
         handler = _framed_handler(head, tail)(clip_model_path=mmproj, verbose=False)
         self.llm = Llama(
@@ -66,7 +67,7 @@ class NaiveEcso:
             chat_handler=handler,
             n_ctx=n_ctx,
             n_threads=n_threads,
-            n_threads_batch=n_threads,
+            n_threads_batch=n_threads_batch,
             seed=0,
             verbose=False,
         )
