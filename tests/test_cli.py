@@ -35,14 +35,18 @@ def test_demo_runs_both_branches_on_the_shipped_pair() -> None:
     assert "image encodes 1 (reference path without reuse: 3)" in out
 
 
+def run_on_tiny(image: Path, tiny_paths: tuple[Path, Path], *flags: str) -> subprocess.CompletedProcess[str]:
+    text, mmproj = tiny_paths
+    return ecso(
+        "run", "--model", str(text), "--mmproj", str(mmproj), "--image", str(image),
+        "--query", "What is this?", "--max-tokens", "6", "--threads", "1", *flags,
+    )
+
+
 def test_run_prints_json_with_texts_and_stats(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
     img = tmp_path / "pic.png"
     Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(img)
-    text, mmproj = tiny_paths
-    proc = ecso(
-        "run", "--model", str(text), "--mmproj", str(mmproj), "--image", str(img),
-        "--query", "What is this?", "--json", "--max-tokens", "6", "--threads", "1",
-    )
+    proc = run_on_tiny(img, tiny_paths, "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert set(data) >= {"answer", "initial_answer", "verdict_text", "caption", "unsafe", "stats"}
@@ -54,10 +58,7 @@ def test_run_streams_the_answer(tmp_path: Path, tiny_paths: tuple[Path, Path]) -
     img = tmp_path / "pic.jpg"
     Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(img)
     text, mmproj = tiny_paths
-    proc = ecso(
-        "run", "--model", str(text), "--mmproj", str(mmproj), "--image", str(img),
-        "--query", "What is this?", "--stream", "--max-tokens", "6", "--threads", "1",
-    )
+    proc = run_on_tiny(img, tiny_paths, "--stream")
     assert proc.returncode == 0, proc.stderr
     model = ecso_edge.Model(text, mmproj, n_threads=1)
     expected = ecso_edge.Session(model).run(img, "What is this?", max_tokens=6).answer
