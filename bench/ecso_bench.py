@@ -242,7 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         verdict_agreement.append((last["ecso_safe_logits"]["verdict"] == "yes") == paper_says_yes)
         print(f"repetition {rep + 1}/{warmups + reps}{' (warm-up)' if rep < warmups else ''} done", flush=True)
 
-    queries = AGREEMENT_QUERIES[: 2 if args.quick else 8]
+    queries = AGREEMENT_QUERIES[: 1 if args.quick else 8]
     agreement = judge_agreement(shared["model"], LIMITS, shared["pixels"], queries)
     memory_names = ["direct", "ecso_safe", "ecso_unsafe", "naive_unsafe"] if args.quick else CONTENDERS
     peaks = {
