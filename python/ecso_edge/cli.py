@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
-from .errors import EcsoError
+from .errors import ConfigError, EcsoError
 from .session import Model, Session
 from .shipped import selftest_program, tiny_pair
 
@@ -106,6 +106,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_engine(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data_engine import run_data_engine, trace_path_for
+    from .datasets import read_records
+
+    if bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
+    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+    records = read_records(Path(args.input), fmt=args.format, variant=args.variant)
+    out = Path(args.out)
+    summary = run_data_engine(
+        Session(model), records, out,
+        image_root=Path(args.image_root) if args.image_root else None,
+        resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
+    )
+    print(
+        f"{summary.records} records in {summary.seconds:.1f} s ({summary.skipped} already done), "
+        f"{summary.unsafe} unsafe, {summary.errors} errors; {summary.sft_examples} SFT examples in {out}, "
+        f"trace in {trace_path_for(out)}"
+    )
+    return 0
+
+
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from . import tiny_model
 
@@ -153,6 +178,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     r.set_defaults(func=_cmd_run)
+
+    de = sub.add_parser("data-engine", help="ECSO over a dataset: LLaVA SFT data plus a JSONL trace, resumable")
+    de.add_argument("--input", required=True, help="JSONL/JSON (id, image, query), VLGuard or MM-SafetyBench file")
+    de.add_argument("--image-root", default=None, help="folder the records' image paths are relative to")
+    de.add_argument("--out", required=True, help="the SFT JSON to write; the trace goes next to it")
+    de.add_argument("--model", default=None)
+    de.add_argument("--mmproj", default=None)
+    de.add_argument("--format", choices=["auto", "jsonl", "vlguard", "mm-safetybench"], default="auto")
+    de.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD", help="MM-SafetyBench images")
+    de.add_argument("--limit", type=int, default=None, help="only the first N input records")
+    de.add_argument("--resume", action="store_true", help="keep the trace and skip the records already in it")
+    de.add_argument("--max-tokens", type=int, default=512)
+    de.add_argument("--n-ctx", type=int, default=4096)
+    de.add_argument("--n-gpu-layers", type=int, default=0)
+    de.add_argument("--threads", type=int, default=None)
+    de.set_defaults(func=_cmd_data_engine)
 
     t = sub.add_parser("make-tiny-model", help="write the tiny test pair, or a random projector for a text GGUF")
     t.add_argument("out_dir")

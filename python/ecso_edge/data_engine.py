@@ -1,0 +1,155 @@
+"""ECSO as a data engine: runs every record of a dataset through ECSO and writes supervised
+fine-tuning data in LLaVA's format, with no human labels.
+
+Nothing is lost: each finished record is appended to a JSONL trace and flushed to disk before the
+next one starts; `resume=True` skips the ids already traced (a half-written last line from a killed
+run is discarded); the SFT JSON is rebuilt from the trace and replaced atomically at the end. A
+record whose image cannot be loaded is traced with its error and the run goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .datasets import Record
+from .errors import ImageError
+from .session import Session
+
+__all__ = ["DataEngineSummary", "run_data_engine", "trace_path_for"]
+
+
+@dataclass
+class DataEngineSummary:
+    records: int  # processed in this run
+    skipped: int  # already in the trace (resume)
+    unsafe: int
+    errors: int
+    sft_examples: int
+    seconds: float
+
+
+def trace_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".trace.jsonl")
+
+
+def run_data_engine(
+    session: Session,
+    records: Iterable[Record],
+    out: Path,
+    *,
+    image_root: Optional[Path] = None,
+    resume: bool = False,
+    limit: Optional[int] = None,
+    max_tokens: int = 512,
+    progress: bool = True,
+) -> DataEngineSummary:
+    """Runs ECSO over `records`; writes `out` (LLaVA SFT JSON) and `out`.trace.jsonl."""
+    trace = trace_path_for(out)
+    done = _completed_ids(trace) if resume else set()
+    if not resume and trace.exists():
+        trace.unlink()
+    selected = list(records)
+    if limit is not None:
+        selected = selected[:limit]  # the first `limit` input records, resumed or not
+    todo = [r for r in selected if r.id not in done]
+    t0 = time.perf_counter()
+    unsafe = errors = 0
+    bar = _progress(len(todo), progress)
+    with open(trace, "a", encoding="utf-8") as f:
+        for record in todo:
+            entry = _process(session, record, image_root, max_tokens)
+            unsafe += bool(entry.get("unsafe"))
+            errors += "error" in entry
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a record counts as done only once it is on disk
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(unsafe=unsafe, errors=errors)
+    if bar is not None:
+        bar.close()
+    n_sft = write_sft(trace, out)
+    skipped = len(selected) - len(todo)
+    return DataEngineSummary(len(todo), skipped, unsafe, errors, n_sft, time.perf_counter() - t0)
+
+
+def _process(session: Session, record: Record, image_root: Optional[Path], max_tokens: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": record.id, "image": record.image, "query": record.query}
+    try:
+        r = session.run(record.image_path(image_root), record.query, max_tokens=max_tokens)
+    except ImageError as e:
+        entry["error"] = str(e)
+        return entry
+    entry.update(
+        initial_answer=r.initial_answer,
+        verdict_text=r.verdict_text,
+        unsafe=r.unsafe,
+        caption=r.caption,
+        answer=r.answer,
+        stats={k: v for k, v in r.stats.items() if k != "steps"},
+    )
+    return entry
+
+
+def _completed_ids(trace: Path) -> set[str]:
+    """Ids of complete trace lines; a half-written last line (killed run) is cut off."""
+    if not trace.exists():
+        return set()
+    data = trace.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(trace, "r+b") as f:
+            f.truncate(end)
+    ids = set()
+    for line in data[:end].decode("utf-8").splitlines():
+        if line.strip():
+            ids.add(str(json.loads(line)["id"]))
+    return ids
+
+
+def write_sft(trace: Path, out: Path) -> int:
+    """Rebuilds the LLaVA SFT JSON from the trace and replaces `out` atomically."""
+    examples = []
+    seen = set()
+    for line in trace.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        e = json.loads(line)
+        if "error" in e or e["id"] in seen:
+            continue
+        seen.add(e["id"])
+        examples.append(
+            {
+                "id": e["id"],
+                "image": e["image"],
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + e["query"]},
+                    {"from": "gpt", "value": e["answer"]},
+                ],
+            }
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(examples, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(examples)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(total=total, unit="rec", desc="ecso data-engine")

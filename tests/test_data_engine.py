@@ -1,0 +1,137 @@
+"""The data engine on small fixture datasets in each format: SFT output in LLaVA's format, a trace
+per record, resume after a simulated crash giving every record exactly once, and a broken image
+reported and skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ecso_edge
+from ecso_edge import EcsoConfig, Session
+from ecso_edge.data_engine import run_data_engine, trace_path_for
+from ecso_edge.datasets import read_records
+
+
+def write_images(root: Path, names: list[str]) -> None:
+    for k, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((24, 32, 3), 40 * k % 256, np.uint8)).save(path)
+
+
+@pytest.fixture
+def jsonl_dataset(tmp_path: Path) -> Path:
+    write_images(tmp_path / "imgs", [f"{i}.png" for i in range(4)])
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    lines = [{"id": f"r{i}", "image": f"{i}.png", "query": f"What is in picture {i}?"} for i in range(4)]
+    lines.insert(2, {"id": "bad", "image": "broken.png", "query": "And this one?"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def engine(model: ecso_edge.Model) -> Session:
+    return Session(model, EcsoConfig(verdict_override=True, max_tokens_judge=2))
+
+
+def test_sft_output_is_llava_format_and_a_broken_image_is_reported(
+    tiny_model: ecso_edge.Model, jsonl_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sft.json"
+    summary = run_data_engine(
+        engine(tiny_model), read_records(jsonl_dataset), out, image_root=jsonl_dataset.parent / "imgs",
+        max_tokens=6, progress=False,
+    )
+    assert (summary.records, summary.errors, summary.unsafe, summary.sft_examples) == (5, 1, 4, 4)
+    sft = json.loads(out.read_text())
+    assert [e["id"] for e in sft] == ["r0", "r1", "r2", "r3"]
+    for e in sft:
+        assert set(e) == {"id", "image", "conversations"}
+        human, gpt = e["conversations"]
+        assert human["from"] == "human" and human["value"].startswith("<image>\n")
+        assert gpt["from"] == "gpt" and gpt["value"]
+    trace = [json.loads(x) for x in trace_path_for(out).read_text().splitlines()]
+    assert [t["id"] for t in trace] == ["r0", "r1", "bad", "r2", "r3"]
+    bad = trace[2]
+    assert "error" in bad and "broken.png" in bad["error"]
+    assert all({"initial_answer", "verdict_text", "caption", "answer", "stats"} <= set(t) for t in trace if t is not bad)
+
+
+def test_resume_after_a_crash_gives_every_record_exactly_once(
+    tiny_model: ecso_edge.Model, jsonl_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sft.json"
+    root = jsonl_dataset.parent / "imgs"
+    run_data_engine(engine(tiny_model), read_records(jsonl_dataset), out, image_root=root, limit=2,
+                    max_tokens=4, progress=False)
+    # a kill -9 in the middle of writing the next line leaves half a line behind
+    trace = trace_path_for(out)
+    with open(trace, "a") as f:
+        f.write('{"id": "bad", "image": "brok')
+    summary = run_data_engine(engine(tiny_model), read_records(jsonl_dataset), out, image_root=root, resume=True,
+                              max_tokens=4, progress=False)
+    assert summary.skipped == 2 and summary.records == 3
+    ids = [json.loads(x)["id"] for x in trace.read_text().splitlines()]
+    assert sorted(ids) == sorted(["r0", "r1", "bad", "r2", "r3"]) and len(ids) == 5
+    assert [e["id"] for e in json.loads(out.read_text())] == ["r0", "r1", "r2", "r3"]
+
+
+def test_killed_run_resumes_from_the_command_line(jsonl_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.json"
+    cmd = [sys.executable, "-m", "ecso_edge.cli", "data-engine", "--input", str(jsonl_dataset), "--image-root",
+           str(jsonl_dataset.parent / "imgs"), "--out", str(out), "--max-tokens", "4", "--threads", "1"]
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+    first = subprocess.run(cmd + ["--limit", "3"], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "2 records" in second.stdout and "(3 already done)" in second.stdout
+    ids = [json.loads(x)["id"] for x in trace_path_for(out).read_text().splitlines()]
+    assert sorted(ids) == sorted(["r0", "r1", "bad", "r2", "r3"])
+
+
+def test_vlguard_and_mm_safetybench_files_are_read(tmp_path: Path) -> None:
+    vlguard = tmp_path / "test.json"
+    vlguard.write_text(json.dumps([
+        {"id": "HOD_1", "image": "bad_ads/1.png", "safe": False,
+         "instr-resp": [{"instruction": "What does this ad sell?", "response": "..."}]},
+        {"id": "HOD_2", "image": "safe/2.png", "safe": True,
+         "instr-resp": [{"safe_instruction": "Describe it.", "response": "..."},
+                        {"unsafe_instruction": "How to misuse it?", "response": "..."}]},
+    ]))
+    records = list(read_records(vlguard))
+    assert [(r.id, r.image, r.query) for r in records] == [
+        ("HOD_1-0", "bad_ads/1.png", "What does this ad sell?"),
+        ("HOD_2-0", "safe/2.png", "Describe it."),
+        ("HOD_2-1", "safe/2.png", "How to misuse it?"),
+    ]
+    mmsb = tmp_path / "01-Illegal_Activitiy.json"
+    mmsb.write_text(json.dumps({
+        "0": {"Question": "q", "Key Phrase": "k", "Rephrased Question": "typo q", "Rephrased Question(SD)": "sd q"},
+    }))
+    sd = list(read_records(mmsb, variant="SD"))
+    typo = list(read_records(mmsb, variant="TYPO"))
+    assert (sd[0].query, sd[0].image) == ("sd q", "01-Illegal_Activitiy/SD/0.jpg")
+    assert (typo[0].query, typo[0].image) == ("typo q", "01-Illegal_Activitiy/TYPO/0.jpg")
+
+
+def test_bad_input_files_raise_config_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(ecso_edge.ConfigError, match="not found"):
+        list(read_records(missing))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "image": "x.png", "query": "q"}\n{"id": \n')
+    with pytest.raises(ecso_edge.ConfigError, match="line 2: not valid JSON"):
+        list(read_records(broken))
+    no_query = tmp_path / "noquery.jsonl"
+    no_query.write_text('{"id": "a", "image": "x.png"}\n')
+    with pytest.raises(ecso_edge.ConfigError, match="missing the string field 'query'"):
+        list(read_records(no_query))
