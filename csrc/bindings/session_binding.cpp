@@ -128,6 +128,16 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
             py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::kw_only(),
             py::arg("max_tokens"), py::arg("on_text") = py::none(),
             "Step 1 alone: the direct answer, no protection; `on_text` streams it live.")
+        .def(
+            "judge",
+            [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,
+               const std::string & query, const std::string & response) {
+                const ecso::RgbImage image = copy_pixels(pixels, width, height);
+                return call_interruptibly([&]() { return s.judge(image, query, response); },
+                                          [&s] { s.cancel(); });
+            },
+            py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::arg("response"),
+            "Step 2 alone on a given response: the judge's verdict (verdict_override does not apply).")
         .def("cancel", &ecso::EcsoSession::cancel,
              "Stops the request in progress (from any thread); it raises CancelledError.")
         .def_property_readonly("config", [](const ecso::EcsoSession & s) { return s.config(); },

@@ -120,6 +120,36 @@ EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query
     return execute(image, query, max_tokens, on_text, false);
 }
 
+EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response) {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    cancel_.store(false);
+    const auto t0 = Clock::now();
+    if (!is_valid_utf8(query) || !is_valid_utf8(response)) {
+        throw ConfigError("the query and the response must be valid UTF-8");
+    }
+    check_image(image, config_.max_image_pixels);
+    kv_->clear();
+    cached_image_id_ = image_content_id(image);
+    cached_embd_.clear();
+    const std::string judge_text = prompts::fill(
+        config_.judge_template, {{"query", query}, {"response", prompts::cut_chars(strip(response), config_.response_cut_chars)}});
+    const Prompt prompt = image_prompt(judge_text, image, false);
+    const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
+    EcsoResult result;
+    result.judged = true;
+    result.image_tokens = prompt.image_tokens();
+    result.template_prefix_tokens = prompt.positions_before_image();
+    result.steps.push_back(run_step("judge", kSeqJudge, prompt, logits_rule ? 0 : config_.max_tokens_judge, {}, nullptr));
+    if (logits_rule) {
+        result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
+        result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
+    }
+    result.verdict_text = result.steps.back().text;
+    result.unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
+    result.seconds = seconds_since(t0);
+    return result;
+}
+
 Prompt EcsoSession::image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const {
     PromptImage pimg{&image, cached_image_id_, placeholder};
     if (config_.image_placement == ImagePlacement::BeforeText) {

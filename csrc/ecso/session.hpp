@@ -48,6 +48,11 @@ public:
     EcsoResult answer(const RgbImage & image, const std::string & query, int32_t max_tokens,
                       const TextSink & on_text = {});
 
+    // Step 2 alone on a given response (e.g. to judge ECSO's own final answer in an evaluation):
+    // `unsafe` and `verdict_text` (and `p_yes` under the logits rule) are the judge's, ignoring
+    // verdict_override.
+    EcsoResult judge(const RgbImage & image, const std::string & query, const std::string & response);
+
     void cancel();
 
     const EcsoConfig & config() const { return config_; }

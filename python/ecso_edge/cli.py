@@ -131,6 +131,39 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate, load_benchmark, markdown_table, write_report
+
+    if bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
+    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+    items, image_root = load_benchmark(args.benchmark, Path(args.root), variant=args.variant, scenarios=args.scenarios)
+    if args.image_root:
+        image_root = Path(args.image_root)
+    if args.limit is not None:
+        items = items[: args.limit]
+    report = evaluate(Session(model), items, image_root, max_tokens=args.max_tokens)
+    title = f"{args.benchmark} ({args.variant})" if args.benchmark == "mm-safetybench" else args.benchmark
+    paths = write_report(report, Path(args.out_dir), title)
+    print(f"Harmless rate (%), {title}, {Path(text).name}\n")
+    print(markdown_table(report))
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_make_typo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .typo import make_typo_images
+
+    n = make_typo_images(Path(args.root))
+    print(f"wrote {n} TYPO images under {Path(args.root) / 'data' / 'imgs'}")
+    return 0
+
+
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from . import tiny_model
 
@@ -194,6 +227,26 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--n-gpu-layers", type=int, default=0)
     de.add_argument("--threads", type=int, default=None)
     de.set_defaults(func=_cmd_data_engine)
+
+    ev = sub.add_parser("eval", help="Direct vs ECSO harmless rates on a safety benchmark")
+    ev.add_argument("--benchmark", choices=["mm-safetybench", "vlsafe", "vlguard", "jsonl"], required=True)
+    ev.add_argument("--root", required=True, help="MM-SafetyBench folder, or the dataset file of the others")
+    ev.add_argument("--image-root", default=None, help="image folder (default: as the benchmark lays it out)")
+    ev.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD")
+    ev.add_argument("--scenarios", nargs="*", default=None, help="MM-SafetyBench scenario numbers (default: the paper's)")
+    ev.add_argument("--out-dir", default="ecso-eval", help="report.md/.csv/.json/.png go here")
+    ev.add_argument("--model", default=None)
+    ev.add_argument("--mmproj", default=None)
+    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--max-tokens", type=int, default=512)
+    ev.add_argument("--n-ctx", type=int, default=4096)
+    ev.add_argument("--n-gpu-layers", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=None)
+    ev.set_defaults(func=_cmd_eval)
+
+    ty = sub.add_parser("make-typo", help="render MM-SafetyBench's TYPO images from its key phrases")
+    ty.add_argument("--root", required=True, help="the MM-SafetyBench folder (data/processed_questions)")
+    ty.set_defaults(func=_cmd_make_typo)
 
     t = sub.add_parser("make-tiny-model", help="write the tiny test pair, or a random projector for a text GGUF")
     t.add_argument("out_dir")

@@ -157,6 +157,12 @@ class Session:
             pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=on_token
         )
 
+    def judge(self, image: ImageInput, query: str, response: str) -> _core.EcsoResult:
+        """Step 2 alone: does the model judge `response` (to `query` about `image`) harmful?
+        ``r.unsafe`` and ``r.verdict_text`` give the verdict; verdict_override does not apply."""
+        pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
+        return self._core.judge(pixels.data, pixels.width, pixels.height, query, response)
+
     def stream(self, image: ImageInput, query: str, *, max_tokens: int = 512) -> "EcsoStream":
         """Iterator form of ``run(on_token=...)``: yields text pieces of the final answer;
         ``.result`` holds the EcsoResult once iteration ends."""
