@@ -112,8 +112,8 @@ def run_data_engine_ray(
     (without paths: the shipped tiny pair) and reserve `cpus_per_actor` CPUs and `gpus_per_actor`
     GPUs (fractions share a GPU; offload with ``model_kwargs={"n_gpu_layers": -1}``). `n_threads`
     defaults to the CPUs reserved. If Ray is already initialised that cluster is used; otherwise
-    ``ray.init(address=ray_address)`` connects (``"auto"``: the cluster of this node; None: a new
-    local one, or ``RAY_ADDRESS``) and the connection is closed at the end. Model files and images
+    ``ray.init(address=ray_address)`` connects (``"auto"``: the cluster of this node; None:
+    ``RAY_ADDRESS``, this node's cluster, or a new local one) and is shut down at the end. Model files and images
     must be readable at the same paths on every node (relative paths are taken from this process's
     working directory), and ecso-edge installed there."""
     if actors < 1:
