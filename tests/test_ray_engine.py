@@ -55,7 +55,9 @@ def by_id(entries: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
 # Ray's own notices: its DataContext defaults (2.60), accelerator env var plans and log files and
 # subprocess handles it leaves to the garbage collector (2.51); collected below, inside this test
 @pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning:ray.data.context", "ignore::FutureWarning:ray._private.worker", "ignore::ResourceWarning"
+    "ignore::DeprecationWarning:ray.data.context",
+    "ignore::FutureWarning:ray._private.worker",
+    "ignore::ResourceWarning",
 )
 def test_ray_actors_give_the_single_process_records_exactly_once_and_resume(
     tiny_model: ecso_edge.Model, dataset: Path, tmp_path: Path
@@ -78,7 +80,8 @@ def test_ray_actors_give_the_single_process_records_exactly_once_and_resume(
             read_records(dataset), out, config=EcsoConfig(**CONFIG), model_kwargs={"n_ctx": N_CTX, "n_threads": 1},
             actors=2, image_root=root, max_tokens=6, progress=False,
         )
-        assert (summary.records, summary.skipped, summary.errors, summary.unsafe, summary.sft_examples) == (7, 0, 1, 6, 6)
+        counts = (summary.records, summary.skipped, summary.errors, summary.unsafe, summary.sft_examples)
+        assert counts == (7, 0, 1, 6, 6)
         trace = read_trace(out)
         assert sorted(e["id"] for e in trace) == sorted(ids)  # every record exactly once
         assert by_id(trace) == by_id(reference)  # same answers: greedy decoding, same model settings
