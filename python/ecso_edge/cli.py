@@ -114,15 +114,26 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
 
     if bool(args.model) != bool(args.mmproj):
         raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
-    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
-    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
     records = read_records(Path(args.input), fmt=args.format, variant=args.variant)
     out = Path(args.out)
-    summary = run_data_engine(
-        Session(model), records, out,
-        image_root=Path(args.image_root) if args.image_root else None,
-        resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
-    )
+    image_root = Path(args.image_root) if args.image_root else None
+    if args.ray:
+        from .ray_engine import run_data_engine_ray
+
+        summary = run_data_engine_ray(
+            records, out, model_path=args.model, mmproj_path=args.mmproj,
+            model_kwargs={"n_ctx": args.n_ctx, "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads},
+            actors=args.actors, cpus_per_actor=args.threads or 1, gpus_per_actor=args.gpus_per_actor,
+            image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
+            ray_address=args.ray_address,
+        )
+    else:
+        text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+        model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+        summary = run_data_engine(
+            Session(model), records, out,
+            image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
+        )
     print(
         f"{summary.records} records in {summary.seconds:.1f} s ({summary.skipped} already done), "
         f"{summary.unsafe} unsafe, {summary.errors} errors; {summary.sft_examples} SFT examples in {out}, "
@@ -225,7 +236,11 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--max-tokens", type=int, default=512)
     de.add_argument("--n-ctx", type=int, default=4096)
     de.add_argument("--n-gpu-layers", type=int, default=0)
-    de.add_argument("--threads", type=int, default=None)
+    de.add_argument("--threads", type=int, default=None, help="with --ray: per actor, and the CPUs it reserves")
+    de.add_argument("--ray", action="store_true", help="run on Ray Data actors (pip install 'ecso-edge[ray]')")
+    de.add_argument("--actors", type=int, default=2, help="with --ray: actors, each loading the model once")
+    de.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (auto, ray://host:10001)")
+    de.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --ray: GPUs per actor (0.5: two share one)")
     de.set_defaults(func=_cmd_data_engine)
 
     ev = sub.add_parser("eval", help="Direct vs ECSO harmless rates on a safety benchmark")

@@ -49,6 +49,22 @@ def run_data_engine(
     progress: bool = True,
 ) -> DataEngineSummary:
     """Runs ECSO over `records`; writes `out` (LLaVA SFT JSON) and `out`.trace.jsonl."""
+    plan = plan_run(records, out, resume=resume, limit=limit)
+    entries = (process_record(session, record, image_root, max_tokens) for record in plan.todo)
+    return record_entries(plan, entries, out, progress=progress)
+
+
+@dataclass
+class RunPlan:
+    """What a run has to do: shared by the single-process and the Ray engine."""
+
+    trace: Path
+    selected: int  # input records after `limit`
+    todo: list[Record]  # those not yet in the trace
+
+
+def plan_run(records: Iterable[Record], out: Path, *, resume: bool, limit: Optional[int]) -> RunPlan:
+    """Applies `limit`, then drops the records already traced (resume) or the old trace (no resume)."""
     trace = trace_path_for(out)
     done = _completed_ids(trace) if resume else set()
     if not resume and trace.exists():
@@ -56,13 +72,19 @@ def run_data_engine(
     selected = list(records)
     if limit is not None:
         selected = selected[:limit]  # the first `limit` input records, resumed or not
-    todo = [r for r in selected if r.id not in done]
+    return RunPlan(trace, len(selected), [r for r in selected if r.id not in done])
+
+
+def record_entries(
+    plan: RunPlan, entries: Iterable[dict[str, Any]], out: Path, *, progress: bool
+) -> DataEngineSummary:
+    """Appends each trace entry as it arrives (fsynced), shows progress, then writes the SFT JSON."""
     t0 = time.perf_counter()
     unsafe = errors = 0
-    bar = _progress(len(todo), progress)
-    with open(trace, "a", encoding="utf-8") as f:
-        for record in todo:
-            entry = _process(session, record, image_root, max_tokens)
+    bar = _progress(len(plan.todo), progress)
+    plan.trace.parent.mkdir(parents=True, exist_ok=True)  # --out may name a folder not made yet
+    with open(plan.trace, "a", encoding="utf-8") as f:
+        for entry in entries:
             unsafe += bool(entry.get("unsafe"))
             errors += "error" in entry
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -73,12 +95,13 @@ def run_data_engine(
                 bar.set_postfix(unsafe=unsafe, errors=errors)
     if bar is not None:
         bar.close()
-    n_sft = write_sft(trace, out)
-    skipped = len(selected) - len(todo)
-    return DataEngineSummary(len(todo), skipped, unsafe, errors, n_sft, time.perf_counter() - t0)
+    n_sft = write_sft(plan.trace, out)
+    skipped = plan.selected - len(plan.todo)
+    return DataEngineSummary(len(plan.todo), skipped, unsafe, errors, n_sft, time.perf_counter() - t0)
 
 
-def _process(session: Session, record: Record, image_root: Optional[Path], max_tokens: int) -> dict[str, Any]:
+def process_record(session: Session, record: Record, image_root: Optional[Path], max_tokens: int) -> dict[str, Any]:
+    """One record through ECSO, as its trace entry (an unreadable image gives an entry with `error`)."""
     entry: dict[str, Any] = {"id": record.id, "image": record.image, "query": record.query}
     try:
         r = session.run(record.image_path(image_root), record.query, max_tokens=max_tokens)
