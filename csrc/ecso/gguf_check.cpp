@@ -4,10 +4,13 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <string_view>
+#include <unordered_set>
 #include <sys/stat.h>
 
 #include "ecso/errors.hpp"
@@ -169,6 +172,39 @@ public:
         }
     }
 
+    // llama.cpp's vocabulary loader GGML_ASSERTs that no token text occurs twice (found by the fuzz suite).
+    void require_unique_strings(const std::string & key) const {
+        const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
+        const size_t n = gguf_get_arr_n(ctx_.get(), id);
+        std::unordered_set<std::string_view> seen;
+        seen.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+            const char * s = gguf_get_arr_str(ctx_.get(), id, i);
+            if (!seen.insert(std::string_view(s)).second) {
+                fail(role_, path_, "metadata key '" + key + "' holds the token text at index " + std::to_string(i) +
+                                       " twice",
+                     "The file is malformed");
+            }
+        }
+    }
+
+    // ggml's CPU add/mul abort on an f16 or quantized second operand, and llama.cpp's and
+    // clip.cpp's graphs add or multiply every 1-D tensor (norms, biases) into f32 activations;
+    // llama.cpp's converters always store 1-D tensors as f32 (found by the fuzz suite).
+    void require_one_d_tensors_f32() const {
+        const int64_t n = gguf_get_n_tensors(ctx_.get());
+        for (int64_t i = 0; i < n; ++i) {
+            const ggml_type type = gguf_get_tensor_type(ctx_.get(), i);
+            const std::string name = gguf_get_tensor_name(ctx_.get(), i);
+            const int64_t * ne = gguf_get_tensor_ne(ctx_.get(), i);
+            if (ne[1] == 1 && ne[2] == 1 && ne[3] == 1 && type != GGML_TYPE_F32) {
+                fail(role_, path_, "tensor '" + name + "' is " + ggml_type_name(type) + " but must be f32",
+                     "The file was converted incorrectly (1-D tensors must stay f32); re-convert it with llama.cpp's "
+                     "converter");
+            }
+        }
+    }
+
     bool has_tensor(const std::string & name) const { return gguf_find_tensor(ctx_.get(), name.c_str()) >= 0; }
 
     // The tensor's shape in ggml order (ne[0] is the innermost dimension); throws if absent.
@@ -272,6 +308,11 @@ void check_key_types(const GgufFile & f) {
     for (const auto & kt : kClipKeyTypes) {
         f.require_type(kt.key, kt.type);
     }
+}
+
+bool trust_unchecked_projectors() {
+    const char * v = std::getenv("ECSO_TRUST_PROJECTOR");
+    return v != nullptr && std::string(v) == "1";
 }
 
 bool looks_like_projector(const GgufFile & f) {
@@ -431,10 +472,15 @@ TextModelInfo check_text_model(const std::string & path) {
     info.path = path;
     info.architecture = *arch;
     info.n_embd = f.require_int(*arch + ".embedding_length", 1, 1 << 20);
+    // llama.cpp GGML_ASSERTs 0 < n_layer <= LLAMA_MAX_LAYERS (512) (found by the fuzz suite)
+    f.require_int(*arch + ".block_count", 1, 512);
     if (!f.has_key("tokenizer.ggml.tokens")) {
         fail(f.role(), path, "the file has no tokenizer vocabulary (tokenizer.ggml.tokens)",
              "ecso-edge needs a full text model with its tokenizer, not a vocabulary-less export");
     }
+    f.require_array("tokenizer.ggml.tokens", GGUF_TYPE_STRING, 1);
+    f.require_unique_strings("tokenizer.ggml.tokens");
+    f.require_one_d_tensors_f32();
     return info;
 }
 
@@ -481,6 +527,15 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
     }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);
+    }
+    if (!info.fully_validated && !trust_unchecked_projectors()) {
+        // Found by the fuzz suite: mtmd's graph builders for other types (qwen2vl_merger, ...)
+        // GGML_ASSERT on tensors their loaders treat as optional, aborting the whole process.
+        fail(f.role(), path,
+             "projector type '" + t + "' is not one ecso-edge validates tensor by tensor (mlp, mlp_norm), and mtmd "
+                 "aborts the process on some damaged files of other types",
+             "Use a LLaVA-style projector, or set the environment variable ECSO_TRUST_PROJECTOR=1 to hand a file "
+             "you trust to mtmd unchecked");
     }
     if (info.output_n_embd != 0 && info.output_n_embd != text.n_embd) {
         fail(f.role(), path,
