@@ -369,7 +369,7 @@ def test_selftest_under_address_sanitizer_is_clean(request: pytest.FixtureReques
     run = subprocess.run([str(build / "ecso-selftest"), *map(str, tiny_paths)], capture_output=True, text=True,
                          env=env, timeout=600)
     report("asan", {"returncode": run.returncode, "seconds": round(time.perf_counter() - t0, 1),
-                    "summary": [line for line in run.stdout.splitlines() if "passed" in line],
+                    "summary": re.findall(r"^\d+ passed, \d+ failed$", run.stdout, re.M),
                     "sanitizer_reports": run.stderr.count("ERROR: AddressSanitizer")
                     + run.stderr.count("ERROR: LeakSanitizer")})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
