@@ -200,3 +200,42 @@ def header_size(path: Path) -> int:
     import gguf
 
     return int(gguf.GGUFReader(str(path)).data_offset)
+
+
+SWEEP_STRINGS = ["", "x", "\x00", "llama", "clip", "gpt2", "bert", "t5", "rwkv", "plamo2", "no_vocab", "{{", "é" * 300]
+
+
+def single_edit_sweep(bases: Bases) -> list[dict[str, Any]]:
+    """Every key and tensor of both files, one at a time: keys dropped, retyped and set to each
+    extreme value of their type; tensors dropped, retyped, filled with NaN, reshaped. Deterministic:
+    it finds what random combinations dilute (a single NaN epsilon)."""
+    cases = []
+    for target in ("text", "mmproj"):
+        for key, v in bases.gguf[target].keys.items():
+            ops: list[tuple[Any, ...]] = [("drop_key", key)]
+            if v.type == VT.ARRAY:
+                ops.append(("set_key", key, list(v.value)[:1], VT.ARRAY, v.sub_type))
+                other = (VT.INT32, [7] * len(v.value)) if v.sub_type == VT.STRING else (VT.STRING, ["x"] * len(v.value))
+                ops.append(("set_key", key, other[1], VT.ARRAY, other[0]))
+            elif v.type in INT_TYPES:
+                ops += [("set_key", key, fit(x, v.type), v.type, None) for x in EXTREME_INTS]
+                ops += [("set_key", key, "7", VT.STRING, None), ("set_key", key, 7.0, VT.FLOAT32, None)]
+            elif v.type in FLOAT_TYPES:
+                ops += [("set_key", key, x, v.type, None) for x in EXTREME_FLOATS]
+                ops.append(("set_key", key, 1, VT.UINT32, None))
+            elif v.type == VT.STRING:
+                ops += [("set_key", key, x, VT.STRING, None) for x in SWEEP_STRINGS]
+                ops.append(("set_key", key, 1, VT.UINT32, None))
+            else:
+                ops += [("set_key", key, not v.value, v.type, None), ("set_key", key, 1, VT.UINT8, None)]
+            cases += [{"target": target, "ops": [op], "byte_ops": []} for op in ops]
+        for name, t in bases.gguf[target].tensors.items():
+            dtype = "f16" if t.dtype == np.float16 else "f32"
+            shape = list(t.shape)
+            shapes = [shape[::-1], [int(np.prod(shape))], [1] + shape, shape[:-1] + [shape[-1] + 1],
+                      shape[:-1] + [max(1, shape[-1] // 2)], [shape[0] + 1] + shape[1:]]
+            ops = [("drop_tensor", name), ("set_tensor", name, tuple(shape), "f32" if dtype == "f16" else "f16", None),
+                   ("set_tensor", name, tuple(shape), dtype, math.nan)]
+            ops += [("set_tensor", name, tuple(x), dtype, None) for x in shapes if x != shape and len(x) <= 4]
+            cases += [{"target": target, "ops": [op], "byte_ops": []} for op in ops]
+    return cases

@@ -59,6 +59,7 @@ class Worker:
         self.timeout = timeout
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.restarts = 0
+        self._log_start = 0
 
     def start(self) -> None:
         env = dict(os.environ, OMP_WAIT_POLICY="passive", PYTHONFAULTHANDLER="1", GGML_NO_BACKTRACE="1")
@@ -89,6 +90,7 @@ class Worker:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
         data = pickle.dumps(case, protocol=pickle.HIGHEST_PROTOCOL)
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0  # this case's part of the log
         t0 = time.perf_counter()
         try:
             self.proc.stdin.write(struct.pack(">I", len(data)) + data)
@@ -133,7 +135,7 @@ class Worker:
 
     def _log_tail(self) -> str:
         try:
-            return self.log.read_bytes()[-3000:].decode("utf-8", "replace")
+            return self.log.read_bytes()[self._log_start:][-3000:].decode("utf-8", "replace")
         except OSError:
             return ""
 

@@ -95,6 +95,29 @@ def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker
     campaign(request, "gguf", artifacts, worker, fuzz_gguf_inputs.gguf_cases(bases), run_case)
 
 
+def test_fuzz_gguf_single_edit_sweep(artifacts: Path, worker: fuzz_harness.Worker, tiny_paths: tuple[Path, Path]) -> None:
+    """Not random: every key and tensor of the pair, one edit at a time (the same cases in every run)."""
+    text, mmproj = tiny_paths
+    bases = fuzz_gguf_inputs.Bases(text, mmproj)
+    c = fuzz_harness.Campaign("gguf-sweep", artifacts, worker)
+    work = artifacts / "gguf-sweep-work"
+    work.mkdir(parents=True, exist_ok=True)
+    for k, case in enumerate(fuzz_gguf_inputs.single_edit_sweep(bases)):
+        out = work / f"case-{k:05d}-{case['target']}.gguf"
+        try:
+            fuzz_gguf_inputs.apply(bases.gguf[case["target"]], case, out)
+        except (ValueError, OverflowError, struct.error) as e:
+            c.skipped.append(f"{type(e).__name__}: {e}"[:200])
+            continue
+        pair = {"text": str(text), "mmproj": str(mmproj), case["target"]: str(out)}
+        c.run({"kind": "gguf", **pair, "mutation": case}, files=(out,))
+        out.unlink()
+    report = c.write_report()
+    print(f"\ngguf-sweep: {c.cases} cases, outcomes {dict(c.outcomes)}; report {report}")
+    assert not c.findings, c.failure_message()
+    assert c.cases > 1000
+
+
 def test_fuzz_images(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker) -> None:
     seeds = fuzz_image_inputs.seed_images()
     paths = fuzz_image_inputs.path_cases(artifacts / "image-paths", seeds)

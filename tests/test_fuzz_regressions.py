@@ -115,3 +115,34 @@ def test_media_marker_in_every_text_field_adds_no_image_slot(tiny_model: ecso_ed
             assert step.input_tokens.count(-1) == (0 if step.name == "text_only" else 1), step.name
         assert marker.encode() in b"".join(tiny_model.token_bytes(t) for t in r.steps[0].input_tokens if t >= 0) \
             .replace("▁".encode(), b" ")
+
+
+@pytest.mark.parametrize("eps", [-1.0, float("nan"), float("-inf")], ids=["negative", "nan", "-inf"])
+def test_text_model_bad_rms_epsilon_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path, eps: float) -> None:
+    # was: ggml-cpu ops.cpp GGML_ASSERT(eps >= 0.0f) at the first decode -> SIGABRT
+    bad = gm.mutated(tiny_paths[0], tmp_path / "eps.gguf",
+                     set_keys={"llama.attention.layer_norm_rms_epsilon": (eps, VT.FLOAT32)})
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + re.escape(
+            f"{bad}': metadata key 'llama.attention.layer_norm_rms_epsilon' has the implausible value")):
+        load_isolated(bad, tiny_paths[1])
+
+
+@pytest.mark.parametrize("tokenizer", ["bert", "rwkv"])
+def test_text_model_byte_tokens_in_a_vocabulary_without_them_are_refused(
+    tiny_paths: tuple[Path, Path], tmp_path: Path, tokenizer: str
+) -> None:
+    # was: llama-vocab.cpp token_to_byte GGML_ABORT("fatal error") on the first byte token -> SIGABRT
+    bad = gm.mutated(tiny_paths[0], tmp_path / "vocab.gguf", set_keys={"tokenizer.ggml.model": (tokenizer, VT.STRING)})
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + re.escape(
+            f"{bad}': its '{tokenizer}' vocabulary (tokenizer.ggml.model) has byte tokens")):
+        load_isolated(bad, tiny_paths[1])
+
+
+@pytest.mark.parametrize("size", [1, 7])
+def test_projector_image_smaller_than_a_patch_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path,
+                                                         size: int) -> None:
+    # was: mtmd-helper GGML_ASSERT(n_tokens > 0 && ...) when the image was decoded -> SIGABRT
+    bad = gm.mutated(tiny_paths[1], tmp_path / "size.gguf", set_keys={"clip.vision.image_size": (size, VT.UINT32)})
+    with pytest.raises(ModelLoadError, match=re.escape(
+            f"'{bad}': image_size {size} is smaller than patch_size 8: the image would have no patches")):
+        load_isolated(tiny_paths[0], bad)

@@ -1,6 +1,7 @@
 // GGUF validation for text models and LLaVA-style projectors (see gguf_check.hpp).
 #include "ecso/gguf_check.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -205,6 +206,18 @@ public:
         }
     }
 
+    // tokenizer.ggml.token_type holds LLAMA_TOKEN_TYPE_BYTE (6) somewhere.
+    bool has_byte_tokens() const {
+        const int64_t id = gguf_find_key(ctx_.get(), "tokenizer.ggml.token_type");
+        if (id < 0 || gguf_get_kv_type(ctx_.get(), id) != GGUF_TYPE_ARRAY ||
+            gguf_get_arr_type(ctx_.get(), id) != GGUF_TYPE_INT32) {
+            return false;  // llama.cpp refuses other types itself
+        }
+        const auto * types = static_cast<const int32_t *>(gguf_get_arr_data(ctx_.get(), id));
+        const size_t n = gguf_get_arr_n(ctx_.get(), id);
+        return std::find(types, types + n, 6) != types + n;
+    }
+
     bool has_tensor(const std::string & name) const { return gguf_find_tensor(ctx_.get(), name.c_str()) >= 0; }
 
     // The tensor's shape in ggml order (ne[0] is the innermost dimension); throws if absent.
@@ -392,6 +405,13 @@ void check_vision_tower(const GgufFile & f, ProjectorInfo & info) {
         require_vector(f, "v.class_embd", n_embd);
     }
     const int64_t side = info.image_size / info.patch_size;
+    if (side < 1) {
+        // no patch fits: mtmd GGML_ASSERTs n_tokens > 0 when the image is decoded (found by the fuzz suite)
+        fail(f.role(), f.path(),
+             "image_size " + std::to_string(info.image_size) + " is smaller than patch_size " +
+                 std::to_string(info.patch_size) + ": the image would have no patches",
+             "The file is malformed");
+    }
     const int64_t n_pos = side * side + (has_class ? 1 : 0);
     const auto pos = f.require_tensor("v.position_embd.weight");
     if (pos[0] != n_embd || pos[1] < n_pos || pos[2] != 1 || pos[3] != 1) {
@@ -481,6 +501,25 @@ TextModelInfo check_text_model(const std::string & path) {
     f.require_array("tokenizer.ggml.tokens", GGUF_TYPE_STRING, 1);
     f.require_unique_strings("tokenizer.ggml.tokens");
     f.require_one_d_tensors_f32();
+    // ggml_rms_norm/ggml_norm GGML_ASSERT eps >= 0 at the first decode (found by the fuzz suite)
+    for (const char * key : {".attention.layer_norm_rms_epsilon", ".attention.layer_norm_epsilon"}) {
+        if (f.has_key(*arch + key)) {
+            const double eps = f.require_float(*arch + key);
+            if (!std::isfinite(eps) || eps < 0.0 || eps > 1.0) {
+                fail(f.role(), path, "metadata key '" + *arch + key + "' has the implausible value " + std::to_string(eps),
+                     "The file is malformed");
+            }
+        }
+    }
+    // llama.cpp turns byte tokens (<0xNN>) into bytes only for the SPM, BPE and UGM vocabularies and
+    // aborts the process for the others (found by the fuzz suite: tokenizer.ggml.model "bert").
+    const auto tokenizer = f.get_string("tokenizer.ggml.model");
+    if (tokenizer && *tokenizer != "llama" && *tokenizer != "gpt2" && *tokenizer != "t5" && f.has_byte_tokens()) {
+        fail(f.role(), path,
+             "its '" + *tokenizer + "' vocabulary (tokenizer.ggml.model) has byte tokens, which llama.cpp only "
+                 "supports in 'llama', 'gpt2' and 't5' vocabularies",
+             "The file is malformed");
+    }
     return info;
 }
 
