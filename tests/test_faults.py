@@ -181,6 +181,33 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_records(tmp_path: Path
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_full_tmpfs_stops_with_no_space_left_and_keeps_the_records(tmp_path: Path) -> None:
+    # the real ENOSPC of a full file system, where root may mount a small tmpfs (skipped otherwise)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root; the RLIMIT_FSIZE test covers the rootless case")
+    data, ids = make_dataset(tmp_path / "data", 30)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        out = disk / "sft.json"
+        full = subprocess.run(engine_cmd(data, out, 8), env=ENV, capture_output=True, timeout=300)
+        stderr = full.stderr.decode()
+        assert full.returncode == 1 and "Traceback" not in stderr, stderr
+        m = re.search(rf"ecso-edge: error: cannot write the trace '{re.escape(str(trace_path_for(out)))}': "
+                      r"No space left on device. The (\d+) records traced before are intact", stderr)
+        assert m, stderr
+        kept = whole_lines(trace_path_for(out))
+        assert [e["id"] for e in kept] == ids[: int(m.group(1))] and trace_path_for(out).read_bytes().endswith(b"\n")
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        again = subprocess.run(engine_cmd(data, out, 8) + ["--resume"], env=ENV, capture_output=True, timeout=300)
+        assert again.returncode == 0, again.stderr.decode()
+        assert_exactly_once(out, ids)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_sft_write_failure_keeps_the_previous_file_and_the_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
