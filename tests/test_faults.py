@@ -15,13 +15,11 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -145,13 +143,13 @@ def test_kill_9_at_random_points_then_resume_gives_every_record_once(
                      "seconds": round(time.perf_counter() - t_start, 1), "seed": SEED})
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
-    def apply() -> None:
-        # EFBIG instead of the default SIGXFSZ, which would kill the process: a full disk, rootless
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
+def with_file_size_limit(limit: int, cmd: list[str]) -> list[str]:
+    """`cmd` run with RLIMIT_FSIZE: writes past `limit` bytes fail with EFBIG, as on a full disk,
+    with no root needed (SIGXFSZ, which would kill the process instead, is ignored). A small exec
+    wrapper rather than preexec_fn, which is unsafe in a process with threads (llama.cpp's)."""
+    wrapper = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", wrapper, *cmd]
 
 
 def test_full_disk_stops_with_a_clear_error_and_keeps_the_records(tmp_path: Path) -> None:
@@ -164,8 +162,8 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_the_records(tmp_path: Path
 
     out = tmp_path / "sft.json"
     trace = trace_path_for(out)
-    full = subprocess.run(engine_cmd(data, out, 8), env=ENV, capture_output=True, timeout=300,
-                          preexec_fn=_limit_file_size(limit))
+    full = subprocess.run(with_file_size_limit(limit, engine_cmd(data, out, 8)), env=ENV, capture_output=True,
+                          timeout=300)
     stderr = full.stderr.decode()
     assert full.returncode == 1, stderr
     assert "Traceback" not in stderr

@@ -26,7 +26,6 @@ import fuzz_gguf_inputs  # noqa: E402
 import fuzz_harness  # noqa: E402
 import fuzz_image_inputs  # noqa: E402
 import fuzz_prompt_inputs  # noqa: E402
-import gguf_mutate as gm  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
 
