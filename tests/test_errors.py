@@ -53,7 +53,7 @@ else:
 """
 
 
-def load_isolated(text: Path, mmproj: Path) -> None:
+def load_isolated(text: Path, mmproj: Path, **env: str) -> None:
     """Load the pair in a child process; re-raise its EcsoError here. A crash fails the test."""
     proc = subprocess.run(
         [sys.executable, "-c", _LOAD_SCRIPT, str(text), str(mmproj)],
@@ -61,7 +61,7 @@ def load_isolated(text: Path, mmproj: Path) -> None:
         text=True,
         timeout=120,
         cwd=text.parent,
-        env={**os.environ, "OMP_WAIT_POLICY": "passive"},
+        env={**os.environ, "OMP_WAIT_POLICY": "passive", **env},
     )
     if proc.returncode < 0:
         pytest.fail(
@@ -241,9 +241,10 @@ def test_text_model_without_vocabulary_is_refused(tiny_paths: tuple[Path, Path],
 
 def test_text_model_key_of_wrong_type_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path) -> None:
     # llama.cpp checks its own key types (no abort); its reason must reach the user
-    bad = gm.mutated(tiny_paths[0], tmp_path / "float-blocks.gguf", set_keys={"llama.block_count": (2.0, VT.FLOAT32)})
+    # (llama.block_count is checked by ecso-edge itself since the fuzz suite: see test_fuzz_regressions)
+    bad = gm.mutated(tiny_paths[0], tmp_path / "float-ctx.gguf", set_keys={"llama.context_length": (2.0, VT.FLOAT32)})
     with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + ": llama.cpp could not load it.*"
-                       "key llama.block_count has wrong type f32 but expected type u32"):
+                       "key llama.context_length has wrong type f32 but expected type u32"):
         load_isolated(bad, tiny_paths[1])
 
 
@@ -465,6 +466,19 @@ def test_unknown_projector_type_reports_mtmd_reason(
     # (?s): the quoted mtmd log may span lines
     with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + _in(bad)[1:] + r": mtmd could not load it \(.*"
                        r"unknown projector type: bogus.*\)\. Use the mmproj file"):
+        load_isolated(tiny_paths[0], bad, ECSO_TRUST_PROJECTOR="1")
+
+
+@pytest.mark.parametrize("projector_type", ["qwen2vl_merger", "qwen3vl_merger", "ldp", "bogus"])
+def test_projector_type_without_tensor_checks_is_refused(
+    tiny_paths: tuple[Path, Path], write_mmproj: Callable[..., Path], projector_type: str
+) -> None:
+    # found by the fuzz suite: with LLaVA tensors, qwen2vl_merger and qwen3vl_merger passed every
+    # check and then hit a GGML_ASSERT in mtmd's graph builder (SIGABRT) during load
+    bad = write_mmproj(lambda g: g.set_key("clip.projector_type", projector_type, VT.STRING))
+    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+            f": projector type '{projector_type}' is not one ecso-edge validates tensor by tensor (mlp, mlp_norm)")
+            + ".*ECSO_TRUST_PROJECTOR=1"):
         load_isolated(tiny_paths[0], bad)
 
 

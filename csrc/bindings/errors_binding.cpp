@@ -12,7 +12,13 @@ namespace {
 
 void raise_as(const char * name, const std::exception & e) {
     const py::object cls = py::module_::import("ecso_edge.errors").attr(name);
-    PyErr_SetString(cls.ptr(), e.what());
+    // A message may quote bytes from a damaged file (a key name, llama.cpp's log): PyErr_SetString
+    // would fail on invalid UTF-8 with a UnicodeDecodeError (found by the fuzz suite), so decode
+    // with replacement characters.
+    const std::string what = e.what();
+    const py::object message = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(what.data(), static_cast<Py_ssize_t>(what.size()), "replace"));
+    PyErr_SetObject(cls.ptr(), message.ptr());
 }
 
 }  // namespace

@@ -1,13 +1,17 @@
 // GGUF validation for text models and LLaVA-style projectors (see gguf_check.hpp).
 #include "ecso/gguf_check.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <string_view>
+#include <unordered_set>
 #include <sys/stat.h>
 
 #include "ecso/errors.hpp"
@@ -169,6 +173,51 @@ public:
         }
     }
 
+    // llama.cpp's vocabulary loader GGML_ASSERTs that no token text occurs twice (found by the fuzz suite).
+    void require_unique_strings(const std::string & key) const {
+        const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
+        const size_t n = gguf_get_arr_n(ctx_.get(), id);
+        std::unordered_set<std::string_view> seen;
+        seen.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+            const char * s = gguf_get_arr_str(ctx_.get(), id, i);
+            if (!seen.insert(std::string_view(s)).second) {
+                fail(role_, path_, "metadata key '" + key + "' holds the token text at index " + std::to_string(i) +
+                                       " twice",
+                     "The file is malformed");
+            }
+        }
+    }
+
+    // ggml's CPU add/mul abort on an f16 or quantized second operand, and llama.cpp's and
+    // clip.cpp's graphs add or multiply every 1-D tensor (norms, biases) into f32 activations;
+    // llama.cpp's converters always store 1-D tensors as f32 (found by the fuzz suite).
+    void require_one_d_tensors_f32() const {
+        const int64_t n = gguf_get_n_tensors(ctx_.get());
+        for (int64_t i = 0; i < n; ++i) {
+            const ggml_type type = gguf_get_tensor_type(ctx_.get(), i);
+            const std::string name = gguf_get_tensor_name(ctx_.get(), i);
+            const int64_t * ne = gguf_get_tensor_ne(ctx_.get(), i);
+            if (ne[1] == 1 && ne[2] == 1 && ne[3] == 1 && type != GGML_TYPE_F32) {
+                fail(role_, path_, "tensor '" + name + "' is " + ggml_type_name(type) + " but must be f32",
+                     "The file was converted incorrectly (1-D tensors must stay f32); re-convert it with llama.cpp's "
+                     "converter");
+            }
+        }
+    }
+
+    // tokenizer.ggml.token_type holds LLAMA_TOKEN_TYPE_BYTE (6) somewhere.
+    bool has_byte_tokens() const {
+        const int64_t id = gguf_find_key(ctx_.get(), "tokenizer.ggml.token_type");
+        if (id < 0 || gguf_get_kv_type(ctx_.get(), id) != GGUF_TYPE_ARRAY ||
+            gguf_get_arr_type(ctx_.get(), id) != GGUF_TYPE_INT32) {
+            return false;  // llama.cpp refuses other types itself
+        }
+        const auto * types = static_cast<const int32_t *>(gguf_get_arr_data(ctx_.get(), id));
+        const size_t n = gguf_get_arr_n(ctx_.get(), id);
+        return std::find(types, types + n, 6) != types + n;
+    }
+
     bool has_tensor(const std::string & name) const { return gguf_find_tensor(ctx_.get(), name.c_str()) >= 0; }
 
     // The tensor's shape in ggml order (ne[0] is the innermost dimension); throws if absent.
@@ -274,6 +323,11 @@ void check_key_types(const GgufFile & f) {
     }
 }
 
+bool trust_unchecked_projectors() {
+    const char * v = std::getenv("ECSO_TRUST_PROJECTOR");
+    return v != nullptr && std::string(v) == "1";
+}
+
 bool looks_like_projector(const GgufFile & f) {
     const auto arch = f.get_string("general.architecture");
     return (arch && *arch == "clip") || f.has_key("clip.has_vision_encoder") || f.has_key("clip.projector_type");
@@ -351,6 +405,13 @@ void check_vision_tower(const GgufFile & f, ProjectorInfo & info) {
         require_vector(f, "v.class_embd", n_embd);
     }
     const int64_t side = info.image_size / info.patch_size;
+    if (side < 1) {
+        // no patch fits: mtmd GGML_ASSERTs n_tokens > 0 when the image is decoded (found by the fuzz suite)
+        fail(f.role(), f.path(),
+             "image_size " + std::to_string(info.image_size) + " is smaller than patch_size " +
+                 std::to_string(info.patch_size) + ": the image would have no patches",
+             "The file is malformed");
+    }
     const int64_t n_pos = side * side + (has_class ? 1 : 0);
     const auto pos = f.require_tensor("v.position_embd.weight");
     if (pos[0] != n_embd || pos[1] < n_pos || pos[2] != 1 || pos[3] != 1) {
@@ -431,9 +492,33 @@ TextModelInfo check_text_model(const std::string & path) {
     info.path = path;
     info.architecture = *arch;
     info.n_embd = f.require_int(*arch + ".embedding_length", 1, 1 << 20);
+    // llama.cpp GGML_ASSERTs 0 < n_layer <= LLAMA_MAX_LAYERS (512) (found by the fuzz suite)
+    f.require_int(*arch + ".block_count", 1, 512);
     if (!f.has_key("tokenizer.ggml.tokens")) {
         fail(f.role(), path, "the file has no tokenizer vocabulary (tokenizer.ggml.tokens)",
              "ecso-edge needs a full text model with its tokenizer, not a vocabulary-less export");
+    }
+    f.require_array("tokenizer.ggml.tokens", GGUF_TYPE_STRING, 1);
+    f.require_unique_strings("tokenizer.ggml.tokens");
+    f.require_one_d_tensors_f32();
+    // ggml_rms_norm/ggml_norm GGML_ASSERT eps >= 0 at the first decode (found by the fuzz suite)
+    for (const char * key : {".attention.layer_norm_rms_epsilon", ".attention.layer_norm_epsilon"}) {
+        if (f.has_key(*arch + key)) {
+            const double eps = f.require_float(*arch + key);
+            if (!std::isfinite(eps) || eps < 0.0 || eps > 1.0) {
+                fail(f.role(), path, "metadata key '" + *arch + key + "' has the implausible value " + std::to_string(eps),
+                     "The file is malformed");
+            }
+        }
+    }
+    // llama.cpp turns byte tokens (<0xNN>) into bytes only for the SPM, BPE and UGM vocabularies and
+    // aborts the process for the others (found by the fuzz suite: tokenizer.ggml.model "bert").
+    const auto tokenizer = f.get_string("tokenizer.ggml.model");
+    if (tokenizer && *tokenizer != "llama" && *tokenizer != "gpt2" && *tokenizer != "t5" && f.has_byte_tokens()) {
+        fail(f.role(), path,
+             "its '" + *tokenizer + "' vocabulary (tokenizer.ggml.model) has byte tokens, which llama.cpp only "
+                 "supports in 'llama', 'gpt2' and 't5' vocabularies",
+             "The file is malformed");
     }
     return info;
 }
@@ -481,6 +566,15 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
     }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);
+    }
+    if (!info.fully_validated && !trust_unchecked_projectors()) {
+        // Found by the fuzz suite: mtmd's graph builders for other types (qwen2vl_merger, ...)
+        // GGML_ASSERT on tensors their loaders treat as optional, aborting the whole process.
+        fail(f.role(), path,
+             "projector type '" + t + "' is not one ecso-edge validates tensor by tensor (mlp, mlp_norm), and mtmd "
+                 "aborts the process on some damaged files of other types",
+             "Use a LLaVA-style projector, or set the environment variable ECSO_TRUST_PROJECTOR=1 to hand a file "
+             "you trust to mtmd unchecked");
     }
     if (info.output_n_embd != 0 && info.output_n_embd != text.n_embd) {
         fail(f.role(), path,

@@ -34,7 +34,9 @@ TextModelInfo check_text_model(const std::string & path);
 // Throws ModelLoadError if `path` is not a usable vision projector for `text`: not GGUF,
 // truncated, a text model in the projector's place, a key or tensor missing, misshapen or of a
 // type llama.cpp would abort on (a key clip.cpp reads stored as another GGUF type, a 1-D tensor
-// not in f32), or an output size that differs from the text model's embedding size.
+// not in f32), or an output size that differs from the text model's embedding size. Projector
+// types other than LLaVA's mlp/mlp_norm cannot be checked tensor by tensor: they are refused
+// unless the environment variable ECSO_TRUST_PROJECTOR=1 is set.
 ProjectorInfo check_projector(const std::string & path, const TextModelInfo & text);
 
 }  // namespace ecso

@@ -46,6 +46,8 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
     cparams.print_timings = false;
     cparams.warmup = false;  // the first real encode warms up; loading stays fast
     cparams.flash_attn_type = flash_attn_type();
+    cparams.cb_eval = &Model::encode_eval_callback;  // makes a long image encode cancellable
+    cparams.cb_eval_user_data = this;
     clear_log_errors();
     mtmd_.reset(mtmd_init_from_file(mmproj_path.c_str(), model_.get(), cparams));
     if (!mtmd_) {
@@ -56,6 +58,20 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
         throw ModelLoadError("projector (mmproj) '" + mmproj_path +
                              "': it has no vision encoder. ecso-edge needs an image projector");
     }
+}
+
+bool Model::encode_eval_callback(ggml_tensor * /*node*/, bool ask, void * model) {
+    // ggml's scheduler asks, node by node, whether the caller wants to see a node; it computes up
+    // to each node the answer is yes for, then calls again with ask=false, and stops the graph
+    // when that call returns false. Every kNodesPerCheck nodes is a point where a cancel lands:
+    // a few milliseconds of a CLIP-L layer, and a few dozen graph splits per encode.
+    constexpr uint32_t kNodesPerCheck = 32;
+    const auto * self = static_cast<const Model *>(model);
+    if (ask) {
+        return ++self->encode_nodes_ % kNodesPerCheck == 0;
+    }
+    const std::atomic<bool> * flag = self->encode_abort_.load();
+    return flag == nullptr || !flag->load(std::memory_order_relaxed);
 }
 
 llama_flash_attn_type Model::flash_attn_type() const {

@@ -6,6 +6,7 @@
 // state inside mtmd, so encode calls from sessions on one Model are serialised by vision_mutex().
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,6 +30,11 @@ public:
     const llama_vocab * vocab() const { return vocab_; }
     mtmd_context * mtmd() const { return mtmd_.get(); }
     std::mutex & vision_mutex() const { return vision_mutex_; }
+    // While `flag` is set (non-null) and becomes true, the vision encoder stops within a few graph
+    // nodes and its output is garbage: the caller must check the flag after mtmd_encode_chunk.
+    // mtmd's encoder has no abort callback; the ggml scheduler's eval callback serves as one.
+    // Call with vision_mutex() held, and again with nullptr when the encode is done.
+    void set_encode_abort_flag(const std::atomic<bool> * flag) const { encode_abort_.store(flag); }
 
     const ModelOptions & options() const { return options_; }
     const TextModelInfo & text_info() const { return text_info_; }
@@ -54,6 +60,9 @@ private:
     ProjectorInfo projector_info_;
     int32_t n_threads_ = 1;
     int32_t n_threads_batch_ = 1;
+    static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
+    mutable std::atomic<const std::atomic<bool> *> encode_abort_{nullptr};
+    mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)
     // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
     llama_model_ptr model_;
     const llama_vocab * vocab_ = nullptr;

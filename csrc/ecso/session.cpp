@@ -406,7 +406,11 @@ void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, 
         const auto t0 = Clock::now();
         std::lock_guard<std::mutex> lock(model_->vision_mutex());
         clear_log_errors();
-        if (mtmd_encode_chunk(model_->mtmd(), item.media) != 0) {
+        model_->set_encode_abort_flag(&cancel_);
+        const int32_t status = mtmd_encode_chunk(model_->mtmd(), item.media);
+        model_->set_encode_abort_flag(nullptr);
+        throw_if_cancelled(rec.name.c_str());  // a stopped encode leaves garbage: never cache it
+        if (status != 0) {
             throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
         }
         const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);

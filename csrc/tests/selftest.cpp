@@ -1,11 +1,13 @@
 // ecso-selftest: runs ECSO requests on a model pair through the C++ core alone (no Python), the
-// way a desktop application would embed it, and checks the KV-reuse claims.
+// way a desktop application would embed it, checks the KV-reuse claims and walks the error paths.
 // Usage: ecso-selftest TEXT_MODEL.gguf MMPROJ.gguf
 // Exit status 0 when every check passes, 1 on a failed check, 2 on an error.
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "ecso/ecso.hpp"
 
@@ -33,6 +35,51 @@ ecso::RgbImage gradient(uint32_t w, uint32_t h) {
         }
     }
     return img;
+}
+
+template <class Error, class Call>
+bool throws(Call call) {
+    try {
+        call();
+    } catch (const Error &) {
+        return true;
+    } catch (const std::exception &) {
+        return false;
+    }
+    return false;
+}
+
+// The error paths (refused files, a query over the context, a cancel from another thread), so
+// that a sanitizer run of this program covers their cleanup as well.
+void check_error_paths(const char * text, const char * mmproj, const ecso::ModelOptions & options,
+                       const std::shared_ptr<const ecso::Model> & full_context) {
+    expect(throws<ecso::ModelLoadError>([&] { ecso::Model(mmproj, mmproj, options); }),
+           "errors: a projector passed as the text model is refused");
+    expect(throws<ecso::ModelLoadError>([&] { ecso::Model(text, text, options); }),
+           "errors: a text model passed as the projector is refused");
+    ecso::ModelOptions small = options;
+    small.n_ctx = 128;
+    auto model = std::make_shared<const ecso::Model>(text, mmproj, small);
+    ecso::EcsoSession session(model, ecso::EcsoConfig{});
+    std::string long_query;
+    for (int i = 0; i < 300; ++i) {
+        long_query += "word ";
+    }
+    expect(throws<ecso::ContextOverflowError>([&] { session.run(gradient(48, 40), long_query, 4); }),
+           "errors: a query longer than the context is refused");
+    expect(session.run(gradient(48, 40), "What is this?", 2).steps.size() == 2,
+           "errors: the session works after a refused query");
+    ecso::EcsoConfig endless;
+    endless.sampling.ignore_eos = true;
+    endless.verdict_override = true;
+    ecso::EcsoSession long_session(full_context, endless);  // room for ~2,000 tokens: long enough to cancel
+    std::thread canceller([&long_session] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        long_session.cancel();
+    });
+    const bool cancelled = throws<ecso::CancelledError>([&] { long_session.run(gradient(48, 40), "Go on.", 1000000); });
+    canceller.join();
+    expect(cancelled, "errors: cancel() from another thread stops a request");
 }
 
 ecso::EcsoResult run_once(const std::shared_ptr<const ecso::Model> & model, bool reuse, bool unsafe) {
@@ -82,6 +129,7 @@ int main(int argc, char ** argv) {
             expect(reused.answer == (unsafe ? reused.steps[3].text : reused.initial_answer) && reused.unsafe == unsafe,
                    branch + ": the answer comes from the right step");
         }
+        check_error_paths(argv[1], argv[2], options, model);
     } catch (const std::exception & e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 2;

@@ -17,7 +17,15 @@ preload_llama_cpp_libraries()
 
 from . import _core  # noqa: E402  (after the preload, by design)
 from ._core import EcsoConfig  # noqa: E402, EcsoResult, StepRecord
-from .errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError, ModelLoadError
+from .errors import (
+    CancelledError,
+    ConfigError,
+    ContextOverflowError,
+    EcsoError,
+    ImageError,
+    ModelLoadError,
+    OutputError,
+)
 from .session import EcsoStream, Model, Session
 from .shipped import tiny_pair
 
@@ -36,6 +44,7 @@ __all__ = [
     "ContextOverflowError",
     "CancelledError",
     "ConfigError",
+    "OutputError",
     "system_info",
     "tiny_pair",
     "__version__",

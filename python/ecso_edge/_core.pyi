@@ -123,7 +123,7 @@ class Session:
         pixels: Union[Buffer, bytes],
         width: int,
         height: int,
-        query: str,
+        query: Union[str, bytes],  # bytes: UTF-8 (checked)
         *,
         max_tokens: int,
         on_text: Optional[Callable[[str], object]] = None,
@@ -133,12 +133,14 @@ class Session:
         pixels: Union[Buffer, bytes],
         width: int,
         height: int,
-        query: str,
+        query: Union[str, bytes],  # bytes: UTF-8 (checked)
         *,
         max_tokens: int,
         on_text: Optional[Callable[[str], object]] = None,
     ) -> EcsoResult: ...
-    def judge(self, pixels: Union[Buffer, bytes], width: int, height: int, query: str, response: str) -> EcsoResult: ...
+    def judge(
+        self, pixels: Union[Buffer, bytes], width: int, height: int, query: Union[str, bytes], response: Union[str, bytes]
+    ) -> EcsoResult: ...
     def cancel(self) -> None: ...
     @property
     def config(self) -> EcsoConfig: ...

@@ -4,20 +4,22 @@ fine-tuning data in LLaVA's format, with no human labels.
 Nothing is lost: each finished record is appended to a JSONL trace and flushed to disk before the
 next one starts; `resume=True` skips the ids already traced (a half-written last line from a killed
 run is discarded); the SFT JSON is rebuilt from the trace and replaced atomically at the end. A
-record whose image cannot be loaded is traced with its error and the run goes on."""
+record whose image cannot be loaded is traced with its error and the run goes on. A full disk
+stops the run with an OutputError naming the file; the trace keeps every whole record."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, BinaryIO, Iterable, Optional
 
 from .datasets import Record
-from .errors import ImageError
+from .errors import ImageError, OutputError
 from .session import Session
 
 __all__ = ["DataEngineSummary", "run_data_engine", "trace_path_for"]
@@ -61,6 +63,7 @@ class RunPlan:
     trace: Path
     selected: int  # input records after `limit`
     todo: list[Record]  # those not yet in the trace
+    traced: int  # complete lines already in the trace (resume)
 
 
 def plan_run(records: Iterable[Record], out: Path, *, resume: bool, limit: Optional[int]) -> RunPlan:
@@ -72,7 +75,7 @@ def plan_run(records: Iterable[Record], out: Path, *, resume: bool, limit: Optio
     selected = list(records)
     if limit is not None:
         selected = selected[:limit]  # the first `limit` input records, resumed or not
-    return RunPlan(trace, len(selected), [r for r in selected if r.id not in done])
+    return RunPlan(trace, len(selected), [r for r in selected if r.id not in done], len(done))
 
 
 def record_entries(
@@ -83,13 +86,11 @@ def record_entries(
     unsafe = errors = 0
     bar = _progress(len(plan.todo), progress)
     plan.trace.parent.mkdir(parents=True, exist_ok=True)  # --out may name a folder not made yet
-    with open(plan.trace, "a", encoding="utf-8") as f:
-        for entry in entries:
+    with open(plan.trace, "ab", buffering=0) as f:
+        for n_done, entry in enumerate(entries, start=plan.traced):
             unsafe += bool(entry.get("unsafe"))
             errors += "error" in entry
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # a record counts as done only once it is on disk
+            _append_record(f, plan.trace, entry, n_done)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(unsafe=unsafe, errors=errors)
@@ -117,6 +118,30 @@ def process_record(session: Session, record: Record, image_root: Optional[Path],
         stats={k: v for k, v in r.stats.items() if k != "steps"},
     )
     return entry
+
+
+def _append_record(f: BinaryIO, trace: Path, entry: dict[str, Any], n_done: int) -> None:
+    """Appends one trace line and syncs it: a record counts as done only once it is on disk. When
+    the write fails (disk full, file size limit), the trace is cut back to its last whole line
+    and the error names the file and how many records it holds intact."""
+    start = f.tell()
+    data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        while data:
+            written = f.write(data)
+            if not written:
+                raise OSError(errno.EIO, "the file accepted no bytes")
+            data = data[written:]
+        os.fsync(f.fileno())
+    except OSError as e:
+        try:
+            os.ftruncate(f.fileno(), start)
+        except OSError:
+            pass  # resume drops a half-written last line anyway
+        raise OutputError(
+            f"cannot write the trace '{trace}': {e.strerror or e}. The {n_done} records traced before are intact; "
+            "free some space and rerun with --resume"
+        ) from e
 
 
 def _completed_ids(trace: Path) -> set[str]:
@@ -164,8 +189,13 @@ def write_sft(trace: Path, out: Path) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OutputError(
+                f"cannot write the SFT file '{out}': {e.strerror or e}. Every record is in the trace '{trace}'; "
+                "free some space and rerun with --resume to rebuild the file"
+            ) from e
         raise
     return len(examples)
 

@@ -9,6 +9,7 @@ __all__ = [
     "ContextOverflowError",
     "CancelledError",
     "ConfigError",
+    "OutputError",
 ]
 
 
@@ -34,3 +35,8 @@ class CancelledError(EcsoError):
 
 class ConfigError(EcsoError, ValueError):
     """A configuration value or argument is invalid."""
+
+
+class OutputError(EcsoError, OSError):
+    """An output file could not be written (disk full, file size limit, permissions); what was
+    written before the failure is intact."""

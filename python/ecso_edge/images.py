@@ -9,7 +9,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -56,17 +56,18 @@ def load_rgb(image: ImageInput, *, max_pixels: int) -> RgbPixels:
         if os.path.getsize(path) == 0:
             raise ImageError(f"image file '{path}' is empty (0 bytes); the file was not written completely")
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            f = open(path, "rb")
         except OSError as e:
             raise ImageError(f"image file '{path}' cannot be read: {e.strerror}") from e
-        return _decode(io.BytesIO(data), f"image file '{path}'", max_pixels)
+        with f:
+            # Pillow reads only what it decodes: a huge file that is no image costs nothing
+            return _decode(f, f"image file '{path}'", max_pixels)
     raise ImageError(
         f"unsupported image type {type(image).__name__}: pass a path, bytes, a PIL.Image or an HxWx3 uint8 array"
     )
 
 
-def _decode(stream: io.BytesIO, what: str, max_pixels: int) -> RgbPixels:
+def _decode(stream: BinaryIO, what: str, max_pixels: int) -> RgbPixels:
     with warnings.catch_warnings():
         # Pillow's own bomb guard warns (or raises) by its global limit; ours is checked below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

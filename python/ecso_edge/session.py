@@ -9,12 +9,30 @@ import threading
 from typing import Callable, Iterator, Optional, Union
 
 from . import _core
+from .errors import ConfigError
 from .images import ImageInput, load_rgb
 from .shipped import tiny_pair
 
 __all__ = ["Model", "Session", "EcsoStream"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _text(value: object, what: str) -> Union[str, bytes]:
+    """The query or response as the core takes it. A str holding lone surrogates (text decoded
+    with errors="surrogateescape", say) has no UTF-8 form: refuse it here with a typed error."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(
+                f"the {what} is not valid Unicode: character {e.start} is a lone surrogate "
+                f"({value[e.start:e.end]!r}); decode the text with errors='replace' first"
+            ) from None
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)  # the core checks that it is UTF-8
+    raise ConfigError(f"the {what} must be a str, not {type(value).__name__}")
 
 
 class Model:
@@ -141,7 +159,8 @@ class Session:
         first answer is held back until the judge has spoken (then delivered at once on the safe
         path); on the unsafe path the eyes-closed answer streams as it is generated."""
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.run(pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=on_token)
+        return self._core.run(pixels.data, pixels.width, pixels.height, _text(query, "query"), max_tokens=max_tokens,
+                              on_text=on_token)
 
     def answer(
         self,
@@ -154,14 +173,15 @@ class Session:
         """Step 1 only: the direct, unprotected answer (for comparison)."""
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
         return self._core.answer(
-            pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=on_token
+            pixels.data, pixels.width, pixels.height, _text(query, "query"), max_tokens=max_tokens, on_text=on_token
         )
 
     def judge(self, image: ImageInput, query: str, response: str) -> _core.EcsoResult:
         """Step 2 alone: does the model judge `response` (to `query` about `image`) harmful?
         ``r.unsafe`` and ``r.verdict_text`` give the verdict; verdict_override does not apply."""
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.judge(pixels.data, pixels.width, pixels.height, query, response)
+        return self._core.judge(pixels.data, pixels.width, pixels.height, _text(query, "query"),
+                                _text(response, "response"))
 
     def stream(self, image: ImageInput, query: str, *, max_tokens: int = 512) -> "EcsoStream":
         """Iterator form of ``run(on_token=...)``: yields text pieces of the final answer;
@@ -189,11 +209,11 @@ class EcsoStream:
         self._error: Optional[BaseException] = None
         pixels = load_rgb(image, max_pixels=session._core.config.max_image_pixels)
         self._thread = threading.Thread(
-            target=self._work, args=(pixels, query, max_tokens), name="ecso-stream", daemon=True
+            target=self._work, args=(pixels, _text(query, "query"), max_tokens), name="ecso-stream", daemon=True
         )
         self._thread.start()
 
-    def _work(self, pixels: object, query: str, max_tokens: int) -> None:
+    def _work(self, pixels: object, query: Union[str, bytes], max_tokens: int) -> None:
         from .images import RgbPixels
 
         assert isinstance(pixels, RgbPixels)

@@ -1,0 +1,128 @@
+"""The fuzz suite: damaged GGUF files, hostile images and hostile queries, each case executed in a
+worker process (fuzz_harness.py) so that a crash or a hang is caught and counted, not fatal.
+
+Every case must end ok or with a typed EcsoError. Crashes, hangs, other exception classes and
+broken invariants (an extra image slot, say) fail the test, with a reproducer per finding.
+`pytest -m fuzz` runs the full seeded budget (a few minutes); a plain `pytest` run (CI) a short
+seeded subset of the same generators. ECSO_FUZZ_CASES / ECSO_FUZZ_SEED / ECSO_FUZZ_ARTIFACTS
+override the budget, the seed and where reports and reproducers go (docs/robustness.md).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz_gguf_inputs  # noqa: E402
+import fuzz_harness  # noqa: E402
+import fuzz_image_inputs  # noqa: E402
+import fuzz_prompt_inputs  # noqa: E402
+
+pytestmark = pytest.mark.fuzz
+
+# (plain pytest run, pytest -m fuzz)
+BUDGETS = {"gguf": (300, 5000), "image": (400, 5000), "prompt": (300, 4000)}
+
+
+def full_run(config: pytest.Config) -> bool:
+    return "fuzz" in (config.getoption("markexpr") or "") or os.environ.get("ECSO_FUZZ_FULL") == "1"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("ECSO_FUZZ_ARTIFACTS")
+    return Path(where) if where else tmp_path_factory.mktemp("fuzz-artifacts")
+
+
+@pytest.fixture(scope="module")
+def worker(artifacts: Path) -> Iterator[fuzz_harness.Worker]:
+    w = fuzz_harness.Worker(artifacts / "worker.log")
+    yield w
+    w.stop()
+
+
+def campaign(request: pytest.FixtureRequest, name: str, artifacts: Path, worker: fuzz_harness.Worker,
+             cases: st.SearchStrategy[Any], run_case: Callable[[fuzz_harness.Campaign, Any], None]) -> None:
+    """Draws the target's budget of seeded cases, runs each in the worker, then fails on any finding."""
+    c = fuzz_harness.Campaign(name, artifacts, worker)
+    n = fuzz_harness.budget(name, full_run(request.config), BUDGETS)
+
+    # generation only: no shrinking (a finding's reproducer is saved as found) and no example database
+    @hypothesis_seed(fuzz_harness.seed())
+    @settings(max_examples=n, phases=[Phase.generate], database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def one(case: Any) -> None:
+        run_case(c, case)
+
+    one()
+    report = c.write_report()
+    print(f"\n{name}: {c.cases} cases, outcomes {dict(c.outcomes)}; report {report}")
+    assert not c.findings, c.failure_message()
+    assert c.cases >= min(n, 20)
+
+
+def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker,
+                         tiny_paths: tuple[Path, Path]) -> None:
+    text, mmproj = tiny_paths
+    bases = fuzz_gguf_inputs.Bases(text, mmproj)
+    work = artifacts / "gguf-work"
+    work.mkdir(parents=True, exist_ok=True)
+    counter = [0]
+
+    def run_case(c: fuzz_harness.Campaign, case: dict[str, Any]) -> None:
+        counter[0] += 1
+        out = work / f"case-{counter[0]:05d}-{case['target']}.gguf"
+        try:
+            fuzz_gguf_inputs.apply(bases.gguf[case["target"]], case, out)
+        except (ValueError, OverflowError, struct.error) as e:  # a mutation the gguf writer cannot express
+            c.skipped.append(f"{type(e).__name__}: {e}"[:200])
+            return
+        pair = {"text": str(text), "mmproj": str(mmproj), case["target"]: str(out)}
+        c.run({"kind": "gguf", **pair, "mutation": case}, files=(out,))
+        out.unlink()
+
+    campaign(request, "gguf", artifacts, worker, fuzz_gguf_inputs.gguf_cases(bases), run_case)
+
+
+def test_fuzz_gguf_single_edit_sweep(artifacts: Path, worker: fuzz_harness.Worker, tiny_paths: tuple[Path, Path]) -> None:
+    """Not random: every key and tensor of the pair, one edit at a time (the same cases in every run)."""
+    text, mmproj = tiny_paths
+    bases = fuzz_gguf_inputs.Bases(text, mmproj)
+    c = fuzz_harness.Campaign("gguf-sweep", artifacts, worker)
+    work = artifacts / "gguf-sweep-work"
+    work.mkdir(parents=True, exist_ok=True)
+    for k, case in enumerate(fuzz_gguf_inputs.single_edit_sweep(bases)):
+        out = work / f"case-{k:05d}-{case['target']}.gguf"
+        try:
+            fuzz_gguf_inputs.apply(bases.gguf[case["target"]], case, out)
+        except (ValueError, OverflowError, struct.error) as e:
+            c.skipped.append(f"{type(e).__name__}: {e}"[:200])
+            continue
+        pair = {"text": str(text), "mmproj": str(mmproj), case["target"]: str(out)}
+        c.run({"kind": "gguf", **pair, "mutation": case}, files=(out,))
+        out.unlink()
+    report = c.write_report()
+    print(f"\ngguf-sweep: {c.cases} cases, outcomes {dict(c.outcomes)}; report {report}")
+    assert not c.findings, c.failure_message()
+    assert c.cases > 1000
+
+
+def test_fuzz_images(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker) -> None:
+    seeds = fuzz_image_inputs.seed_images()
+    paths = fuzz_image_inputs.path_cases(artifacts / "image-paths", seeds)
+    campaign(request, "image", artifacts, worker, fuzz_image_inputs.image_cases(seeds, paths),
+             lambda c, case: c.run(case))
+
+
+def test_fuzz_prompts(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker) -> None:
+    campaign(request, "prompt", artifacts, worker, fuzz_prompt_inputs.prompt_cases(), lambda c, case: c.run(case))
