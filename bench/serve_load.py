@@ -137,12 +137,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(max_queue: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(max_queue: int, threads: int, pair: list[str], n_ctx: int) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = dict(os.environ, OMP_WAIT_POLICY="passive")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ecso_edge.cli", "serve", "--port", str(port), "--threads", str(threads),
-         "--n-ctx", "2048", "--max-queue", str(max_queue), "--log-level", "warning"],
+         "--n-ctx", str(n_ctx), "--max-queue", str(max_queue), "--log-level", "warning", *pair],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -167,14 +167,20 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--max-queue", type=int, default=8, help="for the server this script starts")
     p.add_argument("--threads", type=int, default=1, help="generation threads of the server this script starts")
+    p.add_argument("--model", default=None, help="text GGUF of the server this script starts (default: tiny pair)")
+    p.add_argument("--mmproj", default=None)
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--timeout", type=float, default=300.0, help="per-request client timeout, seconds")
     p.add_argument("--json", default=None, help="write the summary here")
     args = p.parse_args()
     proc = None
     url = args.url
     if url is None:
-        proc, url = _start_server(args.max_queue, args.threads)
+        pair = ["--model", args.model, "--mmproj", args.mmproj] if args.model else []
+        proc, url = _start_server(args.max_queue, args.threads, pair, args.n_ctx)
     try:
-        report = run_load(url, clients=args.clients, seconds=args.seconds, max_tokens=args.max_tokens)
+        report = run_load(url, clients=args.clients, seconds=args.seconds, max_tokens=args.max_tokens,
+                          timeout_s=args.timeout)
         with urllib.request.urlopen(url + "/health", timeout=5) as r:
             health = json.load(r)
     finally:
@@ -184,6 +190,7 @@ def main() -> int:
     summary = report.summary()
     summary["server"] = {k: health[k] for k in ("accepted", "completed", "rejected", "failed", "cancelled", "dropped")}
     summary["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+    summary["model"] = os.path.basename(args.model) if args.model else "shipped tiny pair"
     summary["max_tokens"] = args.max_tokens
     summary["max_queue"] = args.max_queue if args.url is None else None
     print(json.dumps(summary, indent=2))

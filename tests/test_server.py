@@ -262,6 +262,40 @@ def test_text_only_and_malformed_requests_are_400(server: ServerProcess, image_u
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_prompt_over_the_context_is_400_even_when_streamed(server: ServerProcess, image_uri: str,
+                                                           stream: bool) -> None:
+    # nothing is sent before the first event, so a streamed request still gets its own status
+    long_query = "describe " * 3000
+    r = httpx.post(server.url + "/v1/chat/completions", json=chat_body(image_uri, long_query, stream=stream),
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    assert health(server)["status"] == "ok"
+
+
+def test_remote_images_only_when_allowed(logs: Path, pixels: np.ndarray, tmp_path: Path,
+                                         tiny_model: ecso_edge.Model) -> None:
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "cat.png").write_bytes(png_bytes(pixels))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as images:
+        threading.Thread(target=images.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{images.server_address[1]}"
+        for server in _server(logs, "--allow-remote-images"):
+            c = client(server)
+            r = c.chat.completions.create(model="x", messages=messages(base + "/cat.png"), max_tokens=8)
+            assert r.choices[0].message.content == Session(tiny_model).run(pixels, QUERY, max_tokens=8).answer
+            with pytest.raises(openai.BadRequestError, match="HTTP 404"):
+                c.chat.completions.create(model="x", messages=messages(base + "/missing.png"), max_tokens=8)
+            with pytest.raises(openai.BadRequestError, match="local file paths"):
+                c.chat.completions.create(model="x", messages=messages("file:///etc/hostname"), max_tokens=8)
+        images.shutdown()
+
+
 # -- queue and disconnects ----------------------------------------------------------------------
 
 def _raw_request(server: ServerProcess, body: dict[str, Any]) -> socket.socket:

@@ -80,7 +80,7 @@ def test_demo_page_upload_ask_and_see_what_ecso_did(unsafe_server: ServerProcess
             assert page.text_content("#error") == ""
             assert page.text_content("#status", timeout=1000).startswith("done")  # type: ignore[union-attr]
             assert page.text_content("#answer") == expected.answer
-            assert page.text_content("#verdict") == "unsafe: answered with eyes closed"
+            assert page.text_content("#verdict") == "unsafe: answered with eyes closed (forced by the server's verdict_override)"
             assert page.text_content("#first-answer") == expected.initial_answer
             assert page.text_content("#verdict-text") == expected.verdict_text
             assert page.text_content("#caption") == expected.caption
