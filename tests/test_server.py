@@ -129,8 +129,11 @@ def test_plain_completion_is_the_sessions_answer(server: ServerProcess, tiny_mod
     assert c.model == "tiny-llava"
     assert c.choices[0].message.role == "assistant"
     assert c.choices[0].message.content == expected.answer
-    assert c.choices[0].finish_reason == ("stop" if expected.steps[-1].stop_reason == "eos" else "length")
-    assert c.usage is not None and c.usage.completion_tokens == len(expected.steps[-1].tokens)
+    # the safe path: the user gets step 1's answer (the judge's tokens are not the completion)
+    assert not expected.unsafe and expected.steps[0].name == "answer"
+    assert c.choices[0].finish_reason == ("stop" if expected.steps[0].stop_reason == "eos" else "length")
+    assert c.usage is not None and c.usage.completion_tokens == len(expected.steps[0].tokens)
+    assert c.usage.prompt_tokens == expected.steps[0].stats["prompt_tokens"]
     ecso = (c.model_extra or {})["ecso"]
     assert ecso["unsafe"] is expected.unsafe
     assert ecso["verdict_text"] == expected.verdict_text
@@ -152,6 +155,9 @@ def test_first_answer_on_request_and_the_unsafe_path(unsafe_server: ServerProces
     assert c.choices[0].message.content == expected.answer != expected.initial_answer
     assert ecso["unsafe"] is True and ecso["verdict_forced"] is True
     assert ecso["first_answer"] == expected.initial_answer
+    assert expected.steps[3].name == "text_only"
+    assert c.usage is not None and c.usage.completion_tokens == len(expected.steps[3].tokens)
+    assert c.choices[0].finish_reason == ("stop" if expected.steps[3].stop_reason == "eos" else "length")
     assert ecso["caption"] == expected.caption and ecso["caption"]
 
 

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from .._core import EcsoConfig, EcsoResult
+from .._core import EcsoConfig, EcsoResult, StepRecord
 from ..errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError
 from ..images import load_rgb
 from ..session import Model
@@ -270,14 +270,21 @@ class _ReplyContext:
             out["first_answer"] = r.initial_answer
         return out
 
+    @staticmethod
+    def answer_step(r: EcsoResult) -> Optional[StepRecord]:
+        """The step whose text the user gets: the eyes-closed answer when unsafe, else the first."""
+        wanted = "text_only" if r.unsafe else "answer"
+        return next((step for step in r.steps if step.name == wanted), None)
+
     def usage(self, r: EcsoResult) -> dict[str, int]:
         prompt = int(r.steps[0].stats.get("prompt_tokens", 0)) if r.steps else 0
-        completion = len(r.steps[-1].tokens) if r.steps else 0
+        step = self.answer_step(r)
+        completion = len(step.tokens) if step is not None else 0
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    @staticmethod
-    def finish_reason(r: EcsoResult) -> str:
-        return "stop" if r.steps and r.steps[-1].stop_reason == "eos" else "length"
+    def finish_reason(self, r: EcsoResult) -> str:
+        step = self.answer_step(r)
+        return "length" if step is not None and step.stop_reason != "eos" else "stop"
 
     def completion(self, r: EcsoResult) -> dict[str, Any]:
         return {
