@@ -198,6 +198,35 @@ def _cmd_system_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerOptions, serve
+    except ImportError as e:
+        raise ConfigError(f"`ecso-edge serve` needs the server extra: pip install 'ecso-edge[server]' ({e})") from e
+    from pathlib import Path
+
+    if bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is served)")
+    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    try:
+        fields = json.loads(args.config) if args.config else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config must be a JSON object of EcsoConfig fields ({e})") from e
+    if not isinstance(fields, dict):
+        raise ConfigError("--config must be a JSON object of EcsoConfig fields, e.g. '{\"verdict_rule\": \"prefix\"}'")
+    options = ServerOptions(
+        model_name=args.alias or Path(text).stem,
+        api_key=args.api_key or os.environ.get("ECSO_EDGE_API_KEY") or None,
+        max_queue=args.max_queue,
+        max_request_bytes=args.max_request_mb * 1024 * 1024,
+        default_max_tokens=args.max_tokens,
+        allow_remote_images=args.allow_remote_images,
+    )
+    serve(text, mmproj, host=args.host, port=args.port, options=options, config=_core.EcsoConfig(**fields),
+          n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, log_level=args.log_level)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecso-edge", description="ECSO-protected answers from LLaVA-style GGUF models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -277,6 +306,24 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("system-info", help="what the installed llama.cpp supports (CPU features, GPUs)")
     i.set_defaults(func=_cmd_system_info)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible chat server with ECSO protection and a demo page at /")
+    sv.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
+    sv.add_argument("--mmproj", default=None, help="vision projector GGUF")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ECSO_EDGE_API_KEY)")
+    sv.add_argument("--max-queue", type=int, default=8, help="requests waiting behind the running one; more get 503")
+    sv.add_argument("--max-request-mb", type=int, default=20, help="request body limit; larger bodies get 413")
+    sv.add_argument("--max-tokens", type=int, default=512, help="per-step token limit when a request sets none")
+    sv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URIs only)")
+    sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
+    sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
+    sv.add_argument("--n-ctx", type=int, default=4096)
+    sv.add_argument("--n-gpu-layers", type=int, default=0)
+    sv.add_argument("--threads", type=int, default=None)
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -1,0 +1,347 @@
+"""The FastAPI application of `ecso-edge serve`: OpenAI-compatible chat completions answered by
+ECSO (plain JSON or server-sent events), /v1/models, /health and the demo page. It owns HTTP
+concerns only (auth, size limits, status codes, the OpenAI shapes, client disconnects); the order
+and execution of requests belong to `RequestQueue`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, AsyncIterator, Optional
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from .._core import EcsoConfig, EcsoResult, StepRecord
+from ..errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError
+from ..images import load_rgb
+from ..session import Model
+from .openai_schema import ChatRequest, RequestError, parse_chat_request, resolve_image
+from .request_queue import EcsoJob, QueueFull, RequestQueue
+
+__all__ = ["ServerOptions", "create_app"]
+
+# How often a waiting handler checks whether its client is still connected.
+_DISCONNECT_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What `ecso-edge serve` lets its user choose (the model and ECSO config aside)."""
+
+    model_name: str = "ecso-edge"
+    api_key: Optional[str] = None
+    max_queue: int = 8
+    max_request_bytes: int = 20 * 1024 * 1024
+    default_max_tokens: int = 512
+    allow_remote_images: bool = False
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request waited or ran; nothing is left to answer."""
+
+
+def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> FastAPI:
+    """A FastAPI app serving ECSO over `model` with `config`; requests run one at a time in order."""
+    queue = RequestQueue(model, config, options.max_queue)
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(queue.close)
+
+    app = FastAPI(title="ecso-edge", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.queue = queue
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, e: RequestError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse(e.to_body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, e: QueueFull) -> Response:
+        body = RequestError(503, str(e), code="queue_full", error_type="server_busy").to_body()
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(e.retry_after_s)})
+
+    def check_key(request: Request) -> None:
+        if options.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), options.api_key.encode()):
+            raise RequestError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                               code="invalid_api_key")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def demo_page() -> HTMLResponse:
+        page = resources.files("ecso_edge.server").joinpath("demo.html").read_text(encoding="utf-8")
+        return HTMLResponse(page.replace("{{MODEL_NAME}}", _html_escape(options.model_name)))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": options.model_name, **queue.stats()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        return {
+            "object": "list",
+            "data": [{"id": options.model_name, "object": "model", "created": created, "owned_by": "ecso-edge"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_key(request)
+        body = await _read_body(request, options.max_request_bytes)
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(400, f"the request body is not valid JSON ({e})") from e
+        chat = parse_chat_request(payload)
+        image = await run_in_threadpool(
+            resolve_image, chat.image_url, allow_remote=options.allow_remote_images,
+            max_bytes=options.max_request_bytes,
+        )
+        try:
+            pixels = await run_in_threadpool(_decode, image, config.max_image_pixels)
+        except ImageError as e:
+            raise RequestError(400, str(e), param="image_url", code="invalid_image") from e
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+
+        def sink(kind: str, value: object) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        job = EcsoJob(pixels, chat.query, chat.max_tokens or options.default_max_tokens, sink, _sampling(chat),
+                      stream=chat.stream)
+        queue.submit(job)
+        waiter = _EventWaiter(request, events, queue, job)
+        try:
+            # Streamed or not, nothing is sent before the first event: the judge speaks before
+            # the first piece, so an error (context overflow, ...) still gets its own status.
+            kind, value = await waiter.next()
+        except _ClientGone:
+            return Response(status_code=499)
+        if kind == "error":
+            return _error_response(value)
+        context = _ReplyContext(job, chat, options.model_name)
+        if not chat.stream:
+            try:
+                while kind == "piece":  # (a non-streamed job sends no pieces; kept for safety)
+                    kind, value = await waiter.next()
+            except _ClientGone:
+                return Response(status_code=499)
+            if kind == "error":
+                return _error_response(value)
+            assert isinstance(value, EcsoResult)
+            return JSONResponse(context.completion(value))
+        return EventSourceResponse(_sse_events(waiter, context, kind, value), ping=15)
+
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request body ({declared} bytes) is over the server's limit of {limit} bytes",
+                           code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request body is over the server's limit of {limit} bytes",
+                               code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(image: bytes, max_pixels: int) -> "np.ndarray[Any, np.dtype[np.uint8]]":
+    """Decode now, in the handler, so a bad image is answered 400 without waiting in the queue."""
+    rgb = load_rgb(image, max_pixels=max_pixels)
+    return np.frombuffer(rgb.data, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
+
+
+def _sampling(chat: ChatRequest) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if chat.temperature is not None:
+        fields["temperature"] = chat.temperature
+    if chat.top_p is not None:
+        fields["top_p"] = chat.top_p
+    if chat.seed is not None:
+        fields["seed"] = chat.seed
+    return fields
+
+
+def _error_response(error: object) -> Response:
+    if isinstance(error, ImageError):
+        e = RequestError(400, str(error), param="image_url", code="invalid_image")
+    elif isinstance(error, ContextOverflowError):
+        e = RequestError(400, str(error), code="context_length_exceeded")
+    elif isinstance(error, ConfigError):
+        e = RequestError(400, str(error), code="invalid_config")
+    elif isinstance(error, CancelledError):
+        e = RequestError(503, f"the request was cancelled: {error}", code="cancelled", error_type="server_error")
+    elif isinstance(error, EcsoError):
+        e = RequestError(500, str(error), error_type="server_error")
+    else:
+        e = RequestError(500, f"internal error: {type(error).__name__}: {error}", error_type="server_error")
+    return JSONResponse(e.to_body(), status_code=e.status)
+
+
+class _EventWaiter:
+    """Reads a job's events without losing any, and cancels the job if its client goes away."""
+
+    def __init__(self, request: Request, events: "asyncio.Queue[tuple[str, object]]", queue: RequestQueue,
+                 job: EcsoJob) -> None:
+        self._request = request
+        self._events = events
+        self._queue = queue
+        self.job = job
+        self._pending: Optional[asyncio.Task[tuple[str, object]]] = None
+        self._last_check = time.monotonic()
+
+    async def next(self) -> tuple[str, object]:
+        while True:
+            # checked by the clock, not only when idle: a stream of pieces must not hide a disconnect
+            now = time.monotonic()
+            if now - self._last_check >= _DISCONNECT_POLL_S:
+                self._last_check = now
+                if await self._request.is_disconnected():
+                    self.cancel()
+                    raise _ClientGone()
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._events.get())
+            done, _ = await asyncio.wait({self._pending}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                task, self._pending = self._pending, None
+                return task.result()
+
+    def cancel(self) -> None:
+        """Stop this job; a helper thread repeats the cancel until the worker has let go of it."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self.job.state in ("done", "dropped"):
+            return
+        self._queue.cancel(self.job)
+        threading.Thread(target=_cancel_until_stopped, args=(self._queue, self.job), daemon=True).start()
+
+
+def _cancel_until_stopped(queue: RequestQueue, job: EcsoJob) -> None:
+    # A cancel landing just before the C++ run begins is reset by that run; repeat it.
+    while job.state not in ("done", "dropped"):
+        queue.cancel(job)
+        time.sleep(0.05)
+
+
+class _ReplyContext:
+    """Builds the OpenAI-shaped replies (a completion, or stream chunks) for one job."""
+
+    def __init__(self, job: EcsoJob, chat: ChatRequest, model_name: str) -> None:
+        self.job = job
+        self.chat = chat
+        self.model_name = model_name
+        self.created = int(time.time())
+
+    def ecso(self, r: EcsoResult) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "unsafe": r.unsafe,
+            "verdict_text": r.verdict_text,
+            "caption": r.caption,
+            "judged": r.judged,
+            "verdict_forced": r.verdict_forced,
+            "query": self.chat.query,
+            "stats": _jsonable(r.stats),
+            "timings": {"queue_s": self.job.queue_seconds, "run_s": self.job.run_seconds},
+        }
+        if self.chat.include_first_answer:
+            out["first_answer"] = r.initial_answer
+        return out
+
+    @staticmethod
+    def answer_step(r: EcsoResult) -> Optional[StepRecord]:
+        """The step whose text the user gets: the eyes-closed answer when unsafe, else the first."""
+        wanted = "text_only" if r.unsafe else "answer"
+        return next((step for step in r.steps if step.name == wanted), None)
+
+    def usage(self, r: EcsoResult) -> dict[str, int]:
+        prompt = int(r.steps[0].stats.get("prompt_tokens", 0)) if r.steps else 0
+        step = self.answer_step(r)
+        completion = len(step.tokens) if step is not None else 0
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def finish_reason(self, r: EcsoResult) -> str:
+        step = self.answer_step(r)
+        return "length" if step is not None and step.stop_reason != "eos" else "stop"
+
+    def completion(self, r: EcsoResult) -> dict[str, Any]:
+        return {
+            "id": self.job.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model_name,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": r.answer},
+                "finish_reason": self.finish_reason(r),
+            }],
+            "usage": self.usage(r),
+            "ecso": self.ecso(r),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish_reason: Optional[str] = None) -> dict[str, Any]:
+        return {
+            "id": self.job.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model_name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+
+async def _sse_events(waiter: _EventWaiter, context: _ReplyContext, kind: str,
+                      value: object) -> AsyncIterator[dict[str, str]]:
+    """The OpenAI chunk stream: a role chunk, one chunk per piece, a final chunk carrying
+    finish_reason, usage and the `ecso` object, then [DONE]. A disconnect cancels the job."""
+    finished = False
+    try:
+        yield {"data": json.dumps(context.chunk({"role": "assistant", "content": ""}))}
+        while kind == "piece":
+            yield {"data": json.dumps(context.chunk({"content": value}))}
+            kind, value = await waiter.next()
+        if kind == "error":
+            body = json.loads(bytes(_error_response(value).body))
+            yield {"data": json.dumps(body)}
+        else:
+            assert isinstance(value, EcsoResult)
+            final = context.chunk({}, context.finish_reason(value))
+            final["usage"] = context.usage(value)
+            final["ecso"] = context.ecso(value)
+            yield {"data": json.dumps(final)}
+        yield {"data": "[DONE]"}
+        finished = True
+    except _ClientGone:
+        pass
+    finally:
+        if not finished:
+            waiter.cancel()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

@@ -1,0 +1,208 @@
+"""The server's one model, served in order: a bounded FIFO of ECSO jobs and the single worker
+thread that runs them. A full queue is refused at once (the caller answers 503 with Retry-After);
+a job cancelled while queued is dropped before it starts; a job cancelled while running stops its
+own generation through `Session.cancel()` and nobody else's."""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .._core import EcsoConfig, EcsoResult
+from ..errors import CancelledError
+from ..session import Model, Session
+
+__all__ = ["QueueFull", "EcsoJob", "RequestQueue"]
+
+# (kind, value): ("piece", str) for each piece of the decided answer, then exactly one of
+# ("done", EcsoResult) or ("error", BaseException). Called on the worker thread.
+EventSink = Callable[[str, object], None]
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` waiting jobs; retry after `retry_after_s` seconds."""
+
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"the server is busy ({queued} requests waiting); retry after {retry_after_s} s")
+        self.queued = queued
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class EcsoJob:
+    """One ECSO request: decoded RGB pixels (HxWx3 uint8 array), the query, and where its events go."""
+
+    pixels: Any
+    query: str
+    max_tokens: int
+    sink: EventSink
+    sampling: dict[str, Any] = field(default_factory=dict)  # EcsoConfig fields set by this request
+    stream: bool = True  # False: no "piece" events, only the final one
+    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
+    state: str = "new"  # new -> queued -> running -> done, or queued -> dropped
+    cancel_requested: bool = False
+    submitted_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def queue_seconds(self) -> float:
+        return max(0.0, (self.started_at or self.finished_at) - self.submitted_at)
+
+    @property
+    def run_seconds(self) -> float:
+        return max(0.0, self.finished_at - self.started_at) if self.started_at else 0.0
+
+
+class RequestQueue:
+    """Runs `EcsoJob`s one at a time, in submission order, on one worker thread.
+
+    `max_queue` bounds the jobs WAITING behind the one in progress. Sampling fields a job sets
+    (temperature, top_p, seed) are applied by swapping the worker's Session for one with that
+    config: a new llama context over the same loaded Model, never a model reload."""
+
+    def __init__(self, model: Model, config: EcsoConfig, max_queue: int) -> None:
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self._model = model
+        self._base_config = config
+        self.max_queue = max_queue
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[EcsoJob] = collections.deque()
+        self._running: Optional[EcsoJob] = None
+        self._session = Session(model, config)
+        self._closing = False
+        self._mean_run_s: Optional[float] = None
+        self.counters = {"accepted": 0, "rejected": 0, "completed": 0, "failed": 0, "cancelled": 0, "dropped": 0}
+        self._worker = threading.Thread(target=self._work, name="ecso-server-worker", daemon=True)
+        self._worker.start()
+
+    # -- called from request handlers -------------------------------------------------------
+    def submit(self, job: EcsoJob) -> None:
+        """Queue `job`, or raise `QueueFull` at once."""
+        with self._lock:
+            if self._closing:
+                raise QueueFull(len(self._waiting), 1)
+            busy = self._running is not None or bool(self._waiting)
+            if busy and len(self._waiting) >= self.max_queue:
+                self.counters["rejected"] += 1
+                raise QueueFull(len(self._waiting), self._retry_after(len(self._waiting)))
+            job.state = "queued"
+            job.submitted_at = time.perf_counter()
+            self._waiting.append(job)
+            self.counters["accepted"] += 1
+            self._lock.notify_all()
+
+    def cancel(self, job: EcsoJob) -> None:
+        """Stop `job`: dropped if still waiting, its generation cancelled if running, else nothing.
+        Safe to call repeatedly and from any thread; it never touches another job."""
+        with self._lock:
+            job.cancel_requested = True
+            if job.state == "queued":
+                self._waiting.remove(job)
+                job.state = "dropped"
+                job.finished_at = time.perf_counter()
+                self.counters["dropped"] += 1
+            elif job.state == "running" and self._running is job:
+                # Under the lock the worker cannot have moved on to the next job, so this cancel
+                # is this job's. One that lands before the C++ run has begun is reset by that run;
+                # the on_token check and the caller repeating cancel() cover that window.
+                self._session.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                **self.counters,
+                "queued": len(self._waiting),
+                "running": self._running is not None,
+                "max_queue": self.max_queue,
+                "mean_run_s": self._mean_run_s,
+            }
+
+    def close(self) -> None:
+        """Drop the waiting jobs, cancel the running one and stop the worker."""
+        with self._lock:
+            self._closing = True
+            waiting = list(self._waiting)
+        for job in waiting:
+            self.cancel(job)
+            _emit(job, "error", CancelledError("the server is shutting down"))
+        with self._lock:
+            if self._running is not None:
+                self.cancel(self._running)
+            self._lock.notify_all()
+        self._worker.join(timeout=30)
+
+    # -- the worker ---------------------------------------------------------------------------
+    def _retry_after(self, waiting: int) -> int:
+        per_job = self._mean_run_s if self._mean_run_s is not None else 1.0
+        return max(1, min(3600, math.ceil(per_job * (waiting + 1))))
+
+    def _next_job(self) -> Optional[EcsoJob]:
+        with self._lock:
+            while not self._waiting and not self._closing:
+                self._lock.wait()
+            if self._closing:
+                return None
+            job = self._waiting.popleft()
+            job.state = "running"
+            job.started_at = time.perf_counter()
+            self._running = job
+            return job
+
+    def _session_for(self, job: EcsoJob) -> Session:
+        config = self._base_config.replace(**job.sampling) if job.sampling else self._base_config
+        if config != self._session.config:
+            session = Session(self._model, config)
+            with self._lock:  # cancel() reads self._session under the lock
+                self._session = session
+        return self._session
+
+    def _work(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            kind: str
+            value: object
+            try:
+                session = self._session_for(job)
+
+                def on_token(piece: str, job: EcsoJob = job) -> None:
+                    if job.cancel_requested:
+                        raise CancelledError("the client went away")
+                    if job.stream:
+                        _emit(job, "piece", piece)
+
+                if job.cancel_requested:
+                    raise CancelledError("the client went away before the request started")
+                result: EcsoResult = session.run(job.pixels, job.query, max_tokens=job.max_tokens, on_token=on_token)
+                kind, value = "done", result
+            except BaseException as e:  # the worker must outlive any one request
+                kind, value = "error", e
+            with self._lock:
+                job.finished_at = time.perf_counter()
+                job.state = "done"
+                self._running = None
+                if kind == "done":
+                    self.counters["completed"] += 1
+                    run_s = job.run_seconds
+                    self._mean_run_s = run_s if self._mean_run_s is None else 0.8 * self._mean_run_s + 0.2 * run_s
+                elif isinstance(value, CancelledError):
+                    self.counters["cancelled"] += 1
+                else:
+                    self.counters["failed"] += 1
+            _emit(job, kind, value)
+
+
+def _emit(job: EcsoJob, kind: str, value: object) -> None:
+    try:
+        job.sink(kind, value)
+    except Exception:
+        # The receiving side is gone (its event loop closed); the job still ends cleanly here.
+        pass

@@ -1,0 +1,53 @@
+"""Starts the server: loads the model once, builds the app and runs it under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import uvicorn
+
+from .._core import EcsoConfig
+from ..session import Model
+from .app import ServerOptions, create_app
+
+__all__ = ["serve", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    text_model: Union[str, Path],
+    mmproj: Union[str, Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    options: Optional[ServerOptions] = None,
+    config: Optional[EcsoConfig] = None,
+    n_ctx: int = 4096,
+    n_gpu_layers: int = 0,
+    n_threads: Optional[int] = None,
+    log_level: str = "info",
+) -> None:
+    """Load the pair and serve it until interrupted (Ctrl-C / SIGTERM stop it cleanly)."""
+    options = options or ServerOptions(model_name=Path(text_model).stem)
+    if not is_loopback(host) and options.api_key is None:
+        print(
+            f"ecso-edge serve: warning: listening on {host} without --api-key: anyone who can reach this "
+            "address can use the model",
+            file=sys.stderr,
+        )
+    model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+    app = create_app(model, config if config is not None else EcsoConfig(), options)
+    print(f"ecso-edge serve: {options.model_name} on http://{host}:{port}/ (demo page at /)", file=sys.stderr,
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
