@@ -11,7 +11,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import importlib.util
 from pathlib import Path
 
-
 import numpy as np
 import pytest
 
