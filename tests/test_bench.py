@@ -35,3 +35,18 @@ def test_quick_benchmark_on_the_tiny_pair_writes_the_report(tmp_path: Path) -> N
     assert data["config"]["tokens_per_step"] == {"answer": 64, "judge": 4, "caption": 48, "text_only": 64}
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "target" in proc.stdout and "tokens identical to the reference path: True" in proc.stdout
+
+
+def test_decode_cost_measures_every_batch_size(tmp_path: Path) -> None:
+    from ecso_edge import tiny_pair
+
+    out = tmp_path / "decode.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "decode_cost.py"), "--model", str(tiny_pair()[0]), "--threads", "1",
+         "--reps", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_WAIT_POLICY="passive"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert sorted(int(k) for k in data["ms_per_call"]) == [1, 2, 3, 4, 8, 16, 32, 113]
+    assert all(v > 0 for v in data["ms_per_call"].values()) and data["omp_wait_policy"] == "passive"
