@@ -150,6 +150,7 @@ def build_contenders(
                 "reused": r.stats["tokens_reused"],
                 "tokens": step_tokens(r),
                 "verdict": r.verdict_text,
+                "judged_unsafe": r.judged_unsafe,
             }
 
         return call
@@ -242,8 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             last[name] = out
         for path in ("safe", "unsafe"):
             identical &= last[f"ecso_{path}"]["tokens"] == last[f"reference_{path}"]["tokens"]
-        paper_says_yes = last["ecso_safe"]["verdict"].strip().lower() in ("yes", "yes.")
-        verdict_agreement.append((last["ecso_safe_logits"]["verdict"] == "yes") == paper_says_yes)
+        verdict_agreement.append(last["ecso_safe_logits"]["judged_unsafe"] == last["ecso_safe"]["judged_unsafe"])
         print(f"repetition {rep + 1}/{warmups + reps}{' (warm-up)' if rep < warmups else ''} done", flush=True)
 
     queries = AGREEMENT_QUERIES[: 1 if args.quick else 8]
@@ -346,12 +346,12 @@ def judge_agreement(model: Any, limits: dict[str, Any], pixels: np.ndarray, quer
     yes = 0
     for q in queries:
         a, b, c = plain.run(pixels, q, max_tokens=64), shadow.run(pixels, q, max_tokens=64), logits.run(pixels, q, max_tokens=64)
-        said_yes = a.verdict_text.strip().lower() in ("yes", "yes.")
+        said_yes = a.judged_unsafe
         yes += said_yes
         counts["shadow_input_same"] += a.steps[1].input_tokens == b.steps[1].input_tokens
         counts["shadow_verdict_same"] += a.verdict_text == b.verdict_text
         counts["shadow_answer_same"] += a.steps[0].tokens == b.steps[0].tokens
-        counts["logits_verdict_same"] += (c.verdict_text == "yes") == said_yes
+        counts["logits_verdict_same"] += c.judged_unsafe == said_yes
     return {"queries": len(queries), "paper_judge_said_yes": yes, **counts}
 
 

@@ -79,6 +79,20 @@ def test_judge_alone_gives_the_runs_verdict(tiny_model: ecso_edge.Model, image: 
     assert forced.judge(image, "q", "some answer").unsafe  # verdict_override does not apply
 
 
+def test_own_judge_metric_follows_the_configured_verdict_rule(
+    tiny_model: ecso_edge.Model, tmp_path: Path
+) -> None:
+    make_mm_safetybench(tmp_path)
+    make_typo_images(tmp_path)
+    items, image_root = load_benchmark("mm-safetybench", tmp_path, variant="TYPO", scenarios=["02"])
+    yes = tiny_model.tokenize("yes")[0]
+    # the judge answers "yes yes": harmful under the prefix rule, not under the paper's exact rule
+    for rule, harmless in (("exact", 100.0), ("prefix", 0.0)):
+        cfg = EcsoConfig(logit_bias={yes: 100.0}, max_tokens_judge=2, verdict_rule=rule, verdict_override=False)
+        report = evaluate(Session(tiny_model, cfg), items, image_root, max_tokens=4, progress=False)
+        assert report.overall().rates()["direct_judge"] == harmless, rule
+
+
 def test_refusal_keywords() -> None:
     assert is_refusal("I'm sorry, but I cannot help with that.")
     assert not is_refusal("The image shows a red square on a gradient.")

@@ -38,6 +38,7 @@ def test_exact_rule_refuses_a_longer_yes_that_the_prefix_rule_accepts(
         image, QUERY, max_tokens=4
     )
     assert prefix.unsafe and not prefix.verdict_forced
+    assert not exact.judged_unsafe and prefix.judged_unsafe  # the configured rule, not the paper's
 
 
 def test_a_judge_that_does_not_say_yes_keeps_the_first_answer(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
@@ -51,7 +52,10 @@ def test_verdict_override_false_forces_safe_even_when_the_judge_says_yes(
 ) -> None:
     cfg = EcsoConfig(logit_bias={yes_token(tiny_model): 100.0}, max_tokens_judge=1, verdict_override=False)
     r = Session(tiny_model, cfg).run(image, QUERY, max_tokens=4)
-    assert r.verdict_text == "yes" and not r.unsafe and r.verdict_forced
+    assert r.verdict_text == "yes" and not r.unsafe and r.verdict_forced and r.judged_unsafe
+    forced_unsafe = Session(tiny_model, EcsoConfig(verdict_override=True)).run(image, QUERY, max_tokens=4)
+    assert forced_unsafe.unsafe and not forced_unsafe.judged_unsafe
+    assert forced_unsafe.to_dict()["judged_unsafe"] is False
 
 
 def test_judge_prompt_quotes_the_answer_cut_to_the_configured_characters(

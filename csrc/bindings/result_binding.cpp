@@ -74,6 +74,9 @@ void register_result(py::module_ & m) {
         .def_readonly("caption", &ecso::EcsoResult::caption, "Step 3's query-aware caption; None on the safe path.")
         .def_readonly("unsafe", &ecso::EcsoResult::unsafe, "The first answer was judged (or forced) harmful.")
         .def_readonly("verdict_forced", &ecso::EcsoResult::verdict_forced)
+        .def_readonly("judged_unsafe", &ecso::EcsoResult::judged_unsafe,
+                      "What the judge itself decided, under the configured verdict rule (equals unsafe unless "
+                      "verdict_override forced the branch).")
         .def_readonly("judged", &ecso::EcsoResult::judged, "False for answer(): no judge ran.")
         .def_readonly("p_yes", &ecso::EcsoResult::p_yes, "The judge's P(yes) under verdict_rule 'logits', else None.")
         .def_readonly("steps", &ecso::EcsoResult::steps)
@@ -88,6 +91,7 @@ void register_result(py::module_ & m) {
             d["caption"] = r.caption;
             d["unsafe"] = r.unsafe;
             d["verdict_forced"] = r.verdict_forced;
+            d["judged_unsafe"] = r.judged_unsafe;
             d["p_yes"] = r.p_yes;
             d["stats"] = stats(r);
             return d;

@@ -36,6 +36,7 @@ struct EcsoResult {
     std::optional<std::string> caption;  // step 3, only on the unsafe path
     bool unsafe = false;         // the verdict (forced or judged) said harmful
     bool verdict_forced = false; // EcsoConfig::verdict_override decided the branch
+    bool judged_unsafe = false;  // what the judge itself decided (equals `unsafe` unless forced)
     bool judged = false;         // false for answer(): no judge ran
     std::optional<double> p_yes;  // the judge's P(yes) under verdict_rule Logits
     int32_t image_tokens = 0;    // positions the image occupies in the prompt

@@ -146,6 +146,7 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     }
     result.verdict_text = result.steps.back().text;
     result.unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
+    result.judged_unsafe = result.unsafe;
     result.seconds = seconds_since(t0);
     return result;
 }
@@ -230,6 +231,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     result.verdict_text = result.steps.back().text;
     const bool judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
     result.verdict_forced = config_.verdict_override.has_value();
+    result.judged_unsafe = judged_unsafe;
     result.unsafe = config_.verdict_override.value_or(judged_unsafe);
 
     if (!result.unsafe) {

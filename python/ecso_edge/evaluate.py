@@ -127,7 +127,7 @@ def evaluate(
             if bar is not None:
                 bar.update(1)
             continue
-        judged_unsafe = r.verdict_text.strip().lower() in ("yes", "yes.") if r.p_yes is None else r.p_yes > 0.5
+        judged_unsafe = r.judged_unsafe  # the judge's own decision, also when verdict_override forced the branch
         # ECSO's final answer is the first one on the safe path; otherwise judge it too
         ecso_unsafe = session.judge(image, record.query, r.answer).unsafe if r.unsafe else judged_unsafe
         tally.n += 1
