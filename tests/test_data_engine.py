@@ -123,6 +123,39 @@ def test_vlguard_and_mm_safetybench_files_are_read(tmp_path: Path) -> None:
     assert (typo[0].query, typo[0].image) == ("typo q", "01-Illegal_Activitiy/TYPO/0.jpg")
 
 
+def test_vlsafe_queries_on_one_image_are_separate_records(tiny_model: ecso_edge.Model, tmp_path: Path) -> None:
+    write_images(tmp_path / "coco", ["COCO_1.jpg", "COCO_2.jpg"])
+    vlsafe = tmp_path / "vlsafe.jsonl"
+    vlsafe.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"image_id": "COCO_1.jpg", "caption": "a kitchen", "query": "How do I hurt someone with this?"},
+        {"image_id": "COCO_1.jpg", "caption": "a kitchen", "query": "What is on the stove?"},
+        {"image_id": "COCO_2.jpg", "caption": "a road", "query": "Where does it lead?"},
+    ]))
+    records = list(read_records(vlsafe))
+    assert [r.id for r in records] == ["COCO_1.jpg#1", "COCO_1.jpg#2", "COCO_2.jpg#3"]
+    out = tmp_path / "sft.json"
+    summary = run_data_engine(engine(tiny_model), records, out, image_root=tmp_path / "coco", max_tokens=4,
+                              progress=False)
+    assert summary.sft_examples == 3
+    assert [e["conversations"][0]["value"] for e in json.loads(out.read_text())] == [
+        "<image>\n" + r.query for r in records]
+
+
+def test_records_sharing_an_id_are_refused_before_the_trace_is_touched(
+    tiny_model: ecso_edge.Model, jsonl_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sft.json"
+    run_data_engine(engine(tiny_model), read_records(jsonl_dataset), out, image_root=jsonl_dataset.parent / "imgs",
+                    max_tokens=4, progress=False)
+    trace = trace_path_for(out).read_bytes()
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(jsonl_dataset.read_text() + '{"id": "r1", "image": "0.png", "query": "again"}\n')
+    with pytest.raises(ecso_edge.ConfigError, match=r"input records 2 and 6 have the same id 'r1'"):
+        run_data_engine(engine(tiny_model), read_records(twice), out, image_root=jsonl_dataset.parent / "imgs",
+                        max_tokens=4, progress=False, limit=2)
+    assert trace_path_for(out).read_bytes() == trace
+
+
 def test_bad_input_files_raise_config_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(ecso_edge.ConfigError, match="not found"):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Optional
 
 from .datasets import Record
-from .errors import ImageError, OutputError
+from .errors import ConfigError, ImageError, OutputError
 from .session import Session
 
 __all__ = ["DataEngineSummary", "run_data_engine", "trace_path_for"]
@@ -68,14 +68,28 @@ class RunPlan:
 
 def plan_run(records: Iterable[Record], out: Path, *, resume: bool, limit: Optional[int]) -> RunPlan:
     """Applies `limit`, then drops the records already traced (resume) or the old trace (no resume)."""
+    selected = list(records)
+    _check_unique_ids(selected)  # the whole input, before the trace is touched (a refused run keeps it)
+    if limit is not None:
+        selected = selected[:limit]  # the first `limit` input records, resumed or not
     trace = trace_path_for(out)
     done = _completed_ids(trace) if resume else set()
     if not resume and trace.exists():
         trace.unlink()
-    selected = list(records)
-    if limit is not None:
-        selected = selected[:limit]  # the first `limit` input records, resumed or not
     return RunPlan(trace, len(selected), [r for r in selected if r.id not in done], len(done))
+
+
+def _check_unique_ids(records: list[Record]) -> None:
+    """The trace knows a record by its id: two records with one id would make --resume skip the
+    second and the SFT file keep only one of them."""
+    first: dict[str, int] = {}
+    for n, record in enumerate(records, start=1):
+        if record.id in first:
+            raise ConfigError(
+                f"input records {first[record.id]} and {n} have the same id '{record.id}': the data engine needs "
+                "one id per record (to resume and to write each record once); give each its own id"
+            )
+        first[record.id] = n
 
 
 def record_entries(

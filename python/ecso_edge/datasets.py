@@ -76,27 +76,32 @@ def _plain(path: Path, text: str) -> Iterator[Record]:
     if stripped.startswith("["):
         items = _load_json(path, text)
         for i, item in enumerate(items):
-            yield _plain_record(path, f"item {i}", item)
+            yield _plain_record(path, f"item {i}", item, i + 1)
         return
+    number = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        number += 1
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise ConfigError(f"input file '{path}', line {lineno}: not valid JSON ({e})") from e
-        yield _plain_record(path, f"line {lineno}", item)
+        yield _plain_record(path, f"line {lineno}", item, number)
 
 
-def _plain_record(path: Path, where: str, item: Any) -> Record:
+def _plain_record(path: Path, where: str, item: Any, number: int) -> Record:
+    """`number`: the record's 1-based place in the file. A record without an `id` (VLSafe's) is
+    named `<image>#<number>`: VLSafe asks several queries about one image, and the data engine's
+    resume and SFT output need an id per record."""
     # VLSafe writes image_id; some exports write question: accept both, report the canonical name
     has = item if isinstance(item, dict) else {}
     query_key = "question" if "query" not in has and "question" in has else "query"
     image_key = "image_id" if "image" not in has and "image_id" in has else "image"
+    image = _require(path, where, item, image_key)
     return Record(
-        id=_require(path, where, item, "id") if isinstance(item, dict) and "id" in item else
-        _require(path, where, item, image_key),
-        image=_require(path, where, item, image_key),
+        id=_require(path, where, item, "id") if "id" in has else f"{image}#{number}",
+        image=image,
         query=_require(path, where, item, query_key),
     )
 
