@@ -67,7 +67,7 @@ class RunPlan:
 
 
 def plan_run(records: Iterable[Record], out: Path, *, resume: bool, limit: Optional[int]) -> RunPlan:
-    """Applies `limit`, then drops the records already traced (resume) or the old trace (no resume)."""
+    """Checks the ids, applies `limit`, then drops the records already traced (resume) or the old trace."""
     selected = list(records)
     _check_unique_ids(selected)  # the whole input, before the trace is touched (a refused run keeps it)
     if limit is not None:
