@@ -149,7 +149,6 @@ def build_contenders(
                 "prefilled": r.stats["tokens_prefilled"],
                 "reused": r.stats["tokens_reused"],
                 "tokens": step_tokens(r),
-                "verdict": r.verdict_text,
                 "judged_unsafe": r.judged_unsafe,
             }
 
