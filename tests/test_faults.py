@@ -32,6 +32,7 @@ from PIL import Image
 import ecso_edge
 from ecso_edge import CancelledError, EcsoConfig, Session
 from ecso_edge.data_engine import trace_path_for
+from step_gate import SIGINT_PRELUDE, StepGate
 
 pytestmark = pytest.mark.fuzz
 
@@ -248,8 +249,11 @@ def long_model(tiny_paths: tuple[Path, Path]) -> ecso_edge.Model:
     return ecso_edge.Model(*tiny_paths, n_threads=1, n_ctx=4096)
 
 
-def cancel_latency(session: Session, image: np.ndarray, delay: float) -> tuple[float, str]:
-    return cancel_latency_of(lambda: session.run(image, "Describe the picture.", max_tokens=100000), session, delay)
+def cancel_latency(session: Session, image: np.ndarray, step: str) -> tuple[float, str]:
+    return cancel_latency_of(
+        lambda gate, token: session.run(image, "Describe the picture.", max_tokens=100000, on_progress=gate,
+                                        cancel=token),
+        session, step, "generate")
 
 
 @pytest.mark.parametrize("step", list(STEP_CONFIGS))
@@ -258,10 +262,9 @@ def test_cancel_during_each_step_stops_within_200_ms(
 ) -> None:
     session = Session(long_model, EcsoConfig(**STEP_CONFIGS[step]))
     reps = 10 if full_run(request.config) else 3
-    rng = random.Random(SEED)
     latencies = []
     for _ in range(reps):
-        latency, message = cancel_latency(session, image, rng.uniform(0.15, 0.4))
+        latency, message = cancel_latency(session, image, step)
         assert re.fullmatch(f"cancelled during (generation of )?step '{step}'", message), message
         latencies.append(latency)
     report(f"cancel-{step}", {"reps": reps, "max_ms": round(max(latencies) * 1000, 2),
@@ -270,19 +273,23 @@ def test_cancel_during_each_step_stops_within_200_ms(
     assert len(session.run(image, "Describe.", max_tokens=2).steps) in (2, 4)  # usable afterwards
 
 
-_SIGINT_CHILD = """
+_SIGINT_CHILD = SIGINT_PRELUDE + """
 import json, sys, time, numpy as np, ecso_edge
+sys.path.insert(0, sys.argv[4])
+from step_gate import StepGate
 configs = json.loads(sys.argv[3])
 m = ecso_edge.Model(sys.argv[1], sys.argv[2], n_threads=1, n_ctx=4096)
 img = np.zeros((32, 32, 3), np.uint8)
-for step, cfg in configs.items():
+for name, cfg in configs.items():
     s = ecso_edge.Session(m, ecso_edge.EcsoConfig(**cfg))
-    print("go", step, flush=True)
+    token = ecso_edge.CancelToken()
+    # held inside the step this case targets until the signal's cancel reaches the token
+    gate = StepGate(token, name.split("#")[0], on_reached=lambda: print("in", name, flush=True))
     try:
-        s.run(img, "describe", max_tokens=1000000)
-        print("finished", step, flush=True)
+        s.run(img, "describe", max_tokens=1000000, on_progress=gate, cancel=token)
+        print("finished", name, flush=True)
     except KeyboardInterrupt:
-        print("interrupted", step, time.perf_counter(), flush=True)
+        print("interrupted", name, time.perf_counter(), flush=True)
 """
 
 
@@ -290,15 +297,13 @@ def test_ctrl_c_during_each_step_stops_within_200_ms(request: pytest.FixtureRequ
                                                      tiny_paths: tuple[Path, Path]) -> None:
     reps = 5 if full_run(request.config) else 1
     steps = {f"{step}#{k}": cfg for k in range(reps) for step, cfg in STEP_CONFIGS.items()}
-    proc = subprocess.Popen([sys.executable, "-c", _SIGINT_CHILD, *map(str, tiny_paths), json.dumps(steps)],
-                            stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen([sys.executable, "-c", _SIGINT_CHILD, *map(str, tiny_paths), json.dumps(steps),
+                             str(Path(__file__).resolve().parent)], stdout=subprocess.PIPE, text=True, env=ENV)
     assert proc.stdout is not None
-    rng = random.Random(SEED)
     latencies: dict[str, list[float]] = collections.defaultdict(list)
     try:
         for name in steps:
-            assert proc.stdout.readline().split() == ["go", name]
-            time.sleep(rng.uniform(0.15, 0.4))  # the steps before the long one take a few ms
+            assert proc.stdout.readline().split() == ["in", name]
             sent = time.perf_counter()
             proc.send_signal(signal.SIGINT)
             word, step, stopped = proc.stdout.readline().split()
@@ -412,9 +417,10 @@ def test_cancel_during_the_image_encoder_stops_within_200_ms(smollm_clip_pair: t
     encode_s = warm.steps[0].stats["encode_seconds"]
     image = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     latencies = []
-    for fraction in (0.3, 0.5, 0.7):
-        latency, message = cancel_latency_of(lambda: session.answer(image, "What is this?", max_tokens=1),
-                                             session, fraction * encode_s)
+    for nodes in (32, 96, 160):  # held inside the encoder after this many graph nodes
+        latency, message = cancel_latency_of(
+            lambda gate, token: session.answer(image, "What is this?", max_tokens=1, on_progress=gate, cancel=token),
+            session, "answer", "encode", at=nodes)
         assert message == "cancelled during step 'answer'", message
         latencies.append(latency)
     report("cancel-encode", {"encode_s": round(encode_s, 3), "max_ms": round(max(latencies) * 1000, 2)})
@@ -426,21 +432,28 @@ def test_cancel_during_the_image_encoder_stops_within_200_ms(smollm_clip_pair: t
     assert after.stats["image_encodes"] == 1
 
 
-def cancel_latency_of(call: Callable[[], object], session: Session, delay: float) -> tuple[float, str]:
+def cancel_latency_of(call: Callable[[StepGate, ecso_edge.CancelToken], object], session: Session, step: str,
+                      phase: str, at: int = 1) -> tuple[float, str]:
+    """Runs `call` held at (step, phase) by a StepGate; another thread then calls session.cancel().
+    Returns the time from that cancel to the CancelledError, and the error's message."""
+    token = ecso_edge.CancelToken()
+    gate = StepGate(token, step, phase, at)
     fired: list[float] = []
 
-    def cancel_later() -> None:
-        time.sleep(delay)
+    def cancel_when_there() -> None:
+        gate.reached.wait()
         fired.append(time.perf_counter())
         session.cancel()
 
-    t = threading.Thread(target=cancel_later)
+    t = threading.Thread(target=cancel_when_there)
     t.start()
     try:
-        call()
+        call(gate, token)
     except CancelledError as e:
         stopped, message = time.perf_counter(), str(e)
     else:
         stopped, message = float("nan"), "not cancelled: the call finished first"
+        token.cancel()  # release the canceller thread
+        gate.reached.set()
     t.join()
     return stopped - fired[0], message

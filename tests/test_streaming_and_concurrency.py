@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 import ecso_edge
 from ecso_edge import CancelledError, EcsoConfig, Session
+from step_gate import SIGINT_PRELUDE, StepGate
 
 QUERY = "Describe the picture."
 # Long enough to be interrupted: the tiny model fills its context (2048) at ~1 ms a token.
@@ -82,17 +84,57 @@ def test_callback_exception_propagates_and_stops_the_request(tiny_model: ecso_ed
 
 def test_cancel_from_another_thread_stops_promptly(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
     session = Session(tiny_model, EcsoConfig(verdict_override=True, **LONG))
+    token = ecso_edge.CancelToken()
+    gate = StepGate(token, "answer", at=5)
     cancelled_at: list[float] = []
 
-    def cancel_soon() -> None:
-        time.sleep(0.2)
+    def cancel_when_generating() -> None:
+        gate.reached.wait()
         cancelled_at.append(time.perf_counter())
-        session.cancel()
+        session.cancel()  # the call in progress: this one
 
-    threading.Thread(target=cancel_soon).start()
-    with pytest.raises(CancelledError, match="cancelled during"):
-        session.run(image, QUERY, max_tokens=100000)
+    canceller = threading.Thread(target=cancel_when_generating)
+    canceller.start()
+    with pytest.raises(CancelledError, match="cancelled during (generation of )?step 'answer'"):
+        session.run(image, QUERY, max_tokens=100000, on_progress=gate, cancel=token)
+    canceller.join()
     assert time.perf_counter() - cancelled_at[0] < 0.2
+    assert len(session.run(image, QUERY, max_tokens=3).steps) == 4
+
+
+def test_a_cancel_before_the_call_starts_is_not_lost_and_reaches_no_other_call(
+    tiny_model: ecso_edge.Model, image: np.ndarray
+) -> None:
+    session = Session(tiny_model, EcsoConfig(verdict_override=True))
+    early = ecso_edge.CancelToken()
+    early.cancel()
+    ticks: list[str] = []
+    with pytest.raises(CancelledError, match="cancelled during step 'answer'"):
+        session.run(image, QUERY, max_tokens=4, cancel=early, on_progress=lambda *a: ticks.append(a[0]))
+    assert ticks == []  # nothing was evaluated
+    session.cancel()  # no call in progress: does nothing, and the next call is not hit
+    assert len(session.run(image, QUERY, max_tokens=3).steps) == 4
+    with pytest.raises(CancelledError):
+        session.answer(image, QUERY, max_tokens=4, cancel=early)  # a cancelled token stays cancelled
+
+
+def test_closing_a_stream_before_its_run_starts_stops_it(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
+    session = Session(tiny_model, EcsoConfig(verdict_override=True, **LONG))
+    # The session is busy with another call, so the stream's run is waiting for it when the stream
+    # is closed: the close must still stop that run (it used to be reset when the run began).
+    token = ecso_edge.CancelToken()
+    gate = StepGate(token, "answer")
+    busy = threading.Thread(target=lambda: pytest.raises(CancelledError, session.run, image, QUERY,
+                                                         max_tokens=100000, on_progress=gate, cancel=token))
+    busy.start()
+    gate.reached.wait()
+    stream = session.stream(image, QUERY, max_tokens=100000)
+    stream.cancel()  # the stream's own token; its run has not started
+    token.cancel()
+    busy.join()
+    with pytest.raises(CancelledError):
+        list(stream)
+    stream.close()
     assert len(session.run(image, QUERY, max_tokens=3).steps) == 4
 
 
@@ -148,15 +190,18 @@ def test_two_threads_sharing_a_session_get_the_sequential_results(tiny_model: ec
 
 def test_ctrl_c_stops_a_run_promptly_with_keyboard_interrupt(tiny_paths: tuple[Any, Any]) -> None:
     text, mmproj = tiny_paths
-    script = textwrap.dedent(
+    script = SIGINT_PRELUDE + textwrap.dedent(
         f"""
         import sys, time, numpy as np, ecso_edge
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        from step_gate import StepGate
         m = ecso_edge.Model({str(text)!r}, {str(mmproj)!r}, n_threads=1, n_ctx=4096)
         s = ecso_edge.Session(m, ecso_edge.EcsoConfig(verdict_override=True, ignore_eos=True))
         img = np.zeros((32, 32, 3), np.uint8)
-        print("started", flush=True)
+        token = ecso_edge.CancelToken()
+        gate = StepGate(token, "answer", on_reached=lambda: print("generating", flush=True))
         try:
-            s.run(img, "describe", max_tokens=1000000)
+            s.run(img, "describe", max_tokens=1000000, on_progress=gate, cancel=token)
         except KeyboardInterrupt:
             print("interrupted", time.perf_counter(), flush=True)
             sys.exit(7)
@@ -166,11 +211,10 @@ def test_ctrl_c_stops_a_run_promptly_with_keyboard_interrupt(tiny_paths: tuple[A
     env = dict(os.environ, OMP_WAIT_POLICY="passive")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "started"
-    time.sleep(0.3)
+    assert proc.stdout.readline().strip() == "generating"  # the run is held inside step 1
     sent = time.perf_counter()
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 7, out
     stopped = float(out.split()[1])
     assert stopped - sent < 0.5

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <map>
+#include <string>
+#include <vector>
 
 #include "bindings/registry.hpp"
 #include "ecso/config.hpp"
@@ -16,30 +18,69 @@ namespace {
 
 using ecso::EcsoConfig;
 
-const char * const kFields[] = {
-    "judge_template", "caption_template", "text_only_template", "system_prompt", "chat_template",
-    "image_placement", "response_cut_chars", "verdict_rule", "reuse_kv", "shadow_judge", "verdict_override",
-    "temperature", "top_p", "top_k", "seed", "ignore_eos", "logit_bias",
-    "max_tokens_answer", "max_tokens_judge", "max_tokens_caption", "max_tokens_text_only", "max_image_pixels",
+// Every field, with what it takes: a wrong type or an int out of the C++ type's range gets that
+// sentence instead of pybind11's list of C++ signatures. tests/test_errors.py checks that the
+// list is complete.
+struct Field {
+    const char * name;
+    const char * takes;
+};
+const Field kFields[] = {
+    {"judge_template", "a str"}, {"caption_template", "a str"}, {"text_only_template", "a str"},
+    {"system_prompt", "a str"}, {"chat_template", "a str or None"}, {"image_placement", "'before' or 'after'"},
+    {"response_cut_chars", "an int in 1..18446744073709551615"}, {"verdict_rule", "'exact', 'prefix' or 'logits'"},
+    {"reuse_kv", "True or False"}, {"shadow_judge", "True or False"}, {"verdict_override", "None, True or False"},
+    {"temperature", "a float >= 0"}, {"top_p", "a float in (0, 1]"}, {"top_k", "an int in 0..2147483647"},
+    {"seed", "None or an int in 0..4294967295"}, {"ignore_eos", "True or False"},
+    {"logit_bias", "a dict {token id (int): bias (float)}"},
+    {"max_tokens_answer", "None or an int in 1..2147483647"}, {"max_tokens_judge", "an int in 1..2147483647"},
+    {"max_tokens_caption", "None or an int in 1..2147483647"},
+    {"max_tokens_text_only", "None or an int in 1..2147483647"},
+    {"max_image_pixels", "an int in 1..18446744073709551615"},
 };
 
 py::dict to_dict(const py::object & self) {
     py::dict d;
-    for (const char * f : kFields) {
-        d[f] = self.attr(f);
+    for (const Field & f : kFields) {
+        d[f.name] = self.attr(f.name);
     }
     return d;
 }
 
 void apply(py::object & self, const py::dict & kwargs) {
-    const py::object fields = py::cast(std::vector<std::string>(std::begin(kFields), std::end(kFields)));
     for (const auto & item : kwargs) {
         const std::string key = py::cast<std::string>(item.first);
-        if (!fields.contains(py::str(key))) {
+        const Field * field = nullptr;
+        for (const Field & f : kFields) {
+            if (key == f.name) {
+                field = &f;
+            }
+        }
+        if (field == nullptr) {
             throw py::type_error("EcsoConfig has no field '" + key + "'");
         }
-        self.attr(key.c_str()) = item.second;
+        try {
+            self.attr(key.c_str()) = item.second;
+        } catch (py::error_already_set & e) {
+            if (!e.matches(PyExc_TypeError)) {
+                throw;
+            }
+            std::string given = py::cast<std::string>(py::repr(item.second));
+            if (given.size() > 60) {
+                given = given.substr(0, 57) + "...";
+            }
+            throw py::type_error("EcsoConfig field '" + key + "' takes " + field->takes + ", not " + given + " (" +
+                                 py::cast<std::string>(py::type::of(item.second).attr("__name__")) + ")");
+        }
     }
+}
+
+std::vector<std::string> config_field_names() {
+    std::vector<std::string> names;
+    for (const Field & f : kFields) {
+        names.emplace_back(f.name);
+    }
+    return names;
 }
 
 std::string placement_name(ecso::ImagePlacement p) {
@@ -161,6 +202,7 @@ decoding, and KV-cache reuse on.
         .def_readwrite("max_image_pixels", &EcsoConfig::max_image_pixels, "Larger images raise ImageError.");
 
     cls.def("to_dict", [](const py::object & self) { return to_dict(self); }, "The fields as a plain dict.");
+    cls.def_static("field_names", &config_field_names, "Every field's name, in order.");
     cls.def(
         "replace",
         [](const py::object & self, const py::kwargs & kwargs) {

@@ -13,6 +13,7 @@ PYBIND11_MODULE(_core, m) {
     ecso_bindings::register_config(m);
     ecso_bindings::register_model(m);
     ecso_bindings::register_result(m);
+    ecso_bindings::register_cancel_token(m);
     ecso_bindings::register_session(m);
 
     m.def(

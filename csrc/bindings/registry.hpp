@@ -9,6 +9,7 @@ void register_errors(pybind11::module_ & m);
 void register_config(pybind11::module_ & m);
 void register_model(pybind11::module_ & m);
 void register_result(pybind11::module_ & m);
+void register_cancel_token(pybind11::module_ & m);
 void register_session(pybind11::module_ & m);
 
 }  // namespace ecso_bindings

@@ -35,28 +35,28 @@ ecso::RgbImage copy_pixels(const py::buffer & pixels, uint32_t width, uint32_t h
     return image;
 }
 
-// Forwards streamed pieces to a Python callable from the thread running the request. A Python
-// exception in the callable cancels the request and is re-raised to the caller afterwards.
-class PythonSink {
+// Calls a Python callable from the thread running the request. A Python exception in it cancels
+// the call (through its token) and is re-raised to the caller afterwards; nothing unwinds
+// through the core.
+class PythonCallback {
 public:
-    PythonSink(py::object callback, ecso::EcsoSession & session) : callback_(std::move(callback)), session_(session) {}
+    PythonCallback(py::object callback, std::shared_ptr<ecso::CancelToken> token)
+        : callback_(std::move(callback)), token_(std::move(token)) {}
 
-    ecso::TextSink sink() {
-        if (callback_.is_none()) {
-            return {};
+    bool empty() const { return callback_.is_none(); }
+
+    template <class... Args>
+    void operator()(Args &&... args) {
+        py::gil_scoped_acquire gil;
+        if (error_) {
+            return;
         }
-        return [this](const std::string & piece) {
-            py::gil_scoped_acquire gil;
-            if (error_) {
-                return;
-            }
-            try {
-                callback_(py::str(piece));
-            } catch (py::error_already_set &) {
-                error_ = std::current_exception();
-                session_.cancel();
-            }
-        };
+        try {
+            callback_(std::forward<Args>(args)...);
+        } catch (py::error_already_set &) {
+            error_ = std::current_exception();
+            token_->cancel();
+        }
     }
 
     void rethrow_if_failed() const {
@@ -67,36 +67,73 @@ public:
 
 private:
     py::object callback_;
-    ecso::EcsoSession & session_;
+    std::shared_ptr<ecso::CancelToken> token_;
     std::exception_ptr error_;
+};
+
+// One call's options: the Python callables wrapped for the core, and its token.
+struct PythonCall {
+    PythonCall(int32_t max_tokens, const py::object & on_text, const py::object & on_progress,
+               std::shared_ptr<ecso::CancelToken> cancel)
+        : token(cancel ? std::move(cancel) : std::make_shared<ecso::CancelToken>()),
+          text(on_text, token),
+          progress(on_progress, token) {
+        options.max_tokens = max_tokens;
+        options.cancel = token;
+        if (!text.empty()) {
+            options.on_text = [this](const std::string & piece) { text(piece); };
+        }
+        if (!progress.empty()) {
+            options.on_progress = [this](const ecso::Progress & p) { progress(p.step, p.phase, p.done, p.total); };
+        }
+    }
+    PythonCall(const PythonCall &) = delete;
+    PythonCall & operator=(const PythonCall &) = delete;
+
+    // Runs `work` with the GIL released and Ctrl-C served; re-raises a callback's own exception
+    // in place of the CancelledError it caused.
+    template <class Work>
+    ecso::EcsoResult run(Work work) {
+        try {
+            ecso::EcsoResult result = call_interruptibly(work, [this] { token->cancel(); });
+            rethrow_if_failed();
+            return result;
+        } catch (const ecso::CancelledError &) {
+            rethrow_if_failed();
+            throw;
+        }
+    }
+
+    void rethrow_if_failed() const {
+        text.rethrow_if_failed();
+        progress.rethrow_if_failed();
+    }
+
+    std::shared_ptr<ecso::CancelToken> token;
+    PythonCallback text;
+    PythonCallback progress;
+    ecso::CallOptions options;
 };
 
 enum class Mode { Protected, Direct };
 
 ecso::EcsoResult request(ecso::EcsoSession & session, Mode mode, const py::buffer & pixels, uint32_t width,
-                         uint32_t height, const std::string & query, int32_t max_tokens, const py::object & on_text) {
+                         uint32_t height, const std::string & query, int32_t max_tokens, const py::object & on_text,
+                         const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel) {
     const ecso::RgbImage image = copy_pixels(pixels, width, height);
-    PythonSink sink(on_text, session);
-    const ecso::TextSink text_sink = sink.sink();
-    try {
-        ecso::EcsoResult result = call_interruptibly(
-            [&]() {
-                return mode == Mode::Protected ? session.run(image, query, max_tokens, text_sink)
-                                               : session.answer(image, query, max_tokens, text_sink);
-            },
-            [&session] { session.cancel(); });
-        sink.rethrow_if_failed();
-        return result;
-    } catch (const ecso::CancelledError &) {
-        sink.rethrow_if_failed();  // the callback's own exception explains the cancel
-        throw;
-    }
+    PythonCall call(max_tokens, on_text, on_progress, std::move(cancel));
+    return call.run([&]() {
+        return mode == Mode::Protected ? session.run(image, query, call.options)
+                                       : session.answer(image, query, call.options);
+    });
 }
 
 const char * const kRunDoc = R"pbdoc(
 The ECSO request: answer, judge, and on the unsafe path caption and eyes-closed answer.
 `pixels` is width*height*3 bytes of RGB. `on_text(piece)` receives the FINAL answer as it is
-decided: the first answer is held back until the judge has spoken.
+decided: the first answer is held back until the judge has spoken. `on_progress(step, phase,
+done, total)` reports where the call is (phase 'prefill', 'encode' or 'generate'); `cancel` is
+the call's CancelToken (one is made when None).
 )pbdoc";
 
 }  // namespace
@@ -114,32 +151,41 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
         .def(
             "run",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,
-               const std::string & query, int32_t max_tokens, const py::object & on_text) {
-                return request(s, Mode::Protected, pixels, width, height, query, max_tokens, on_text);
+               const std::string & query, int32_t max_tokens, const py::object & on_text,
+               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel) {
+                return request(s, Mode::Protected, pixels, width, height, query, max_tokens, on_text, on_progress,
+                               std::move(cancel));
             },
             py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::kw_only(),
-            py::arg("max_tokens"), py::arg("on_text") = py::none(), kRunDoc)
+            py::arg("max_tokens"), py::arg("on_text") = py::none(), py::arg("on_progress") = py::none(),
+            py::arg("cancel") = py::none(), kRunDoc)
         .def(
             "answer",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,
-               const std::string & query, int32_t max_tokens, const py::object & on_text) {
-                return request(s, Mode::Direct, pixels, width, height, query, max_tokens, on_text);
+               const std::string & query, int32_t max_tokens, const py::object & on_text,
+               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel) {
+                return request(s, Mode::Direct, pixels, width, height, query, max_tokens, on_text, on_progress,
+                               std::move(cancel));
             },
             py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::kw_only(),
-            py::arg("max_tokens"), py::arg("on_text") = py::none(),
+            py::arg("max_tokens"), py::arg("on_text") = py::none(), py::arg("on_progress") = py::none(),
+            py::arg("cancel") = py::none(),
             "Step 1 alone: the direct answer, no protection; `on_text` streams it live.")
         .def(
             "judge",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,
-               const std::string & query, const std::string & response) {
+               const std::string & query, const std::string & response, const py::object & on_progress,
+               std::shared_ptr<ecso::CancelToken> cancel) {
                 const ecso::RgbImage image = copy_pixels(pixels, width, height);
-                return call_interruptibly([&]() { return s.judge(image, query, response); },
-                                          [&s] { s.cancel(); });
+                PythonCall call(1, py::none(), on_progress, std::move(cancel));
+                return call.run([&]() { return s.judge(image, query, response, call.options); });
             },
             py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::arg("response"),
+            py::kw_only(), py::arg("on_progress") = py::none(), py::arg("cancel") = py::none(),
             "Step 2 alone on a given response: the judge's verdict (verdict_override does not apply).")
         .def("cancel", &ecso::EcsoSession::cancel,
-             "Stops the request in progress (from any thread); it raises CancelledError.")
+             "Cancels the call in progress (from any thread): it raises CancelledError. Does nothing when no "
+             "call runs; to cancel a call that may not have started yet, cancel its own CancelToken.")
         .def_property_readonly("config", [](const ecso::EcsoSession & s) { return s.config(); },
                                "A copy of the session's EcsoConfig.")
         .def_property_readonly("n_ctx", &ecso::EcsoSession::n_ctx)

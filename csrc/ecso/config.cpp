@@ -1,6 +1,8 @@
 // Validation of EcsoConfig values (the defaults live in config.hpp and prompts.cpp).
 #include "ecso/config.hpp"
 
+#include <cmath>
+
 #include "ecso/errors.hpp"
 
 namespace ecso {
@@ -21,8 +23,14 @@ void EcsoConfig::validate() const {
     if (response_cut_chars == 0) {
         throw ConfigError("response_cut must be at least 1 character");
     }
-    if (!(sampling.temperature >= 0.0f)) {
-        throw ConfigError("temperature must be >= 0 (0 is greedy)");
+    if (!(sampling.temperature >= 0.0f && std::isfinite(sampling.temperature))) {
+        throw ConfigError("temperature must be a finite number >= 0 (0 is greedy; got " +
+                          std::to_string(sampling.temperature) + ")");
+    }
+    for (const auto & [token, bias] : sampling.logit_bias) {
+        if (std::isnan(bias)) {
+            throw ConfigError("logit_bias of token " + std::to_string(token) + " is NaN; use -inf to ban a token");
+        }
     }
     if (!(sampling.top_p > 0.0f && sampling.top_p <= 1.0f)) {
         throw ConfigError("top_p must be in (0, 1]");

@@ -12,14 +12,18 @@
 
 namespace ecso {
 
+// The smallest n_batch: a session keeps this many KV sequences, one batch row each.
+constexpr uint32_t kMinBatch = 4;
+
 // How a Model is loaded and how its contexts are sized. Immutable once a Model exists.
 struct ModelOptions {
     uint32_t n_ctx = 4096;       // context window per session (positions per sequence)
-    uint32_t n_batch = 512;      // logical batch for prompt evaluation
+    uint32_t n_batch = 512;      // logical batch for prompt evaluation, at least kMinBatch
     int32_t n_gpu_layers = 0;    // text-model layers offloaded to the GPU (-1: all)
     bool mmproj_gpu = true;      // run the vision projector on the GPU when llama.cpp has one
-    int32_t n_threads = 0;       // generation threads; 0: half the hardware threads, at least 1
-    int32_t n_threads_batch = 0; // prompt and image threads; 0: as n_threads
+    int32_t n_threads = 0;       // generation threads; 0: half the hardware threads, at least 1;
+                                 // more than the hardware threads are clamped to them
+    int32_t n_threads_batch = 0; // prompt and image threads; 0: as n_threads (clamped likewise)
     std::optional<bool> flash_attn;  // nullopt: llama.cpp decides (auto)
     uint32_t seed = 0;           // default sampling seed of sessions on this model
     bool verbose = false;        // print llama.cpp's own log to stderr

@@ -2,6 +2,8 @@
 // Nothing here depends on Python.
 #pragma once
 
+#include "ecso/call_options.hpp"
+#include "ecso/cancel_token.hpp"
 #include "ecso/config.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/image.hpp"

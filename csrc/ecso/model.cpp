@@ -16,16 +16,21 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
     if (options.n_ctx < 16) {
         throw ConfigError("n_ctx must be at least 16 (got " + std::to_string(options.n_ctx) + ")");
     }
-    if (options.n_batch < 1) {
-        throw ConfigError("n_batch must be at least 1");
+    if (options.n_batch < kMinBatch) {
+        // llama.cpp reserves an output row per sequence in every batch; a session holds kMinBatch
+        // sequences, and a smaller batch aborts the process in llama_context's output_reserve.
+        throw ConfigError("n_batch must be at least " + std::to_string(kMinBatch) + " (got " +
+                          std::to_string(options.n_batch) + "): a session keeps " + std::to_string(kMinBatch) +
+                          " KV sequences and llama.cpp needs a batch row for each");
     }
     if (options.n_threads < 0 || options.n_threads_batch < 0) {
         throw ConfigError("n_threads and n_threads_batch must be >= 1 (or 0 for the default)");
     }
-    n_threads_ = options.n_threads > 0
-                     ? options.n_threads
-                     : std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency() / 2));
-    n_threads_batch_ = options.n_threads_batch > 0 ? options.n_threads_batch : n_threads_;
+    // More OpenMP threads than hardware threads only add barrier waits, and thousands of them
+    // never finish a graph (measured: n_threads=10000 hung): clamp, as documented.
+    const int32_t hardware = std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency()));
+    n_threads_ = options.n_threads > 0 ? std::min(options.n_threads, hardware) : std::max(1, hardware / 2);
+    n_threads_batch_ = options.n_threads_batch > 0 ? std::min(options.n_threads_batch, hardware) : n_threads_;
 
     text_info_ = check_text_model(text_model_path);
     projector_info_ = check_projector(mmproj_path, text_info_);
@@ -70,8 +75,18 @@ bool Model::encode_eval_callback(ggml_tensor * /*node*/, bool ask, void * model)
     if (ask) {
         return ++self->encode_nodes_ % kNodesPerCheck == 0;
     }
-    const std::atomic<bool> * flag = self->encode_abort_.load();
-    return flag == nullptr || !flag->load(std::memory_order_relaxed);
+    const EncodeObserver * observer = self->encode_observer_.load();
+    if (observer == nullptr) {
+        return true;
+    }
+    if (observer->progress != nullptr && *observer->progress) {
+        try {
+            (*observer->progress)(Progress{observer->step, "encode", static_cast<int32_t>(self->encode_nodes_), 0});
+        } catch (...) {
+            return false;  // nothing may unwind through ggml's C code: a failing sink stops the encode
+        }
+    }
+    return observer->cancel == nullptr || !observer->cancel->cancelled();
 }
 
 llama_flash_attn_type Model::flash_attn_type() const {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "ecso/call_options.hpp"
 #include "ecso/config.hpp"
 #include "ecso/gguf_check.hpp"
 #include "llama-cpp.h"
@@ -30,15 +31,25 @@ public:
     const llama_vocab * vocab() const { return vocab_; }
     mtmd_context * mtmd() const { return mtmd_.get(); }
     std::mutex & vision_mutex() const { return vision_mutex_; }
-    // While `flag` is set (non-null) and becomes true, the vision encoder stops within a few graph
-    // nodes and its output is garbage: the caller must check the flag after mtmd_encode_chunk.
-    // mtmd's encoder has no abort callback; the ggml scheduler's eval callback serves as one.
-    // Call with vision_mutex() held, and again with nullptr when the encode is done.
-    void set_encode_abort_flag(const std::atomic<bool> * flag) const { encode_abort_.store(flag); }
+    // Who watches the next encode: while set (non-null), the encoder reports progress every few
+    // graph nodes, and when the token is cancelled it stops there and its output is garbage: the
+    // caller must check the token after mtmd_encode_chunk. mtmd's encoder has no abort callback;
+    // the ggml scheduler's eval callback serves as one. Call with vision_mutex() held, and again
+    // with nullptr when the encode is done.
+    struct EncodeObserver {
+        const CancelToken * cancel = nullptr;
+        const ProgressSink * progress = nullptr;
+        const char * step = "";
+    };
+    void set_encode_observer(const EncodeObserver * observer) const {
+        encode_nodes_ = 0;
+        encode_observer_.store(observer);
+    }
 
     const ModelOptions & options() const { return options_; }
     const TextModelInfo & text_info() const { return text_info_; }
     const ProjectorInfo & projector_info() const { return projector_info_; }
+    // Thread counts in effect: the options' values, defaulted and clamped to the hardware threads.
     int32_t n_threads() const { return n_threads_; }
     int32_t n_threads_batch() const { return n_threads_batch_; }
     // The flash-attention setting for contexts on this model (auto unless the options force it).
@@ -61,7 +72,7 @@ private:
     int32_t n_threads_ = 1;
     int32_t n_threads_batch_ = 1;
     static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
-    mutable std::atomic<const std::atomic<bool> *> encode_abort_{nullptr};
+    mutable std::atomic<const EncodeObserver *> encode_observer_{nullptr};
     mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)
     // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
     llama_model_ptr model_;

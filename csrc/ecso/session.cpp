@@ -60,6 +60,37 @@ private:
 
 }  // namespace
 
+// Positions the judge's quote leaves for its verdict: the paper's verdict is a token or two, and
+// 16 is the default max_tokens_judge. The judge's generation is capped by the room it then has.
+static constexpr int32_t kJudgeReserve = 16;
+
+static int32_t judge_reserve(int32_t judge_tokens) { return std::max(1, std::min(judge_tokens, kJudgeReserve)); }
+
+static_assert(EcsoSession::kNumSequences <= static_cast<int>(kMinBatch),
+              "a batch needs a row per sequence: raise kMinBatch with the sequences");
+
+class EcsoSession::ActiveCall {
+public:
+    ActiveCall(EcsoSession & session, const CallOptions & call) : session_(session) {
+        std::shared_ptr<CancelToken> token = call.cancel ? call.cancel : std::make_shared<CancelToken>();
+        session_.active_cancel_.store(token.get());
+        session_.active_progress_ = call.on_progress ? &call.on_progress : nullptr;
+        std::lock_guard<std::mutex> lock(session_.active_mutex_);
+        session_.active_token_ = std::move(token);
+    }
+    ~ActiveCall() {
+        std::lock_guard<std::mutex> lock(session_.active_mutex_);
+        session_.active_cancel_.store(nullptr);
+        session_.active_progress_ = nullptr;
+        session_.active_token_.reset();
+    }
+    ActiveCall(const ActiveCall &) = delete;
+    ActiveCall & operator=(const ActiveCall &) = delete;
+
+private:
+    EcsoSession & session_;
+};
+
 EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
     : model_(std::move(model)), config_(std::move(config)) {
     if (!model_) {
@@ -97,32 +128,100 @@ EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
 
 uint32_t EcsoSession::n_ctx() const { return llama_n_ctx(ctx_.get()); }
 
-void EcsoSession::cancel() { cancel_.store(true); }
+void EcsoSession::cancel() {
+    std::lock_guard<std::mutex> lock(active_mutex_);
+    if (active_token_) {
+        active_token_->cancel();
+    }
+}
 
 bool EcsoSession::abort_requested(void * session) {
-    // Called from llama.cpp's compute threads: read the flag only.
-    return static_cast<EcsoSession *>(session)->cancel_.load(std::memory_order_relaxed);
+    // Called from llama.cpp's compute threads: read the token only.
+    const CancelToken * token = static_cast<EcsoSession *>(session)->active_cancel_.load();
+    return token != nullptr && token->cancelled();
 }
 
 void EcsoSession::throw_if_cancelled(const char * step) const {
-    if (cancel_.load()) {
+    const CancelToken * token = active_cancel_.load();
+    if (token != nullptr && token->cancelled()) {
         throw CancelledError(std::string("cancelled during step '") + step + "'");
     }
 }
 
-EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, int32_t max_tokens,
-                            const TextSink & on_text) {
-    return execute(image, query, max_tokens, on_text, true);
+void EcsoSession::report(const char * step, const char * phase, int32_t done, int32_t total) const {
+    if (active_progress_ != nullptr) {
+        (*active_progress_)(Progress{step, phase, done, total});
+    }
 }
 
-EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, int32_t max_tokens,
-                               const TextSink & on_text) {
-    return execute(image, query, max_tokens, on_text, false);
+EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
+    return execute(image, query, call, true);
 }
 
-EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response) {
+EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
+    return execute(image, query, call, false);
+}
+
+Prompt EcsoSession::judge_prompt(const std::string & query, const std::string & response, const RgbImage & image,
+                                 bool placeholder, int32_t judge_tokens) const {
+    auto build = [&](size_t chars) {
+        const std::string text = prompts::fill(
+            config_.judge_template, {{"query", query}, {"response", prompts::cut_chars(response, chars)}});
+        return image_prompt(text, image, placeholder);
+    };
+    const int32_t room = static_cast<int32_t>(n_ctx()) - judge_reserve(judge_tokens);
+    Prompt prompt = build(config_.response_cut_chars);
+    if (prompt.n_pos() <= room) {
+        return prompt;
+    }
+    // The context cannot hold the quote: the largest cut that fits (the empty quote fits: the
+    // request was refused before step 1 otherwise). The same cut on every path keeps reuse exact.
+    size_t lo = 0;
+    size_t hi = std::min(config_.response_cut_chars, prompts::count_chars(response));
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo + 1) / 2;
+        if (build(mid).n_pos() <= room) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return build(lo);
+}
+
+void EcsoSession::check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
+                                  const Prompt * text_only_empty) const {
+    const int32_t n = static_cast<int32_t>(n_ctx());
+    const int32_t judge_tokens = config_.verdict_rule == VerdictRule::Logits ? 0 : config_.max_tokens_judge;
+    struct Need {
+        const char * step;
+        int32_t positions;
+        const char * what;
+    };
+    std::vector<Need> needs = {
+        {"answer", answer.n_pos() + 1, "its prompt and one token"},
+        {"judge", judge_empty.n_pos() + judge_reserve(judge_tokens), "its prompt without the quoted answer, and room for its verdict"},
+    };
+    if (caption != nullptr) {
+        needs.push_back({"caption", caption->n_pos() + 1, "its prompt and one token"});
+        needs.push_back({"text_only", text_only_empty->n_pos() + 2, "its prompt, a one-token caption and one token"});
+    }
+    for (const Need & need : needs) {
+        if (need.positions > n) {
+            throw ContextOverflowError("the request cannot finish in a context of " + std::to_string(n) +
+                                       " positions: step '" + need.step + "' alone needs " +
+                                       std::to_string(need.positions) + " (" + need.what +
+                                       "), so nothing was run. Raise n_ctx (Model(..., n_ctx=...)) or shorten the "
+                                       "query or the templates");
+        }
+    }
+}
+
+EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response,
+                              const CallOptions & call) {
     std::lock_guard<std::mutex> lock(run_mutex_);
-    cancel_.store(false);
+    ActiveCall active(*this, call);
+    throw_if_cancelled("judge");
     const auto t0 = Clock::now();
     if (!is_valid_utf8(query) || !is_valid_utf8(response)) {
         throw ConfigError("the query and the response must be valid UTF-8");
@@ -131,15 +230,23 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     kv_->clear();
     cached_image_id_ = image_content_id(image);
     cached_embd_.clear();
-    const std::string judge_text = prompts::fill(
-        config_.judge_template, {{"query", query}, {"response", prompts::cut_chars(strip(response), config_.response_cut_chars)}});
-    const Prompt prompt = image_prompt(judge_text, image, false);
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
+    const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
+    const Prompt empty = image_prompt(prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}),
+                                      image, true);
+    const int32_t need = empty.n_pos() + judge_reserve(judge_tokens);
+    if (need > static_cast<int32_t>(n_ctx())) {
+        throw ContextOverflowError("the 'judge' prompt needs " + std::to_string(need) +
+                                   " positions without the response (room for its verdict included) but the context "
+                                   "holds " + std::to_string(n_ctx()) + ". Raise n_ctx or shorten the query");
+    }
+    const Prompt prompt = judge_prompt(query, strip(response), image, false, judge_tokens);
     EcsoResult result;
     result.judged = true;
     result.image_tokens = prompt.image_tokens();
     result.template_prefix_tokens = prompt.positions_before_image();
-    result.steps.push_back(run_step("judge", kSeqJudge, prompt, logits_rule ? 0 : config_.max_tokens_judge, {}, nullptr));
+    result.steps.push_back(run_step("judge", kSeqJudge, prompt,
+                                    std::min(judge_tokens, static_cast<int32_t>(n_ctx()) - prompt.n_pos()), {}, nullptr));
     if (logits_rule) {
         result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
         result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
@@ -159,11 +266,13 @@ Prompt EcsoSession::image_prompt(const std::string & text, const RgbImage & imag
     return Prompt::build(*model_, frame_, text + "\n", &pimg, "");
 }
 
-EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & query, int32_t max_tokens,
-                                const TextSink & on_text, bool protect) {
+EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & query, const CallOptions & call,
+                                bool protect) {
     std::lock_guard<std::mutex> lock(run_mutex_);
-    cancel_.store(false);
+    ActiveCall active(*this, call);
+    throw_if_cancelled("answer");
     const auto t0 = Clock::now();
+    const int32_t max_tokens = call.max_tokens;
     if (max_tokens < 1) {
         throw ConfigError("max_tokens must be at least 1 (got " + std::to_string(max_tokens) + ")");
     }
@@ -178,11 +287,31 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
 
     EcsoResult result;
     result.judged = protect;
+    const int32_t n = static_cast<int32_t>(n_ctx());
+    const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
+    const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
 
     // Step 1: answer with the image. Held back (recorded) when protecting, live otherwise.
     const Prompt p1 = image_prompt(query, image, false);
     result.image_tokens = p1.image_tokens();
     result.template_prefix_tokens = p1.positions_before_image();
+    // Steps 2-4 are sized before step 1 runs: a request that could not finish is refused now,
+    // not after the work (the caption's prompt does not depend on step 1, so it is built once).
+    std::optional<Prompt> p3;
+    std::optional<Prompt> p4_empty;
+    if (protect) {
+        const bool may_be_unsafe = config_.verdict_override.value_or(true);
+        const Prompt judge_empty = image_prompt(
+            prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}), image, true);
+        if (may_be_unsafe) {
+            p3.emplace(image_prompt(prompts::fill(config_.caption_template, {{"query", query}}), image,
+                                    config_.reuse_kv));
+            p4_empty.emplace(Prompt::build(
+                *model_, frame_, prompts::fill(config_.text_only_template, {{"query", query}, {"caption", ""}}),
+                nullptr, ""));
+        }
+        check_steps_fit(p1, judge_empty, p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr);
+    }
     std::vector<std::string> answer_pieces;
     const TextSink no_sink;
     const bool shadowing = protect && config_.shadow_judge && config_.reuse_kv &&
@@ -194,14 +323,20 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         prompts::fill(config_.judge_template.substr(at + std::string("{response}").size()), {{"query", query}});
     ShadowJudge shadow;
     std::optional<Prompt> judge_head;
+    std::vector<llama_token> judge_rest;
     if (shadowing) {
         PromptImage pimg{&image, cached_image_id_, true};
         judge_head.emplace(Prompt::build(*model_, frame_, "", &pimg, "\n" + judge_before, false));
         shadow.head = &*judge_head;
+        for (const auto & part : {model_->tokenize(judge_after, false, false), model_->tokenize(frame_.tail, false, true)}) {
+            judge_rest.insert(judge_rest.end(), part.begin(), part.end());
+        }
     }
+    const int32_t quote_limit =
+        shadowing ? n - judge_reserve(judge_tokens) - static_cast<int32_t>(judge_rest.size()) - judge_head->n_pos() : 0;
     result.steps.push_back(run_step("answer", kSeqAnswer, p1, config_.max_tokens_answer.value_or(max_tokens),
-                                    protect ? no_sink : on_text, &answer_pieces,
-                                    shadowing ? &shadow : nullptr));
+                                    protect ? no_sink : call.on_text, &answer_pieces,
+                                    shadowing ? &shadow : nullptr, quote_limit));
     result.initial_answer = result.steps.back().text;
     result.answer = result.initial_answer;
     if (!protect) {
@@ -210,17 +345,11 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     }
 
     // Step 2: the model judges its own answer, image still in the prompt.
-    const std::string judge_text =
-        prompts::fill(config_.judge_template, {{"query", query},
-                                               {"response", prompts::cut_chars(result.initial_answer,
-                                                                               config_.response_cut_chars)}});
-    const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
-    const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
     if (shadowing) {
-        result.steps.push_back(finish_shadow(shadow, judge_after, judge_tokens));
+        result.steps.push_back(finish_shadow(shadow, judge_rest, judge_tokens));
     } else {
-        const Prompt p2 = image_prompt(judge_text, image, config_.reuse_kv);
-        result.steps.push_back(run_step("judge", kSeqJudge, p2, judge_tokens, no_sink, nullptr));
+        const Prompt p2 = judge_prompt(query, result.initial_answer, image, config_.reuse_kv, judge_tokens);
+        result.steps.push_back(run_step("judge", kSeqJudge, p2, std::min(judge_tokens, n - p2.n_pos()), no_sink, nullptr));
     }
     if (logits_rule) {
         // The prompt's last logits are still in the context: no token is generated.
@@ -235,7 +364,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     result.unsafe = config_.verdict_override.value_or(judged_unsafe);
 
     if (!result.unsafe) {
-        SinkWriter writer(on_text);
+        SinkWriter writer(call.on_text);
         for (const auto & piece : answer_pieces) {
             writer.write(piece);
         }
@@ -243,26 +372,40 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         return result;
     }
 
-    // Step 3: query-aware image-to-text.
-    const Prompt p3 = image_prompt(prompts::fill(config_.caption_template, {{"query", query}}), image, config_.reuse_kv);
-    result.steps.push_back(run_step("caption", kSeqCaption, p3, config_.max_tokens_caption.value_or(max_tokens),
-                                    no_sink, nullptr));
+    // Step 3: query-aware image-to-text. The caption and the final answer share the room step 4
+    // has; when both limits cannot fit, each gets about half of it.
+    const int32_t want_caption = config_.max_tokens_caption.value_or(max_tokens);
+    const int32_t want_final = config_.max_tokens_text_only.value_or(max_tokens);
+    const int32_t room4 = n - p4_empty->n_pos();
+    const int32_t final_share = std::min(want_final, std::max(1, room4 / 2));
+    const int32_t caption_cap = std::min({want_caption, n - p3->n_pos(), room4 - final_share});
+    result.steps.push_back(run_step("caption", kSeqCaption, *p3, caption_cap, no_sink, nullptr));
     kv_->drop(kSeqCaption);
     result.caption = result.steps.back().text;
 
-    // Step 4: eyes closed, text only; streamed live.
-    const std::string text_only =
-        prompts::fill(config_.text_only_template, {{"query", query}, {"caption", *result.caption}});
-    const Prompt p4 = Prompt::build(*model_, frame_, text_only, nullptr, "");
-    result.steps.push_back(run_step("text_only", kSeqTextOnly, p4,
-                                    config_.max_tokens_text_only.value_or(max_tokens), on_text, nullptr));
+    // Step 4: eyes closed, text only; streamed live. A caption whose text re-tokenizes longer
+    // than it was generated is cut until one answer token fits.
+    auto text_only_prompt = [&](size_t chars) {
+        const std::string text = prompts::fill(
+            config_.text_only_template, {{"query", query}, {"caption", prompts::cut_chars(*result.caption, chars)}});
+        return Prompt::build(*model_, frame_, text, nullptr, "");
+    };
+    size_t caption_chars = prompts::count_chars(*result.caption);
+    Prompt p4 = text_only_prompt(caption_chars);
+    while (p4.n_pos() + 1 > n && caption_chars > 0) {
+        caption_chars = caption_chars * 9 / 10;
+        p4 = text_only_prompt(caption_chars);
+    }
+    result.steps.push_back(run_step("text_only", kSeqTextOnly, p4, std::min(want_final, n - p4.n_pos()), call.on_text,
+                                    nullptr));
     result.answer = result.steps.back().text;
     result.seconds = seconds_since(t0);
     return result;
 }
 
 StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
-                                 const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow) {
+                                 const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow,
+                                 int32_t quote_limit) {
     throw_if_cancelled(name);
     const auto t0 = Clock::now();
     StepRecord rec;
@@ -287,12 +430,13 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     }
     rec.tokens_reused = prefix.positions;
 
+    report(name, "prefill", 0, rec.prompt_tokens - prefix.positions);
     const auto t_prefill = Clock::now();
     evaluate_prompt(prompt, prefix.items, prefix.positions, seq, rec);
     rec.prefill_seconds = seconds_since(t_prefill) - rec.encode_seconds;
 
     if (shadow != nullptr) {
-        open_shadow(*shadow);
+        open_shadow(*shadow, quote_limit);
     }
     const auto t_decode = Clock::now();
     generate(seq, rec.prompt_tokens, max_tokens, rec, live, pieces, shadow);
@@ -301,7 +445,9 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     return rec;
 }
 
-void EcsoSession::open_shadow(ShadowJudge & shadow) {
+void EcsoSession::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
+    shadow.quote_limit = quote_limit;
+    shadow.quoting = quote_limit > 0;
     const auto & items = shadow.head->items();
     const size_t shared = kv_->longest_prefix(items, kSeqJudge, items.size()).items;
     const KvSequences::Prefix prefix = kv_->longest_prefix(items, kSeqJudge, shadow.head->reuse_boundary(shared));
@@ -318,15 +464,14 @@ void EcsoSession::open_shadow(ShadowJudge & shadow) {
     }
 }
 
-StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::string & judge_rest, int32_t max_tokens) {
+StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest,
+                                      int32_t max_tokens) {
     throw_if_cancelled("judge");
     const auto t0 = Clock::now();
     StepRecord rec;
     rec.name = "judge";
     std::vector<llama_token> rest(shadow.queue.begin() + static_cast<std::ptrdiff_t>(shadow.fed), shadow.queue.end());
-    for (const auto & part : {model_->tokenize(judge_rest, false, false), model_->tokenize(frame_.tail, false, true)}) {
-        rest.insert(rest.end(), part.begin(), part.end());
-    }
+    rest.insert(rest.end(), judge_rest.begin(), judge_rest.end());
     rec.input_tokens = shadow.input;
     rec.input_tokens.insert(rec.input_tokens.end(), shadow.queue.begin(), shadow.queue.end());
     rec.input_tokens.insert(rec.input_tokens.end(), rest.begin() + static_cast<std::ptrdiff_t>(shadow.queue.size() - shadow.fed),
@@ -345,7 +490,7 @@ StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::string & 
     decode_text(rest, shadow.pos, kSeqJudge, "prompt of step 'judge'");
     rec.prefill_seconds = seconds_since(t_prefill);
     const auto t_decode = Clock::now();
-    generate(kSeqJudge, rec.prompt_tokens, max_tokens, rec, {}, nullptr);
+    generate(kSeqJudge, rec.prompt_tokens, std::min(max_tokens, n_ctx - rec.prompt_tokens), rec, {}, nullptr);
     rec.decode_seconds = seconds_since(t_decode);
     rec.seconds = seconds_since(t0);
     return rec;
@@ -406,11 +551,13 @@ void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, 
         }
         throw_if_cancelled(rec.name.c_str());
         const auto t0 = Clock::now();
+        report(rec.name.c_str(), "encode", 0, 0);
         std::lock_guard<std::mutex> lock(model_->vision_mutex());
         clear_log_errors();
-        model_->set_encode_abort_flag(&cancel_);
+        const Model::EncodeObserver observer{active_cancel_.load(), active_progress_, rec.name.c_str()};
+        model_->set_encode_observer(&observer);
         const int32_t status = mtmd_encode_chunk(model_->mtmd(), item.media);
-        model_->set_encode_abort_flag(nullptr);
+        model_->set_encode_observer(nullptr);
         throw_if_cancelled(rec.name.c_str());  // a stopped encode leaves garbage: never cache it
         if (status != 0) {
             throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
@@ -462,9 +609,11 @@ void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord 
         writer.write(piece);
         if (shadow != nullptr && shadow->quoting) {
             shadow->queue.push_back(token);
+            shadow->quoted += 1;
             shadow->response_chars += prompts::count_chars(piece);
-            shadow->quoting = shadow->response_chars < config_.response_cut_chars;
+            shadow->quoting = shadow->response_chars < config_.response_cut_chars && shadow->quoted < shadow->quote_limit;
         }
+        report(rec.name.c_str(), "generate", rec.tokens_generated, max_tokens);
         if (rec.tokens_generated == max_tokens) {
             break;  // the last token's KV entry is never needed
         }
@@ -478,7 +627,7 @@ void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord 
             // A decode step costs about the same with a few more tokens in the batch: the judge
             // takes up to kShadowPerStep of its queued tokens along.
             constexpr size_t kShadowPerStep = 2;
-            for (size_t k = 0; k < kShadowPerStep && shadow->fed < shadow->queue.size(); ++k) {
+            for (size_t k = 0; k < kShadowPerStep && shadow->fed < shadow->queue.size() && !batch_->full(); ++k) {
                 batch_->add(shadow->queue[shadow->fed], shadow->pos, kSeqJudge, false);
                 kv_->append(kSeqJudge, {shadow->queue[shadow->fed], nullptr, std::string(), 1});
                 ++shadow->fed;

@@ -1,6 +1,11 @@
-// RAII owner of a llama_batch used to feed text tokens of one sequence to llama_decode.
+// RAII owner of a llama_batch of text tokens for llama_decode. Each token belongs to one sequence,
+// and one batch may hold tokens of several sequences (shadow judging feeds the judge's sequence
+// beside step 1's): the batch's sequence slots are sized for that.
 #pragma once
 
+#include <string>
+
+#include "ecso/errors.hpp"
 #include "llama.h"
 
 namespace ecso {
@@ -15,8 +20,15 @@ public:
     void clear() { batch_.n_tokens = 0; }
     bool full() const { return batch_.n_tokens >= capacity_; }
     int32_t size() const { return batch_.n_tokens; }
+    int32_t capacity() const { return capacity_; }
 
+    // Throws RuntimeFailure when the batch is full: callers check full() first, and writing past
+    // llama_batch_init's arrays would corrupt the heap.
     void add(llama_token token, llama_pos pos, llama_seq_id seq, bool logits) {
+        if (full()) {
+            throw RuntimeFailure("internal: a decode batch of " + std::to_string(capacity_) +
+                                 " tokens would overflow");
+        }
         const int32_t i = batch_.n_tokens++;
         batch_.token[i] = token;
         batch_.pos[i] = pos;

@@ -3,6 +3,8 @@
 // Usage: ecso-selftest TEXT_MODEL.gguf MMPROJ.gguf
 // Exit status 0 when every check passes, 1 on a failed check, 2 on an error.
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -19,6 +21,12 @@ int g_passed = 0;
 void expect(bool ok, const std::string & what) {
     std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
     (ok ? g_passed : g_failed) += 1;
+}
+
+ecso::CallOptions tokens(int32_t max_tokens) {
+    ecso::CallOptions call;
+    call.max_tokens = max_tokens;
+    return call;
 }
 
 ecso::RgbImage gradient(uint32_t w, uint32_t h) {
@@ -65,21 +73,41 @@ void check_error_paths(const char * text, const char * mmproj, const ecso::Model
     for (int i = 0; i < 300; ++i) {
         long_query += "word ";
     }
-    expect(throws<ecso::ContextOverflowError>([&] { session.run(gradient(48, 40), long_query, 4); }),
+    expect(throws<ecso::ContextOverflowError>([&] { session.run(gradient(48, 40), long_query, tokens(4)); }),
            "errors: a query longer than the context is refused");
-    expect(session.run(gradient(48, 40), "What is this?", 2).steps.size() == 2,
+    expect(session.run(gradient(48, 40), "What is this?", tokens(2)).steps.size() == 2,
            "errors: the session works after a refused query");
     ecso::EcsoConfig endless;
     endless.sampling.ignore_eos = true;
     endless.verdict_override = true;
     ecso::EcsoSession long_session(full_context, endless);  // room for ~2,000 tokens: long enough to cancel
-    std::thread canceller([&long_session] {
-        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    // The canceller waits for the state it cancels in (step 1 generating), never for a time.
+    std::mutex m;
+    std::condition_variable cv;
+    bool generating = false;
+    ecso::CallOptions call = tokens(1000000);
+    call.on_progress = [&](const ecso::Progress & p) {
+        if (std::string(p.phase) == "generate" && p.done == 8) {
+            std::lock_guard<std::mutex> lock(m);
+            generating = true;
+            cv.notify_all();
+        }
+    };
+    std::thread canceller([&] {
+        std::unique_lock<std::mutex> lock(m);
+        cv.wait(lock, [&] { return generating; });
         long_session.cancel();
     });
-    const bool cancelled = throws<ecso::CancelledError>([&] { long_session.run(gradient(48, 40), "Go on.", 1000000); });
+    const bool cancelled = throws<ecso::CancelledError>([&] { long_session.run(gradient(48, 40), "Go on.", call); });
     canceller.join();
     expect(cancelled, "errors: cancel() from another thread stops a request");
+    ecso::CallOptions early = tokens(4);
+    early.cancel = std::make_shared<ecso::CancelToken>();
+    early.cancel->cancel();
+    expect(throws<ecso::CancelledError>([&] { long_session.run(gradient(48, 40), "Go on.", early); }),
+           "errors: a token cancelled before its call starts stops that call");
+    expect(long_session.run(gradient(48, 40), "Go on.", tokens(2)).steps.size() == 4,
+           "errors: the next call, with a token of its own, runs");
 }
 
 ecso::EcsoResult run_once(const std::shared_ptr<const ecso::Model> & model, bool reuse, bool unsafe) {
@@ -87,7 +115,7 @@ ecso::EcsoResult run_once(const std::shared_ptr<const ecso::Model> & model, bool
     config.reuse_kv = reuse;
     config.verdict_override = unsafe;
     ecso::EcsoSession session(model, config);
-    return session.run(gradient(48, 40), "What is shown in this picture?", 12);
+    return session.run(gradient(48, 40), "What is shown in this picture?", tokens(12));
 }
 
 }  // namespace

@@ -26,7 +26,7 @@ from .errors import (
     ModelLoadError,
     OutputError,
 )
-from .session import EcsoStream, Model, Session
+from .session import CancelToken, EcsoStream, Model, Session
 from .shipped import tiny_pair
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "EcsoResult",
     "StepRecord",
     "EcsoStream",
+    "CancelToken",
     "EcsoError",
     "ModelLoadError",
     "ImageError",

@@ -118,6 +118,13 @@ class Model:
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
 
+class CancelToken:
+    def __init__(self) -> None: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
+
 class Session:
     def __init__(self, model: Model, config: EcsoConfig) -> None: ...
     def run(
@@ -129,6 +136,8 @@ class Session:
         *,
         max_tokens: int,
         on_text: Optional[Callable[[str], object]] = None,
+        on_progress: Optional[Callable[[str, str, int, int], object]] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> EcsoResult: ...
     def answer(
         self,
@@ -139,9 +148,19 @@ class Session:
         *,
         max_tokens: int,
         on_text: Optional[Callable[[str], object]] = None,
+        on_progress: Optional[Callable[[str, str, int, int], object]] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> EcsoResult: ...
     def judge(
-        self, pixels: Union[Buffer, bytes], width: int, height: int, query: Union[str, bytes], response: Union[str, bytes]
+        self,
+        pixels: Union[Buffer, bytes],
+        width: int,
+        height: int,
+        query: Union[str, bytes],
+        response: Union[str, bytes],
+        *,
+        on_progress: Optional[Callable[[str, str, int, int], object]] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> EcsoResult: ...
     def cancel(self) -> None: ...
     @property

@@ -9,11 +9,25 @@ import threading
 from typing import Callable, Iterator, Optional, Union
 
 from . import _core
+from ._core import CancelToken
+from .arguments import (
+    INT32_MAX,
+    UINT32_MAX,
+    bool_arg,
+    callable_arg,
+    int_arg,
+    optional_bool_arg,
+    optional_int_arg,
+)
 from .errors import ConfigError
 from .images import ImageInput, load_rgb
 from .shipped import tiny_pair
 
-__all__ = ["Model", "Session", "EcsoStream"]
+__all__ = ["Model", "Session", "EcsoStream", "CancelToken"]
+
+# on_progress(step, phase, done, total): phase "prefill" (total: positions to evaluate), "encode"
+# (done: encoder graph nodes so far, total 0) or "generate" (done tokens of at most total).
+ProgressCallback = Callable[[str, str, int, int], object]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -35,12 +49,35 @@ def _text(value: object, what: str) -> Union[str, bytes]:
     raise ConfigError(f"the {what} must be a str, not {type(value).__name__}")
 
 
+def _path(value: object, what: str) -> str:
+    try:
+        path = os.fspath(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{what} must be a path (str or os.PathLike), not {type(value).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if "\0" in path:
+        raise ConfigError(f"{what} contains a NUL character")
+    return path
+
+
+def _max_tokens(value: object) -> int:
+    return int_arg("max_tokens", value, 1, INT32_MAX)
+
+
+def _cancel(value: object) -> Optional[CancelToken]:
+    if value is not None and not isinstance(value, CancelToken):
+        raise TypeError(f"cancel must be an ecso_edge.CancelToken or None, not {type(value).__name__}")
+    return value
+
+
 class Model:
     """A LLaVA-style GGUF pair: the text model and its vision projector (``mmproj``).
 
     Both files are validated before llama.cpp sees them (a bad file raises ``ModelLoadError``).
     ``n_threads`` drives generation, ``n_threads_batch`` (default: the same) prompt evaluation and
-    the image encoder. ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
+    the image encoder; values above the hardware threads are clamped to them (``model.n_threads``
+    tells the value in effect). ``n_batch`` is at least 4: a session keeps 4 KV sequences. ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
     llama-cpp-python was built with one (see ``ecso_edge.system_info()``).
 
     >>> model = Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf", n_gpu_layers=-1)
@@ -61,18 +98,19 @@ class Model:
         n_batch: int = 512,
         verbose: bool = False,
     ) -> None:
+        threads_hint = " (None: the default)"
         self._core = _core.Model(
-            os.fspath(text_model_path),
-            os.fspath(mmproj_path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_gpu_layers=n_gpu_layers,
-            mmproj_gpu=mmproj_gpu,
-            n_threads=0 if n_threads is None else n_threads,
-            n_threads_batch=0 if n_threads_batch is None else n_threads_batch,
-            flash_attn=flash_attn,
-            seed=seed,
-            verbose=verbose,
+            _path(text_model_path, "text_model_path"),
+            _path(mmproj_path, "mmproj_path"),
+            n_ctx=int_arg("n_ctx", n_ctx, 16, INT32_MAX),
+            n_batch=int_arg("n_batch", n_batch, 4, INT32_MAX, " (a session keeps 4 KV sequences, a batch row each)"),
+            n_gpu_layers=int_arg("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 offloads every layer)"),
+            mmproj_gpu=bool_arg("mmproj_gpu", mmproj_gpu),
+            n_threads=optional_int_arg("n_threads", n_threads, 1, INT32_MAX, threads_hint) or 0,
+            n_threads_batch=optional_int_arg("n_threads_batch", n_threads_batch, 1, INT32_MAX, threads_hint) or 0,
+            flash_attn=optional_bool_arg("flash_attn", flash_attn),
+            seed=int_arg("seed", seed, 0, UINT32_MAX),
+            verbose=bool_arg("verbose", verbose),
         )
 
     @classmethod
@@ -129,9 +167,11 @@ class Model:
 class Session:
     """ECSO over a Model. ``run`` answers with protection; ``answer`` gives the direct answer.
 
-    Calls on one session are serialised: a second thread waits for the first. ``cancel()`` may be
-    called from any thread and makes the call in progress raise ``CancelledError``. Ctrl-C stops
-    a call on the main thread promptly and raises ``KeyboardInterrupt``.
+    Calls on one session are serialised: a second thread waits for the first. Each call may take
+    its own ``cancel=CancelToken()``: cancelling it (from any thread, before or during the call)
+    makes that call raise ``CancelledError``, and no other. ``session.cancel()`` cancels the call
+    in progress, if any. Ctrl-C stops a call on the main thread promptly and raises
+    ``KeyboardInterrupt``. ``on_progress(step, phase, done, total)`` reports where a call is.
 
     >>> session = Session(model)                       # the paper's preset
     >>> r = session.run("photo.jpg", "How do I make this?")
@@ -139,6 +179,10 @@ class Session:
     """
 
     def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be an ecso_edge.Model, not {type(model).__name__}")
+        if config is not None and not isinstance(config, _core.EcsoConfig):
+            raise TypeError(f"config must be an ecso_edge.EcsoConfig or None, not {type(config).__name__}")
         self.model = model
         self._core = _core.Session(model._core, config if config is not None else _core.EcsoConfig())
 
@@ -154,13 +198,23 @@ class Session:
         *,
         max_tokens: int = 512,
         on_token: Optional[Callable[[str], object]] = None,
+        on_progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> _core.EcsoResult:
         """The ECSO request. ``on_token(piece)`` receives the final answer as it is decided: the
         first answer is held back until the judge has spoken (then delivered at once on the safe
-        path); on the unsafe path the eyes-closed answer streams as it is generated."""
+        path); on the unsafe path the eyes-closed answer streams as it is generated. Each step's
+        generation is capped by the room left in the context (its ``stop_reason`` says
+        ``length``); a request whose steps cannot fit at all raises ``ContextOverflowError``
+        before step 1."""
+        max_tokens = _max_tokens(max_tokens)
+        on_token = callable_arg("on_token", on_token)
+        on_progress = callable_arg("on_progress", on_progress)
+        cancel = _cancel(cancel)
+        query_text = _text(query, "query")
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.run(pixels.data, pixels.width, pixels.height, _text(query, "query"), max_tokens=max_tokens,
-                              on_text=on_token)
+        return self._core.run(pixels.data, pixels.width, pixels.height, query_text, max_tokens=max_tokens,
+                              on_text=on_token, on_progress=on_progress, cancel=cancel)
 
     def answer(
         self,
@@ -169,27 +223,46 @@ class Session:
         *,
         max_tokens: int = 512,
         on_token: Optional[Callable[[str], object]] = None,
+        on_progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> _core.EcsoResult:
         """Step 1 only: the direct, unprotected answer (for comparison)."""
+        max_tokens = _max_tokens(max_tokens)
+        on_token = callable_arg("on_token", on_token)
+        on_progress = callable_arg("on_progress", on_progress)
+        cancel = _cancel(cancel)
+        query_text = _text(query, "query")
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.answer(
-            pixels.data, pixels.width, pixels.height, _text(query, "query"), max_tokens=max_tokens, on_text=on_token
-        )
+        return self._core.answer(pixels.data, pixels.width, pixels.height, query_text, max_tokens=max_tokens,
+                                 on_text=on_token, on_progress=on_progress, cancel=cancel)
 
-    def judge(self, image: ImageInput, query: str, response: str) -> _core.EcsoResult:
+    def judge(
+        self,
+        image: ImageInput,
+        query: str,
+        response: str,
+        *,
+        on_progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> _core.EcsoResult:
         """Step 2 alone: does the model judge `response` (to `query` about `image`) harmful?
         ``r.unsafe`` and ``r.verdict_text`` give the verdict; verdict_override does not apply."""
+        on_progress = callable_arg("on_progress", on_progress)
+        cancel = _cancel(cancel)
+        query_text, response_text = _text(query, "query"), _text(response, "response")
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.judge(pixels.data, pixels.width, pixels.height, _text(query, "query"),
-                                _text(response, "response"))
+        return self._core.judge(pixels.data, pixels.width, pixels.height, query_text, response_text,
+                                on_progress=on_progress, cancel=cancel)
 
-    def stream(self, image: ImageInput, query: str, *, max_tokens: int = 512) -> "EcsoStream":
+    def stream(self, image: ImageInput, query: str, *, max_tokens: int = 512,
+               on_progress: Optional[ProgressCallback] = None) -> "EcsoStream":
         """Iterator form of ``run(on_token=...)``: yields text pieces of the final answer;
         ``.result`` holds the EcsoResult once iteration ends."""
-        return EcsoStream(self, image, query, max_tokens)
+        return EcsoStream(self, image, query, _max_tokens(max_tokens), callable_arg("on_progress", on_progress))
 
     def cancel(self) -> None:
-        """Stop the request in progress (safe from any thread)."""
+        """Stop the call in progress, if any (safe from any thread). A call that has not started
+        yet is not affected: cancel its own ``CancelToken`` to stop it whenever it runs."""
         self._core.cancel()
 
 
@@ -202,24 +275,30 @@ class EcsoStream:
     Leaving the loop early (``break``, ``close()``, garbage collection) cancels the request.
     """
 
-    def __init__(self, session: Session, image: ImageInput, query: str, max_tokens: int) -> None:
+    def __init__(self, session: Session, image: ImageInput, query: str, max_tokens: int,
+                 on_progress: Optional[ProgressCallback] = None) -> None:
         self._session = session
         self._queue: "queue.Queue[object]" = queue.Queue()
         self.result: Optional[_core.EcsoResult] = None
         self._error: Optional[BaseException] = None
+        # This stream's own token: a close() before the worker's run has begun still stops it.
+        self._cancel = CancelToken()
         pixels = load_rgb(image, max_pixels=session._core.config.max_image_pixels)
         self._thread = threading.Thread(
-            target=self._work, args=(pixels, _text(query, "query"), max_tokens), name="ecso-stream", daemon=True
+            target=self._work, args=(pixels, _text(query, "query"), max_tokens, on_progress), name="ecso-stream",
+            daemon=True,
         )
         self._thread.start()
 
-    def _work(self, pixels: object, query: Union[str, bytes], max_tokens: int) -> None:
+    def _work(self, pixels: object, query: Union[str, bytes], max_tokens: int,
+              on_progress: Optional[ProgressCallback]) -> None:
         from .images import RgbPixels
 
         assert isinstance(pixels, RgbPixels)
         try:
             self.result = self._session._core.run(
-                pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=self._queue.put
+                pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=self._queue.put,
+                on_progress=on_progress, cancel=self._cancel,
             )
         except BaseException as e:  # re-raised on the consumer's thread
             self._error = e
@@ -241,13 +320,14 @@ class EcsoStream:
         assert isinstance(item, str)
         return item
 
+    def cancel(self) -> None:
+        """Cancel the request (also one still waiting to start), without waiting for it to stop."""
+        self._cancel.cancel()
+
     def close(self) -> None:
         """Cancel the request if it is still running and wait for the worker to stop."""
-        # A cancel that lands before the worker's run() has started is reset by that run, so
-        # repeat it until the worker is gone.
-        while self._thread.is_alive():
-            self._session.cancel()
-            self._thread.join(timeout=0.05)
+        self._cancel.cancel()
+        self._thread.join()
 
     def __enter__(self) -> "EcsoStream":
         return self

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -229,21 +228,12 @@ class _EventWaiter:
                 return task.result()
 
     def cancel(self) -> None:
-        """Stop this job; a helper thread repeats the cancel until the worker has let go of it."""
+        """Stop this job (its own cancel token: it cannot be lost, nor reach another job)."""
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        if self.job.state in ("done", "dropped"):
-            return
-        self._queue.cancel(self.job)
-        threading.Thread(target=_cancel_until_stopped, args=(self._queue, self.job), daemon=True).start()
-
-
-def _cancel_until_stopped(queue: RequestQueue, job: EcsoJob) -> None:
-    # A cancel landing just before the C++ run begins is reset by that run; repeat it.
-    while job.state not in ("done", "dropped"):
-        queue.cancel(job)
-        time.sleep(0.05)
+        if self.job.state not in ("done", "dropped"):
+            self._queue.cancel(self.job)
 
 
 class _ReplyContext:

@@ -1,7 +1,8 @@
 """The server's one model, served in order: a bounded FIFO of ECSO jobs and the single worker
 thread that runs them. A full queue is refused at once (the caller answers 503 with Retry-After);
 a job cancelled while queued is dropped before it starts; a job cancelled while running stops its
-own generation through `Session.cancel()` and nobody else's."""
+own generation through its own `CancelToken`, and nobody else's (also when the cancel lands
+between the worker taking the job and the C++ call starting)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from .._core import EcsoConfig, EcsoResult
 from ..errors import CancelledError
-from ..session import Model, Session
+from ..session import CancelToken, Model, Session
 
 __all__ = ["QueueFull", "EcsoJob", "RequestQueue"]
 
@@ -45,7 +46,7 @@ class EcsoJob:
     stream: bool = True  # False: no "piece" events, only the final one
     id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
     state: str = "new"  # new -> queued -> running -> done, or queued -> dropped
-    cancel_requested: bool = False
+    cancel_token: CancelToken = field(default_factory=CancelToken)
     submitted_at: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -101,18 +102,13 @@ class RequestQueue:
     def cancel(self, job: EcsoJob) -> None:
         """Stop `job`: dropped if still waiting, its generation cancelled if running, else nothing.
         Safe to call repeatedly and from any thread; it never touches another job."""
+        job.cancel_token.cancel()  # the job's own: a run that has not begun yet stops at its start
         with self._lock:
-            job.cancel_requested = True
             if job.state == "queued":
                 self._waiting.remove(job)
                 job.state = "dropped"
                 job.finished_at = time.perf_counter()
                 self.counters["dropped"] += 1
-            elif job.state == "running" and self._running is job:
-                # Under the lock the worker cannot have moved on to the next job, so this cancel
-                # is this job's. One that lands before the C++ run has begun is reset by that run;
-                # the on_token check and the caller repeating cancel() cover that window.
-                self._session.cancel()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -158,9 +154,7 @@ class RequestQueue:
     def _session_for(self, job: EcsoJob) -> Session:
         config = self._base_config.replace(**job.sampling) if job.sampling else self._base_config
         if config != self._session.config:
-            session = Session(self._model, config)
-            with self._lock:  # cancel() reads self._session under the lock
-                self._session = session
+            self._session = Session(self._model, config)
         return self._session
 
     def _work(self) -> None:
@@ -174,14 +168,10 @@ class RequestQueue:
                 session = self._session_for(job)
 
                 def on_token(piece: str, job: EcsoJob = job) -> None:
-                    if job.cancel_requested:
-                        raise CancelledError("the client went away")
-                    if job.stream:
-                        _emit(job, "piece", piece)
+                    _emit(job, "piece", piece)
 
-                if job.cancel_requested:
-                    raise CancelledError("the client went away before the request started")
-                result: EcsoResult = session.run(job.pixels, job.query, max_tokens=job.max_tokens, on_token=on_token)
+                result: EcsoResult = session.run(job.pixels, job.query, max_tokens=job.max_tokens,
+                                                 on_token=on_token if job.stream else None, cancel=job.cancel_token)
                 kind, value = "done", result
             except BaseException as e:  # the worker must outlive any one request
                 kind, value = "error", e

@@ -1,0 +1,50 @@
+"""Checks of the arguments a user passes to Model and Session, before they reach the C++ core:
+a wrong type is a TypeError and a value out of range a ConfigError (a ValueError), each naming
+the option and what it takes. Without them, pybind11 answers an int too large for the core's C
+type with a TypeError that lists C++ signatures."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
+
+__all__ = ["INT32_MAX", "UINT32_MAX", "int_arg", "optional_int_arg", "bool_arg", "optional_bool_arg",
+           "callable_arg"]
+
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+
+
+def int_arg(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
+    """`value` as an int in lo..hi; bools are refused (True is not a token count)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not lo <= number <= hi:
+        raise ConfigError(f"{name} must be in {lo}..{hi} (got {number}){hint}")
+    return number
+
+
+def optional_int_arg(name: str, value: Any, lo: int, hi: int, hint: str = "") -> Optional[int]:
+    return None if value is None else int_arg(name, value, lo, hi, hint)
+
+
+def bool_arg(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def optional_bool_arg(name: str, value: Any) -> Optional[bool]:
+    return None if value is None else bool_arg(name, value)
+
+
+def callable_arg(name: str, value: Any) -> Optional[Callable[..., object]]:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a callable or None, not {type(value).__name__}")
+    return value  # type: ignore[no-any-return]
