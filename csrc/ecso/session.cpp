@@ -314,8 +314,9 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     }
     std::vector<std::string> answer_pieces;
     const TextSink no_sink;
-    const bool shadowing = protect && config_.shadow_judge && config_.reuse_kv &&
-                           config_.image_placement == ImagePlacement::BeforeText;
+    bool shadowing = protect && config_.shadow_judge && config_.reuse_kv &&
+                     config_.image_placement == ImagePlacement::BeforeText;
+    const int32_t want_answer = config_.max_tokens_answer.value_or(max_tokens);
     // The judge template around {response}: before it goes in ahead of the answer, after it behind.
     const size_t at = config_.judge_template.find("{response}");
     const std::string judge_before = prompts::fill(config_.judge_template.substr(0, at), {{"query", query}});
@@ -334,7 +335,14 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     }
     const int32_t quote_limit =
         shadowing ? n - judge_reserve(judge_tokens) - static_cast<int32_t>(judge_rest.size()) - judge_head->n_pos() : 0;
-    result.steps.push_back(run_step("answer", kSeqAnswer, p1, config_.max_tokens_answer.value_or(max_tokens),
+    if (shadowing) {
+        // The judge's copy lives beside step 1's cells in one cell pool: shadow only when both fit
+        // at step 1's token limit; otherwise the judge runs after step 1, as in the paper.
+        const int64_t cells = int64_t{p1.n_pos()} + want_answer + judge_head->n_pos() +
+                              std::min<int64_t>(want_answer, std::max(0, quote_limit));
+        shadowing = cells <= n;
+    }
+    result.steps.push_back(run_step("answer", kSeqAnswer, p1, want_answer,
                                     protect ? no_sink : call.on_text, &answer_pieces,
                                     shadowing ? &shadow : nullptr, quote_limit));
     result.initial_answer = result.steps.back().text;
@@ -453,6 +461,7 @@ void EcsoSession::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
     const KvSequences::Prefix prefix = kv_->longest_prefix(items, kSeqJudge, shadow.head->reuse_boundary(shared));
     kv_->share(kSeqJudge, prefix, items);  // step 1 keeps its whole prompt: it is still decoding
     shadow.reused = prefix.positions;
+    shadow.shared_items = prefix.items;
     shadow.pos = prefix.positions;
     const std::vector<llama_token> head_input = shadow.head->input_tokens();
     shadow.input.assign(head_input.begin(), head_input.begin() + static_cast<std::ptrdiff_t>(prefix.items));
@@ -472,6 +481,9 @@ StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::vector<ll
     rec.name = "judge";
     std::vector<llama_token> rest(shadow.queue.begin() + static_cast<std::ptrdiff_t>(shadow.fed), shadow.queue.end());
     rest.insert(rest.end(), judge_rest.begin(), judge_rest.end());
+    // Step 1's answer cells are never read again (steps 3-4 share only [head, image] or the head):
+    // free them, so the judge's rest and its verdict have the pool step 1 used.
+    kv_->truncate(kSeqAnswer, shadow.shared_items);
     rec.input_tokens = shadow.input;
     rec.input_tokens.insert(rec.input_tokens.end(), shadow.queue.begin(), shadow.queue.end());
     rec.input_tokens.insert(rec.input_tokens.end(), rest.begin() + static_cast<std::ptrdiff_t>(shadow.queue.size() - shadow.fed),

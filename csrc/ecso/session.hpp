@@ -88,6 +88,7 @@ private:
         size_t fed = 0;                  // queue[0, fed) are in the KV cache
         int32_t pos = 0;                 // the judge's next position
         int32_t reused = 0;              // positions shared with step 1
+        size_t shared_items = 0;         // prompt items shared with step 1
         size_t response_chars = 0;       // characters of the answer quoted so far
         bool quoting = true;             // still within response_cut_chars and the context
         int32_t quote_limit = 0;         // answer tokens the judge's context has room for
