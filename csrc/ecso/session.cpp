@@ -189,6 +189,16 @@ Prompt EcsoSession::judge_prompt(const std::string & query, const std::string & 
     return build(lo);
 }
 
+void EcsoSession::check_prompt_fits(const char * step, const Prompt & prompt) const {
+    const int32_t n = static_cast<int32_t>(n_ctx());
+    if (prompt.n_pos() >= n) {
+        throw ContextOverflowError(std::string("the '") + step + "' prompt needs " + std::to_string(prompt.n_pos()) +
+                                   " positions (" + std::to_string(prompt.image_tokens()) +
+                                   " of them for the image) but the context holds " + std::to_string(n) +
+                                   ". Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
+    }
+}
+
 void EcsoSession::check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
                                   const Prompt * text_only_empty) const {
     const int32_t n = static_cast<int32_t>(n_ctx());
@@ -198,8 +208,8 @@ void EcsoSession::check_steps_fit(const Prompt & answer, const Prompt & judge_em
         int32_t positions;
         const char * what;
     };
+    check_prompt_fits("answer", answer);
     std::vector<Need> needs = {
-        {"answer", answer.n_pos() + 1, "its prompt and one token"},
         {"judge", judge_empty.n_pos() + judge_reserve(judge_tokens), "its prompt without the quoted answer, and room for its verdict"},
     };
     if (caption != nullptr) {
@@ -420,13 +430,7 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     rec.name = name;
     rec.prompt_tokens = prompt.n_pos();
     rec.input_tokens = prompt.input_tokens();
-    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
-    if (rec.prompt_tokens >= n_ctx) {
-        throw ContextOverflowError("the '" + rec.name + "' prompt needs " + std::to_string(rec.prompt_tokens) +
-                                   " positions (" + std::to_string(prompt.image_tokens()) +
-                                   " of them for the image) but the context holds " + std::to_string(n_ctx) +
-                                   ". Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
-    }
+    check_prompt_fits(name, prompt);
 
     KvSequences::Prefix prefix;
     if (config_.reuse_kv) {

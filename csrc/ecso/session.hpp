@@ -73,6 +73,8 @@ private:
     // Installs a call's token and progress sink for the duration of the call.
     class ActiveCall;
     EcsoResult execute(const RgbImage & image, const std::string & query, const CallOptions & call, bool protect);
+    // ContextOverflowError when `prompt` leaves no position to generate from.
+    void check_prompt_fits(const char * step, const Prompt & prompt) const;
     // Refuses, before step 1, a request whose later steps could not fit the context at all.
     void check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
                          const Prompt * text_only_empty) const;

@@ -51,11 +51,10 @@ def _text(value: object, what: str) -> Union[str, bytes]:
 
 def _path(value: object, what: str) -> str:
     try:
-        path = os.fspath(value)  # type: ignore[call-overload]
+        raw: Union[str, bytes] = os.fspath(value)  # type: ignore[call-overload]
     except TypeError:
         raise TypeError(f"{what} must be a path (str or os.PathLike), not {type(value).__name__}") from None
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = os.fsdecode(raw)
     if "\0" in path:
         raise ConfigError(f"{what} contains a NUL character")
     return path
