@@ -65,6 +65,7 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
     }
 
     const size_t n_chunks = mtmd_input_chunks_size(prompt.chunks_.get());
+    size_t media_chunks = 0;
     for (size_t i = 0; i < n_chunks; ++i) {
         const mtmd_input_chunk * chunk = mtmd_input_chunks_get(prompt.chunks_.get(), i);
         if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
@@ -74,9 +75,11 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
                 prompt.items_.push_back({tokens[k], nullptr, std::string(), 1});
             }
         } else {
+            // A sliced image is several chunks sharing the bitmap's id: the ordinal tells them
+            // apart, for the embedding cache and prefix matching alike (same image, same slicing).
             const char * id = mtmd_input_chunk_get_id(chunk);
-            prompt.items_.push_back(
-                {-1, chunk, id ? std::string(id) : std::string(), static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk))});
+            prompt.items_.push_back({-1, chunk, (id ? std::string(id) : std::string()) + "#" + std::to_string(media_chunks++),
+                                     static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk))});
         }
     }
     // mtmd tokenizes each part on its own and prepends BOS: the head is its first items.

@@ -15,7 +15,7 @@ namespace ecso {
 struct PromptItem {
     llama_token token = -1;                    // a text token, or -1 for a media chunk
     const mtmd_input_chunk * media = nullptr;  // valid only inside the Prompt that made it
-    std::string media_id;                      // the image's content hash
+    std::string media_id;                      // the image's content hash, "#", the chunk's ordinal
     int32_t n_pos = 1;                         // positions occupied (image: its token count)
 
     bool is_media() const { return token < 0; }

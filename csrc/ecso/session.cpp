@@ -238,8 +238,8 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     }
     check_image(image, config_.max_image_pixels);
     kv_->clear();
-    cached_image_id_ = image_content_id(image);
-    cached_embd_.clear();
+    image_id_ = image_content_id(image);
+    embd_cache_.clear();
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
     const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
     const Prompt empty = image_prompt(prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}),
@@ -269,7 +269,7 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
 }
 
 Prompt EcsoSession::image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const {
-    PromptImage pimg{&image, cached_image_id_, placeholder};
+    PromptImage pimg{&image, image_id_, placeholder};
     if (config_.image_placement == ImagePlacement::BeforeText) {
         return Prompt::build(*model_, frame_, "", &pimg, "\n" + text);
     }
@@ -292,8 +292,8 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     check_image(image, config_.max_image_pixels);
 
     kv_->clear();
-    cached_image_id_ = image_content_id(image);
-    cached_embd_.clear();
+    image_id_ = image_content_id(image);
+    embd_cache_.clear();
 
     EcsoResult result;
     result.judged = protect;
@@ -336,7 +336,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     std::optional<Prompt> judge_head;
     std::vector<llama_token> judge_rest;
     if (shadowing) {
-        PromptImage pimg{&image, cached_image_id_, true};
+        PromptImage pimg{&image, image_id_, true};
         judge_head.emplace(Prompt::build(*model_, frame_, "", &pimg, "\n" + judge_before, false));
         shadow.head = &*judge_head;
         for (const auto & part : {model_->tokenize(judge_after, false, false), model_->tokenize(frame_.tail, false, true)}) {
@@ -559,9 +559,10 @@ void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int3
 }
 
 void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec) {
-    const size_t n_floats = static_cast<size_t>(item.n_pos) * static_cast<size_t>(model_->n_embd());
-    const bool cached = config_.reuse_kv && item.media_id == cached_image_id_ && cached_embd_.size() >= n_floats;
-    if (!cached) {
+    // One entry per media chunk: an image sliced into tiles (LLaVA-1.6, SmolVLM, ...) is several
+    // chunks of one bitmap, and each has its own embeddings (Prompt names them apart).
+    auto cached = config_.reuse_kv ? embd_cache_.find(item.media_id) : embd_cache_.end();
+    if (cached == embd_cache_.end()) {
         if (mtmd_input_chunk_get_n_tokens(item.media) == 0) {
             throw RuntimeFailure("internal: an image placeholder reached the encoder");
         }
@@ -578,16 +579,21 @@ void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, 
         if (status != 0) {
             throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
         }
+        // mtmd's output holds a row per image token (not per position: M-RoPE images differ).
         const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);
         const float * embd = mtmd_get_output_embd(model_->mtmd());
-        cached_embd_.assign(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd()));
-        cached_image_id_ = item.media_id;
+        if (!config_.reuse_kv) {
+            embd_cache_.clear();  // the reference path keeps nothing between steps
+        }
+        cached = embd_cache_.insert_or_assign(item.media_id,
+                                              std::vector<float>(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd())))
+                     .first;
         rec.image_encodes += 1;
         rec.encode_seconds += seconds_since(t0);
     }
     llama_pos new_pos = 0;
     const int32_t status =
-        mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_.get(), item.media, cached_embd_.data(), pos, seq,
+        mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_.get(), item.media, cached->second.data(), pos, seq,
                                        static_cast<int32_t>(llama_n_batch(ctx_.get())), &new_pos, nullptr, nullptr);
     if (status != 0) {
         throw_if_cancelled(rec.name.c_str());

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -128,8 +129,8 @@ private:
     std::optional<YesNoTokens> yes_no_;  // for verdict_rule Logits
 
     // Encoder output of the current run's image, so no step re-encodes it when reuse is on.
-    std::string cached_image_id_;
-    std::vector<float> cached_embd_;
+    std::string image_id_;  // content hash of the current run's image
+    std::map<std::string, std::vector<float>> embd_cache_;  // by PromptItem::media_id
 };
 
 }  // namespace ecso
