@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "ecso/ecso.hpp"
+#include "ecso/token_batch.hpp"
 
 namespace {
 
@@ -108,6 +109,11 @@ void check_error_paths(const char * text, const char * mmproj, const ecso::Model
            "errors: a token cancelled before its call starts stops that call");
     expect(long_session.run(gradient(48, 40), "Go on.", tokens(2)).steps.size() == 4,
            "errors: the next call, with a token of its own, runs");
+    ecso::TokenBatch batch(2);
+    batch.add(1, 0, 0, false);
+    batch.add(1, 1, 0, true);
+    expect(throws<ecso::RuntimeFailure>([&] { batch.add(1, 2, 0, true); }) && batch.size() == 2,
+           "errors: a full decode batch refuses another token instead of writing past its arrays");
 }
 
 ecso::EcsoResult run_once(const std::shared_ptr<const ecso::Model> & model, bool reuse, bool unsafe) {
