@@ -1,0 +1,100 @@
+"""llama.cpp's own evaluation of a prompt, for checking ecso-edge against it: the prompt's parts go
+through `mtmd_tokenize_from_parts` and `mtmd_helper_eval_chunks` (the helper llama.cpp's own tools
+use) into a fresh context, then greedy decoding token by token, all through llama-cpp-python's
+ctypes bindings. Reuse-on versus reuse-off equality cannot see a mistake made the same way on both
+paths (all slices of an image given one slice's embeddings, say); this can.
+
+The context is set up as ecso-edge's sessions are (4 sequences, one unified KV cache, the same
+batch size and threads), so the numbers are computed by the same kernels."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Optional
+
+import llama_cpp
+import llama_cpp.mtmd_cpp as mtmd
+import numpy as np
+
+
+class LlamaReference:
+    def __init__(self, text_model: Path, mmproj: Path, *, n_ctx: int, n_batch: int = 512, n_threads: int = 1) -> None:
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), mparams)
+        assert self.model, text_model
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        cparams = mtmd.mtmd_context_params_default()
+        cparams.use_gpu = False
+        cparams.print_timings = False
+        cparams.warmup = False
+        cparams.n_threads = n_threads
+        self.mtmd = mtmd.mtmd_init_from_file(str(mmproj).encode(), self.model, cparams)
+        assert self.mtmd, mmproj
+        self.n_ctx, self.n_batch, self.n_threads = n_ctx, min(n_batch, n_ctx), n_threads
+
+    def close(self) -> None:
+        mtmd.mtmd_free(self.mtmd)
+        llama_cpp.llama_model_free(self.model)
+
+    def greedy(self, parts: list[tuple[str, bool]], image: Optional[np.ndarray], image_after: int,
+               max_tokens: int) -> list[int]:
+        """Greedy tokens for the prompt `parts` ((text, parse_special) in order) with `image`
+        inserted after the first `image_after` parts, from an empty context."""
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self.n_ctx, self.n_batch, self.n_batch, 4
+        cp.kv_unified = True
+        cp.n_threads = cp.n_threads_batch = self.n_threads
+        cp.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self.model, cp)
+        assert ctx
+        chunks = mtmd.mtmd_input_chunks_init()
+        keep: list[object] = []
+        bitmap = None
+        try:
+            entries: list[mtmd.mtmd_input_part] = []
+
+            def add_text(text: str, special: bool) -> None:
+                if not text:
+                    return
+                raw = text.encode()
+                t = mtmd.mtmd_input_text(raw, len(raw), False, special)
+                keep.extend([raw, t])
+                entries.append(mtmd.mtmd_input_part(ctypes.pointer(t), None))
+
+            for text, special in parts[:image_after]:
+                add_text(text, special)
+            if image is not None:
+                pixels = np.ascontiguousarray(image, dtype=np.uint8)
+                bitmap = mtmd.mtmd_bitmap_init(pixels.shape[1], pixels.shape[0],
+                                               pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)))
+                entries.append(mtmd.mtmd_input_part(None, bitmap))
+            for text, special in parts[image_after:]:
+                add_text(text, special)
+            array = (ctypes.POINTER(mtmd.mtmd_input_part) * len(entries))(*[ctypes.pointer(e) for e in entries])
+            keep.append(array)
+            assert mtmd.mtmd_tokenize_from_parts(self.mtmd, chunks, array, len(entries), True) == 0
+            n_past = ctypes.c_int(0)
+            assert mtmd.mtmd_helper_eval_chunks(self.mtmd, ctx, chunks, 0, 0, self.n_batch, True,
+                                                ctypes.byref(n_past)) == 0
+            tokens: list[int] = []
+            pos = n_past.value
+            while len(tokens) < max_tokens:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+                token = int(np.argmax(logits))
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                    break
+                tokens.append(token)
+                if len(tokens) == max_tokens or pos >= self.n_ctx:
+                    break
+                one = (llama_cpp.llama_token * 1)(token)
+                assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(one, 1)) == 0
+                pos += 1
+            return tokens
+        finally:
+            if bitmap is not None:
+                mtmd.mtmd_bitmap_free(bitmap)
+            mtmd.mtmd_input_chunks_free(chunks)
+            llama_cpp.llama_free(ctx)
