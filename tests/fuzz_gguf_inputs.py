@@ -205,18 +205,24 @@ def header_size(path: Path) -> int:
 SWEEP_STRINGS = ["", "x", "\x00", "llama", "clip", "gpt2", "bert", "t5", "rwkv", "plamo2", "no_vocab", "{{", "é" * 300]
 
 
-def single_edit_sweep(bases: Bases) -> list[dict[str, Any]]:
-    """Every key and tensor of both files, one at a time: keys dropped, retyped and set to each
-    extreme value of their type; tensors dropped, retyped, filled with NaN, reshaped. Deterministic:
-    it finds what random combinations dilute (a single NaN epsilon)."""
+def single_edit_sweep(bases: Bases, targets: tuple[str, ...] = ("text", "mmproj")) -> list[dict[str, Any]]:
+    """Every key and tensor of the `targets` files, one at a time: keys dropped, retyped and set to
+    each extreme value of their type (short integer arrays, such as LLaVA-1.6's grid pinpoints,
+    element by element too); tensors dropped, retyped, filled with NaN, reshaped. Deterministic: it
+    finds what random combinations dilute (a single NaN epsilon)."""
     cases = []
-    for target in ("text", "mmproj"):
+    for target in targets:
         for key, v in bases.gguf[target].keys.items():
             ops: list[tuple[Any, ...]] = [("drop_key", key)]
             if v.type == VT.ARRAY:
                 ops.append(("set_key", key, list(v.value)[:1], VT.ARRAY, v.sub_type))
                 other = (VT.INT32, [7] * len(v.value)) if v.sub_type == VT.STRING else (VT.STRING, ["x"] * len(v.value))
                 ops.append(("set_key", key, other[1], VT.ARRAY, other[0]))
+                if v.sub_type in INT_TYPES and len(v.value) <= 64:
+                    values = list(v.value)
+                    ops.append(("set_key", key, values, VT.ARRAY, VT.UINT8 if v.sub_type != VT.UINT8 else VT.INT64))
+                    for x in EXTREME_INTS:
+                        ops.append(("set_key", key, [fit(x, v.sub_type)] + values[1:], VT.ARRAY, v.sub_type))
             elif v.type in INT_TYPES:
                 ops += [("set_key", key, fit(x, v.type), v.type, None) for x in EXTREME_INTS]
                 ops += [("set_key", key, "7", VT.STRING, None), ("set_key", key, 7.0, VT.FLOAT32, None)]

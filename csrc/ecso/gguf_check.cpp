@@ -173,6 +173,22 @@ public:
         }
     }
 
+    // An optional array that clip.cpp reads as int32 whatever its stored type (get_arr_int): any
+    // other element type is read out of bounds, a string array aborts. nullopt when absent.
+    std::optional<std::vector<int64_t>> get_int32_array(const std::string & key) const {
+        const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
+        if (id < 0) {
+            return std::nullopt;
+        }
+        if (gguf_get_kv_type(ctx_.get(), id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(ctx_.get(), id) != GGUF_TYPE_INT32) {
+            fail(role_, path_, "metadata key '" + key + "' must be an array of int32 values",
+                 "The file is malformed (llama.cpp reads it as int32 and would crash); re-convert it");
+        }
+        const size_t n = gguf_get_arr_n(ctx_.get(), id);
+        const auto * data = static_cast<const int32_t *>(gguf_get_arr_data(ctx_.get(), id));
+        return std::vector<int64_t>(data, data + n);
+    }
+
     // llama.cpp's vocabulary loader GGML_ASSERTs that no token text occurs twice (found by the fuzz suite).
     void require_unique_strings(const std::string & key) const {
         const int64_t id = gguf_find_key(ctx_.get(), key.c_str());
@@ -452,6 +468,35 @@ void check_vision_tower(const GgufFile & f, ProjectorInfo & info) {
 }
 
 // LLaVA-1.5's two-layer MLP (mm.0 -> GELU -> mm.2), or the Yi-style variant with norms (mm.0..4).
+// LLaVA-1.6 (LLaVA-NeXT): the resolutions an image may be sliced to, as (width, height) pairs.
+// mtmd GGML_ASSERTs when a resolution is not a whole number of tiles (measured: [33, 65] and
+// [8, 8] with 32 px tiles abort), and a huge one never finishes preprocessing.
+void check_grid_pinpoints(const GgufFile & f, ProjectorInfo & info) {
+    const std::string key = "clip.vision.image_grid_pinpoints";
+    const auto pinpoints = f.get_int32_array(key);
+    if (!pinpoints) {
+        return;
+    }
+    constexpr int64_t kMaxTiles = 8;  // per side; LLaVA-1.6's own grids go to 3 or 4
+    const int64_t tile = info.image_size;
+    if (pinpoints->size() < 2 || pinpoints->size() % 2 != 0 || pinpoints->size() > 256) {
+        fail(f.role(), f.path(),
+             "metadata key '" + key + "' holds " + std::to_string(pinpoints->size()) +
+                 " values; it must be (width, height) pairs, 1 to 128 of them",
+             "The file is malformed");
+    }
+    for (const int64_t v : *pinpoints) {
+        if (v < tile || v % tile != 0 || v > kMaxTiles * tile) {
+            fail(f.role(), f.path(),
+                 "metadata key '" + key + "' holds the resolution " + std::to_string(v) +
+                     ", which is not a multiple of the " + std::to_string(tile) + " px image size from 1 to " +
+                     std::to_string(kMaxTiles) + " tiles",
+                 "The file is malformed (mtmd would abort slicing images with it)");
+        }
+    }
+    info.grid_pinpoints = *pinpoints;
+}
+
 void check_llava_mlp(const GgufFile & f, ProjectorInfo & info) {
     const auto mm0 = require_matrix(f, "mm.0.weight", -1, -1);
     if (mm0[0] % info.vision_n_embd != 0) {
@@ -566,6 +611,7 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
     }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);
+        check_grid_pinpoints(f, info);
     }
     if (!info.fully_validated && !trust_unchecked_projectors()) {
         // Found by the fuzz suite: mtmd's graph builders for other types (qwen2vl_merger, ...)

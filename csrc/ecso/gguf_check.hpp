@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ecso {
 
@@ -24,6 +25,7 @@ struct ProjectorInfo {
     int64_t vision_n_embd = 0;
     int64_t n_blocks = 0;
     int64_t output_n_embd = 0;   // 0 when the projector type is not one we can size
+    std::vector<int64_t> grid_pinpoints;  // LLaVA-1.6 slicing resolutions (w, h pairs); empty: no slices
     bool fully_validated = false;  // true for projector types whose every tensor is checked
 };
 
