@@ -1,0 +1,267 @@
+// The decoding engine of EcsoSession (see session.hpp): a step's prompt into the KV cache from the
+// longest reusable prefix, media chunks through the embedding cache, generation with the sampler,
+// and the shadow judge's sequence fed beside step 1.
+#include <algorithm>
+
+#include "ecso/errors.hpp"
+#include "ecso/logging.hpp"
+#include "ecso/prompts.hpp"
+#include "ecso/sampling.hpp"
+#include "ecso/session.hpp"
+#include "ecso/session_internal.hpp"
+#include "ecso/utf8.hpp"
+#include "mtmd-helper.h"
+
+namespace ecso {
+
+StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
+                                 const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow,
+                                 int32_t quote_limit) {
+    throw_if_cancelled(name);
+    const auto t0 = Clock::now();
+    StepRecord rec;
+    rec.name = name;
+    rec.prompt_tokens = prompt.n_pos();
+    rec.input_tokens = prompt.input_tokens();
+    check_prompt_fits(name, prompt);
+
+    KvSequences::Prefix prefix;
+    if (config_.reuse_kv) {
+        const size_t shared = kv_->longest_prefix(prompt.items(), seq, prompt.items().size()).items;
+        prefix = kv_->longest_prefix(prompt.items(), seq, prompt.reuse_boundary(shared));
+        kv_->start_from(seq, prefix, prompt.items());
+    } else {
+        kv_->clear();  // the reference path: every step from an empty cache
+    }
+    rec.tokens_reused = prefix.positions;
+
+    report(name, "prefill", 0, rec.prompt_tokens - prefix.positions);
+    const auto t_prefill = Clock::now();
+    evaluate_prompt(prompt, prefix.items, prefix.positions, seq, rec);
+    rec.prefill_seconds = seconds_since(t_prefill) - rec.encode_seconds;
+
+    if (shadow != nullptr) {
+        open_shadow(*shadow, quote_limit);
+    }
+    const auto t_decode = Clock::now();
+    generate(seq, rec.prompt_tokens, max_tokens, rec, live, pieces, shadow);
+    rec.decode_seconds = seconds_since(t_decode);
+    rec.seconds = seconds_since(t0);
+    return rec;
+}
+
+void EcsoSession::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
+    shadow.quote_limit = quote_limit;
+    shadow.quoting = quote_limit > 0;
+    const auto & items = shadow.head->items();
+    const size_t shared = kv_->longest_prefix(items, kSeqJudge, items.size()).items;
+    const KvSequences::Prefix prefix = kv_->longest_prefix(items, kSeqJudge, shadow.head->reuse_boundary(shared));
+    kv_->share(kSeqJudge, prefix, items);  // step 1 keeps its whole prompt: it is still decoding
+    shadow.reused = prefix.positions;
+    shadow.shared_items = prefix.items;
+    shadow.pos = prefix.positions;
+    const std::vector<llama_token> head_input = shadow.head->input_tokens();
+    shadow.input.assign(head_input.begin(), head_input.begin() + static_cast<std::ptrdiff_t>(prefix.items));
+    for (size_t i = prefix.items; i < items.size(); ++i) {
+        if (items[i].is_media()) {
+            throw RuntimeFailure("internal: shadow judging needs the image in the shared prefix");
+        }
+        shadow.queue.push_back(items[i].token);
+    }
+}
+
+StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest,
+                                      int32_t max_tokens) {
+    throw_if_cancelled("judge");
+    const auto t0 = Clock::now();
+    StepRecord rec;
+    rec.name = "judge";
+    std::vector<llama_token> rest(shadow.queue.begin() + static_cast<std::ptrdiff_t>(shadow.fed), shadow.queue.end());
+    rest.insert(rest.end(), judge_rest.begin(), judge_rest.end());
+    // Step 1's answer cells are never read again (steps 3-4 share only [head, image] or the head):
+    // free them, so the judge's rest and its verdict have the pool step 1 used.
+    kv_->truncate(kSeqAnswer, shadow.shared_items);
+    rec.input_tokens = shadow.input;
+    rec.input_tokens.insert(rec.input_tokens.end(), shadow.queue.begin(), shadow.queue.end());
+    rec.input_tokens.insert(rec.input_tokens.end(), rest.begin() + static_cast<std::ptrdiff_t>(shadow.queue.size() - shadow.fed),
+                            rest.end());
+    rec.tokens_reused = shadow.reused;
+    rec.tokens_shadowed = static_cast<int32_t>(shadow.fed);
+    rec.tokens_prefilled = static_cast<int32_t>(rest.size());
+    rec.prompt_tokens = shadow.pos + rec.tokens_prefilled;
+    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
+    if (rec.prompt_tokens >= n_ctx) {
+        throw ContextOverflowError("the 'judge' prompt needs " + std::to_string(rec.prompt_tokens) +
+                                   " positions but the context holds " + std::to_string(n_ctx) +
+                                   ". Raise n_ctx (Model(..., n_ctx=...)) or lower the answer's token limit");
+    }
+    const auto t_prefill = Clock::now();
+    decode_text(rest, shadow.pos, kSeqJudge, "prompt of step 'judge'");
+    rec.prefill_seconds = seconds_since(t_prefill);
+    const auto t_decode = Clock::now();
+    generate(kSeqJudge, rec.prompt_tokens, std::min(max_tokens, n_ctx - rec.prompt_tokens), rec, {}, nullptr);
+    rec.decode_seconds = seconds_since(t_decode);
+    rec.seconds = seconds_since(t0);
+    return rec;
+}
+
+void EcsoSession::decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what) {
+    size_t i = 0;
+    while (i < tokens.size()) {
+        batch_->clear();
+        while (i < tokens.size() && !batch_->full()) {
+            batch_->add(tokens[i], pos, seq, i + 1 == tokens.size());
+            kv_->append(seq, {tokens[i], nullptr, std::string(), 1});
+            ++pos;
+            ++i;
+        }
+        throw_if_cancelled("judge");
+        check_decode_status(llama_decode(ctx_.get(), batch_->get()), what.c_str());
+    }
+}
+
+void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq,
+                                  StepRecord & rec) {
+    const auto & items = prompt.items();
+    int32_t pos = first_pos;
+    size_t i = first_item;
+    while (i < items.size()) {
+        if (items[i].is_media()) {
+            evaluate_media(items[i], pos, seq, rec);
+            pos += items[i].n_pos;
+            kv_->append(seq, items[i]);
+            ++i;
+            continue;
+        }
+        batch_->clear();
+        size_t j = i;
+        while (j < items.size() && !items[j].is_media() && !batch_->full() && !(j > i && j == prompt.head_items())) {
+            // logits only for the prompt's last token: the first generated token samples from it
+            batch_->add(items[j].token, pos, seq, j + 1 == items.size());
+            ++pos;
+            ++j;
+        }
+        throw_if_cancelled(rec.name.c_str());
+        check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("prompt of step '" + rec.name + "'").c_str());
+        for (size_t k = i; k < j; ++k) {
+            kv_->append(seq, items[k]);
+        }
+        i = j;
+    }
+    rec.tokens_prefilled = pos - first_pos;
+}
+
+void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec) {
+    // One entry per media chunk: an image sliced into tiles (LLaVA-1.6, SmolVLM, ...) is several
+    // chunks of one bitmap, and each has its own embeddings (Prompt names them apart).
+    auto cached = config_.reuse_kv ? embd_cache_.find(item.media_id) : embd_cache_.end();
+    if (cached == embd_cache_.end()) {
+        if (mtmd_input_chunk_get_n_tokens(item.media) == 0) {
+            throw RuntimeFailure("internal: an image placeholder reached the encoder");
+        }
+        throw_if_cancelled(rec.name.c_str());
+        const auto t0 = Clock::now();
+        report(rec.name.c_str(), "encode", 0, 0);
+        std::lock_guard<std::mutex> lock(model_->vision_mutex());
+        clear_log_errors();
+        const Model::EncodeObserver observer{active_cancel_.load(), active_progress_, rec.name.c_str()};
+        model_->set_encode_observer(&observer);
+        const int32_t status = mtmd_encode_chunk(model_->mtmd(), item.media);
+        model_->set_encode_observer(nullptr);
+        throw_if_cancelled(rec.name.c_str());  // a stopped encode leaves garbage: never cache it
+        if (status != 0) {
+            throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
+        }
+        // mtmd's output holds a row per image token (not per position: M-RoPE images differ).
+        const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);
+        const float * embd = mtmd_get_output_embd(model_->mtmd());
+        if (!config_.reuse_kv) {
+            embd_cache_.clear();  // the reference path keeps nothing between steps
+        }
+        cached = embd_cache_.insert_or_assign(item.media_id,
+                                              std::vector<float>(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd())))
+                     .first;
+        rec.image_encodes += 1;
+        rec.encode_seconds += seconds_since(t0);
+    }
+    llama_pos new_pos = 0;
+    const int32_t status =
+        mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_.get(), item.media, cached->second.data(), pos, seq,
+                                       static_cast<int32_t>(llama_n_batch(ctx_.get())), &new_pos, nullptr, nullptr);
+    if (status != 0) {
+        throw_if_cancelled(rec.name.c_str());
+        throw ContextOverflowError("the image of step '" + rec.name + "' could not be added to the KV cache" +
+                                   last_log_suffix() + ". Raise n_ctx");
+    }
+}
+
+void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
+                           std::vector<std::string> * pieces, ShadowJudge * shadow) {
+    Sampler sampler(*model_, config_.sampling, model_->options().seed);
+    Utf8Decoder decoder;
+    SinkWriter writer(live);
+    std::string text;
+    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
+    rec.stop_reason = "length";
+    while (rec.tokens_generated < max_tokens) {
+        throw_if_cancelled(rec.name.c_str());
+        const llama_token token = sampler.sample(ctx_.get());
+        if (model_->is_end_of_generation(token)) {
+            rec.stop_reason = "eos";
+            break;
+        }
+        rec.tokens.push_back(token);
+        rec.tokens_generated += 1;
+        std::string piece = decoder.push(model_->token_piece(token));
+        const bool last = rec.tokens_generated == max_tokens || pos >= n_ctx;
+        if (last) {
+            piece += decoder.finish();
+        }
+        text += piece;
+        if (pieces) {
+            pieces->push_back(piece);
+        }
+        writer.write(piece);
+        if (shadow != nullptr && shadow->quoting) {
+            shadow->queue.push_back(token);
+            shadow->quoted += 1;
+            shadow->response_chars += prompts::count_chars(piece);
+            shadow->quoting = shadow->response_chars < config_.response_cut_chars && shadow->quoted < shadow->quote_limit;
+        }
+        report(rec.name.c_str(), "generate", rec.tokens_generated, max_tokens);
+        if (rec.tokens_generated == max_tokens) {
+            break;  // the last token's KV entry is never needed
+        }
+        if (pos >= n_ctx) {
+            rec.stop_reason = "context";
+            break;
+        }
+        batch_->clear();
+        batch_->add(token, pos, seq, true);
+        if (shadow != nullptr) {
+            // A decode step costs about the same with a few more tokens in the batch: the judge
+            // takes up to kShadowPerStep of its queued tokens along.
+            constexpr size_t kShadowPerStep = 2;
+            for (size_t k = 0; k < kShadowPerStep && shadow->fed < shadow->queue.size() && !batch_->full(); ++k) {
+                batch_->add(shadow->queue[shadow->fed], shadow->pos, kSeqJudge, false);
+                kv_->append(kSeqJudge, {shadow->queue[shadow->fed], nullptr, std::string(), 1});
+                ++shadow->fed;
+                ++shadow->pos;
+            }
+        }
+        check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
+        kv_->append(seq, {token, nullptr, std::string(), 1});
+        ++pos;
+    }
+    if (rec.stop_reason == "eos") {
+        const std::string tail = decoder.finish();
+        text += tail;
+        if (pieces) {
+            pieces->push_back(tail);
+        }
+        writer.write(tail);
+    }
+    rec.text = strip(text);
+}
+
+}  // namespace ecso
