@@ -206,14 +206,7 @@ class Session:
         generation is capped by the room left in the context (its ``stop_reason`` says
         ``length``); a request whose steps cannot fit at all raises ``ContextOverflowError``
         before step 1."""
-        max_tokens = _max_tokens(max_tokens)
-        on_token = callable_arg("on_token", on_token)
-        on_progress = callable_arg("on_progress", on_progress)
-        cancel = _cancel(cancel)
-        query_text = _text(query, "query")
-        pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.run(pixels.data, pixels.width, pixels.height, query_text, max_tokens=max_tokens,
-                              on_text=on_token, on_progress=on_progress, cancel=cancel)
+        return self._request(self._core.run, image, query, max_tokens, on_token, on_progress, cancel)
 
     def answer(
         self,
@@ -226,14 +219,19 @@ class Session:
         cancel: Optional[CancelToken] = None,
     ) -> _core.EcsoResult:
         """Step 1 only: the direct, unprotected answer (for comparison)."""
+        return self._request(self._core.answer, image, query, max_tokens, on_token, on_progress, cancel)
+
+    def _request(self, call: Callable[..., _core.EcsoResult], image: ImageInput, query: str, max_tokens: object,
+                 on_token: object, on_progress: object, cancel: object) -> _core.EcsoResult:
+        """Checks every argument before any work, then runs `call` (the core's run or answer)."""
         max_tokens = _max_tokens(max_tokens)
         on_token = callable_arg("on_token", on_token)
         on_progress = callable_arg("on_progress", on_progress)
         cancel = _cancel(cancel)
         query_text = _text(query, "query")
         pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
-        return self._core.answer(pixels.data, pixels.width, pixels.height, query_text, max_tokens=max_tokens,
-                                 on_text=on_token, on_progress=on_progress, cancel=cancel)
+        return call(pixels.data, pixels.width, pixels.height, query_text, max_tokens=max_tokens, on_text=on_token,
+                    on_progress=on_progress, cancel=cancel)
 
     def judge(
         self,
