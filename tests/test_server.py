@@ -359,20 +359,22 @@ def test_nesting_up_to_the_limit_is_parsed(server: ServerProcess, image_uri: str
     ("max_tokens", "4.0", "'max_tokens' must be an integer"),
     ("max_tokens", '"12"', "'max_tokens' must be an integer"),
     ("max_tokens", "[12]", "'max_tokens' must be an integer"),
-    ("max_tokens", "1" + "0" * 200, "201 digits"),
+    ("max_tokens", "1" + "0" * 200, "got <an integer of 201 digits>"),
+    ("max_tokens", "NaN", "'max_tokens' must be an integer from 1 to 2147483647, got nan"),
     ("max_completion_tokens", "2147483648", "'max_completion_tokens' must be an integer from 1 to 2147483647"),
     ("max_completion_tokens", "false", "'max_completion_tokens' must be an integer"),
-    ("temperature", "NaN", "NaN, which is not valid JSON"),
-    ("temperature", "Infinity", "Infinity, which is not valid JSON"),
-    ("temperature", "-Infinity", "-Infinity, which is not valid JSON"),
-    ("temperature", "1e400", "out of range"),
+    ("temperature", "NaN", "'temperature' must be a number from 0 to 2, got nan"),  # Python's json reads NaN
+    ("temperature", "Infinity", "got inf"),
+    ("temperature", "-Infinity", "got -inf"),
+    ("temperature", "1e400", "got inf"),
     ("temperature", "-0.5", "'temperature' must be a number from 0 to 2"),
     ("temperature", "1000000000000", "'temperature' must be a number from 0 to 2"),
     ("temperature", "true", "'temperature' must be a number"),
     ("temperature", '"hot"', "'temperature' must be a number"),
     ("top_p", "0", "'top_p' must be greater than 0"),
     ("top_p", "1.5", "'top_p' must be a number from 0 to 1"),
-    ("top_p", "NaN", "NaN"),
+    ("top_p", "NaN", "'top_p' must be a number from 0 to 1, got nan"),
+    ("seed", "-" + "9" * 120, "'seed' must be an integer from 0 to 4294967295, got <an integer of 120 digits>"),
     ("seed", "4294967296", "'seed' must be an integer from 0 to 4294967295"),
     ("seed", "-1", "'seed' must be an integer from 0 to 4294967295"),
     ("seed", "0.5", "'seed' must be an integer"),
@@ -382,10 +384,12 @@ def test_nesting_up_to_the_limit_is_parsed(server: ServerProcess, image_uri: str
     ("n", "1.0", "'n' must be an integer"),
     ("n", "0", "'n' must be an integer from 1"),
     ("presence_penalty", "0.5", "'presence_penalty' is not supported"),
-    ("frequency_penalty", "Infinity", "Infinity"),
+    ("frequency_penalty", "Infinity", "'frequency_penalty' must be a number from -2 to 2, got inf"),
     ("frequency_penalty", '"x"', "'frequency_penalty' must be a number"),
     ("logit_bias", '{"5": 10}', "'logit_bias' is not supported"),
     ("top_logprobs", "3", "'top_logprobs' is not supported"),
+    ("top_logprobs", "0", "'top_logprobs' is not supported"),
+    ("stop", "0", "'stop' is not supported"),
     ("stream", "1", "'stream' must be true or false"),
     ("ecso", '{"first_answer": 1}', "'ecso.first_answer' must be true or false"),
 ])
@@ -393,8 +397,7 @@ def test_numbers_out_of_range_or_of_the_wrong_type_are_400_naming_the_field(
         server: ServerProcess, image_uri: str, field: str, raw: str, match: str) -> None:
     error = assert_openai_error(_post_raw(server, _with_field(image_uri, field, raw)))
     assert match in error["message"]
-    if f"'{field}" in match:
-        assert error["param"] == field or error["param"].startswith(field)
+    assert error["param"] == field or error["param"].startswith(field)
 
 
 def test_numbers_at_their_limits_are_accepted(server: ServerProcess, image_uri: str) -> None:
@@ -417,7 +420,7 @@ def test_numbers_at_their_limits_are_accepted(server: ServerProcess, image_uri: 
     (b'{"model": "x", "messages": [{"role": "user", "role": "system"}]}', "repeats the key 'role'"),
     (b"", "not valid JSON"),
     (b"\xef\xbb\xbf", "not valid JSON"),
-    (b"NaN", "NaN, which is not valid JSON"),
+    (b"NaN", "must be a JSON object"),
     (b"[1, 2", "not valid JSON"),
     (b"null", "must be a JSON object"),
     (b'"' + b"a" * 1000, "not valid JSON"),

@@ -60,8 +60,8 @@ class RequestError(Exception):
 # chat request needs 5 levels (body, messages, message, content, part, image_url); Python's json
 # module recurses once per level, so 50,000 levels would end in a RecursionError (a 500).
 MAX_JSON_DEPTH = 64
-# Integers longer than this are refused while parsing: no field takes more than 20 digits, and
-# int() of a long digit string costs quadratic time (Python >= 3.11 refuses 4,300 digits itself).
+# Integers longer than this are not converted: no field takes more than 20 digits, and int() of
+# a long digit string costs quadratic time (Python >= 3.11 refuses 4,300 digits itself).
 MAX_INT_DIGITS = 100
 INT32_MAX = 2**31 - 1  # max_tokens and the per-step limits are int32 in the C++ core
 UINT32_MAX = 2**32 - 1  # the sampling seed is uint32
@@ -93,22 +93,20 @@ def nesting_depth(body: bytes, stop_above: Optional[int] = None) -> int:
     return deepest
 
 
-def _refuse_constant(name: str) -> Any:
-    raise RequestError(400, f"the request body holds {name}, which is not valid JSON (RFC 8259); send a finite number")
+class OverlongInteger:
+    """An integer of more than `MAX_INT_DIGITS` digits in the body, kept unconverted: no field
+    accepts it, and the field's own check then says which field it was."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise RequestError(400, f"the number {text[:40]} in the request body is out of range")
-    return value
-
-
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise RequestError(400, f"an integer in the request body has {len(text.lstrip('-'))} digits "
-                                f"(at most {MAX_INT_DIGITS} are read)")
-    return int(text)
+def _parse_int(text: str) -> Any:
+    digits = len(text.lstrip("-"))
+    return OverlongInteger(digits) if digits > MAX_INT_DIGITS else int(text)
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -125,10 +123,11 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json_body(body: bytes) -> Any:
     """The request body as a Python value; `RequestError` 400 for anything but UTF-8 JSON that nests
-    at most `MAX_JSON_DEPTH` containers, without NaN/Infinity, numbers out of the float range,
-    integers over `MAX_INT_DIGITS` digits or a key repeated within an object (parsers disagree on
+    at most `MAX_JSON_DEPTH` containers and repeats no key within an object (parsers disagree on
     which one wins). A leading UTF-8 byte-order mark is ignored; UTF-16/32 are refused (RFC 8259
-    §8.1: JSON exchanged between systems is UTF-8)."""
+    §8.1: JSON exchanged between systems is UTF-8). Python's NaN/Infinity literals and numbers out
+    of the float range read as non-finite floats and integers over `MAX_INT_DIGITS` digits as an
+    `OverlongInteger`: the check of the field they sit in refuses them, naming the field."""
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]
     try:
@@ -140,8 +139,7 @@ def parse_json_body(body: bytes) -> Any:
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and nesting_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise RequestError(400, f"the request body nests objects/arrays deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_parse_float, parse_int=_parse_int,
-                          object_pairs_hook=_object_without_duplicates)
+        return json.loads(text, parse_int=_parse_int, object_pairs_hook=_object_without_duplicates)
     except json.JSONDecodeError as e:
         raise RequestError(400, f"the request body is not valid JSON ({e})") from None
     except RecursionError:  # not reachable under the depth limit; kept so that it can never be a 500
@@ -182,7 +180,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list", param="messages")
     for name in _UNSUPPORTED:
-        if body.get(name) not in (None, [], {}, False):
+        value = body.get(name)
+        if not (value is None or value is False or (isinstance(value, (list, dict)) and not value)):
             raise RequestError(400, f"'{name}' is not supported by the ECSO server", param=name)
     for name in _PENALTIES:
         if _optional_number(body, name, -2.0, 2.0) not in (None, 0.0):
