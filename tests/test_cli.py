@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import ecso_edge
@@ -103,3 +104,39 @@ def test_console_script_is_installed() -> None:
     assert script.is_file()
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=ENV, timeout=60)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, flag, shown", [
+    (["demo", "--threads", "0"], "--threads", "from 1 to 512, got 0"),
+    (["demo", "--threads", "-1"], "--threads", "got -1"),
+    (["demo", "--max-tokens", "0"], "--max-tokens", "from 1 to 2147483647, got 0"),
+    (["demo", "--max-tokens", "2147483648"], "--max-tokens", "got 2147483648"),
+    (["demo", "--threads", "1.5"], "--threads", "got '1.5'"),
+    (["demo", "--threads", "nan"], "--threads", "got 'nan'"),
+    (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--n-ctx", "0"], "--n-ctx", "got 0"),
+    (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--n-gpu-layers", "-2"],
+     "--n-gpu-layers", "(-1: every layer), got -2"),
+    (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--threads-batch", "10000"],
+     "--threads-batch", "got 10000"),
+    (["data-engine", "--input", "x", "--out", "y", "--limit", "-1"], "--limit", "got -1"),
+    (["data-engine", "--input", "x", "--out", "y", "--gpus-per-actor", "inf"], "--gpus-per-actor", "got 'inf'"),
+    (["data-engine", "--input", "x", "--out", "y", "--actors", "0"], "--actors", "got 0"),
+    (["eval", "--benchmark", "jsonl", "--root", "r", "--max-tokens", "1" + "0" * 40], "--max-tokens", "got '1000"),
+    (["make-tiny-model", "out", "--image-size", "0"], "--image-size", "got 0"),
+    (["serve", "--port", "70000"], "--port", "from 1 to 65535, got 70000"),
+    (["serve", "--port", "0"], "--port", "got 0"),
+    (["serve", "--max-queue", "-1"], "--max-queue", "from 0 to 1000000, got -1"),
+    (["serve", "--max-request-mb", "0"], "--max-request-mb", "got 0"),
+    (["serve", "--max-tokens", "-5"], "--max-tokens", "got -5"),
+])
+def test_bad_numbers_on_the_command_line_exit_2_with_one_line(
+        capsys: pytest.CaptureFixture[str], argv: list[str], flag: str, shown: str) -> None:
+    from ecso_edge.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"ecso-edge {argv[0]}: error: argument {flag}: must be "), err
+    assert shown in err

@@ -1,7 +1,9 @@
 """`ecso-edge serve` driven by the official `openai` client and by plain HTTP: answers equal to the
 in-process Session's, streaming, the `ecso` object, errors (bad image, size limit, auth, text-only,
 refused URLs), sampling per request, the bounded queue (503 + Retry-After), and client
-disconnects cancelling their own generation (running) or dropping it (queued)."""
+disconnects cancelling their own generation (running) or dropping it (queued). Hostile bodies
+(deep nesting, numbers out of range, NaN, odd encodings) are 400 with OpenAI's error shape, and a
+500 shows no internal detail."""
 
 from __future__ import annotations
 
@@ -300,6 +302,191 @@ def test_remote_images_only_when_allowed(logs: Path, pixels: np.ndarray, tmp_pat
             with pytest.raises(openai.BadRequestError, match="local file paths"):
                 c.chat.completions.create(model="x", messages=messages("file:///etc/hostname"), max_tokens=8)
         images.shutdown()
+
+
+def assert_openai_error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    for leak in ("Traceback", "incompatible function arguments", "_core", "RecursionError", "sys.set_int_max"):
+        assert leak not in error["message"]
+    return error  # type: ignore[no-any-return]
+
+
+def _post_raw(server: ServerProcess, content: bytes) -> httpx.Response:
+    return httpx.post(server.url + "/v1/chat/completions", content=content,
+                      headers={"Content-Type": "application/json"}, timeout=60)
+
+
+def _with_field(image_uri: str, field: str, raw_value: str) -> bytes:
+    """A valid chat body plus `"field": <raw_value>`, the value written as raw JSON text."""
+    body = json.dumps(chat_body(image_uri, QUERY, **({} if "max" in field else {"max_tokens": 2})))
+    return (body[:-1] + f', "{field}": {raw_value}}}').encode()
+
+
+@pytest.mark.parametrize("content", [
+    b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    b"[" * 50_000 + b"]" * 50_000,
+    b"[" * 50_000,  # never closed
+    b'{"model": "x", "messages": [{"role": "user", "content": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
+    b'{"model": "x", "messages": ' + b'[{"content": ' * 30_000 + b"1" + b"}]" * 30_000 + b"}",
+    b"[" * 65 + b"]" * 65,  # one level over the limit
+], ids=["objects", "arrays", "unclosed", "in-content", "in-messages", "depth-65"])
+def test_deeply_nested_bodies_are_400_not_500(server: ServerProcess, content: bytes) -> None:
+    error = assert_openai_error(_post_raw(server, content))
+    assert "deeper than 64 levels" in error["message"]
+    assert health(server)["status"] == "ok"
+
+
+def test_nesting_up_to_the_limit_is_parsed(server: ServerProcess, image_uri: str) -> None:
+    # 64 levels in an ignored field (the body itself is level 1): parsed, then the request runs
+    deep = "[" * 63 + "]" * 63
+    r = _post_raw(server, _with_field(image_uri, "metadata", deep))
+    assert r.status_code == 200, r.text
+    # brackets inside strings are text, not structure
+    r = _post_raw(server, json.dumps(chat_body(image_uri, "[{" * 300 + " what is this?", max_tokens=2)).encode())
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("field, raw, match", [
+    ("max_tokens", "1000000000000", "'max_tokens' must be an integer from 1 to 2147483647"),
+    ("max_tokens", "2147483648", "from 1 to 2147483647"),
+    ("max_tokens", "0", "from 1 to 2147483647"),
+    ("max_tokens", "-1", "from 1 to 2147483647"),
+    ("max_tokens", "true", "'max_tokens' must be an integer"),
+    ("max_tokens", "2.5", "'max_tokens' must be an integer"),
+    ("max_tokens", "4.0", "'max_tokens' must be an integer"),
+    ("max_tokens", '"12"', "'max_tokens' must be an integer"),
+    ("max_tokens", "[12]", "'max_tokens' must be an integer"),
+    ("max_tokens", "1" + "0" * 200, "got <an integer of 201 digits>"),
+    ("max_tokens", "NaN", "'max_tokens' must be an integer from 1 to 2147483647, got nan"),
+    ("max_completion_tokens", "2147483648", "'max_completion_tokens' must be an integer from 1 to 2147483647"),
+    ("max_completion_tokens", "false", "'max_completion_tokens' must be an integer"),
+    ("temperature", "NaN", "'temperature' must be a number from 0 to 2, got nan"),  # Python's json reads NaN
+    ("temperature", "Infinity", "got inf"),
+    ("temperature", "-Infinity", "got -inf"),
+    ("temperature", "1e400", "got inf"),
+    ("temperature", "-0.5", "'temperature' must be a number from 0 to 2"),
+    ("temperature", "1000000000000", "'temperature' must be a number from 0 to 2"),
+    ("temperature", "true", "'temperature' must be a number"),
+    ("temperature", '"hot"', "'temperature' must be a number"),
+    ("top_p", "0", "'top_p' must be greater than 0"),
+    ("top_p", "1.5", "'top_p' must be a number from 0 to 1"),
+    ("top_p", "NaN", "'top_p' must be a number from 0 to 1, got nan"),
+    ("seed", "-" + "9" * 120, "'seed' must be an integer from 0 to 4294967295, got <an integer of 120 digits>"),
+    ("seed", "4294967296", "'seed' must be an integer from 0 to 4294967295"),
+    ("seed", "-1", "'seed' must be an integer from 0 to 4294967295"),
+    ("seed", "0.5", "'seed' must be an integer"),
+    ("seed", "true", "'seed' must be an integer"),
+    ("n", "2", "only n=1"),
+    ("n", "true", "'n' must be an integer"),
+    ("n", "1.0", "'n' must be an integer"),
+    ("n", "0", "'n' must be an integer from 1"),
+    ("presence_penalty", "0.5", "'presence_penalty' is not supported"),
+    ("frequency_penalty", "Infinity", "'frequency_penalty' must be a number from -2 to 2, got inf"),
+    ("frequency_penalty", '"x"', "'frequency_penalty' must be a number"),
+    ("logit_bias", '{"5": 10}', "'logit_bias' is not supported"),
+    ("top_logprobs", "3", "'top_logprobs' is not supported"),
+    ("top_logprobs", "0", "'top_logprobs' is not supported"),
+    ("stop", "0", "'stop' is not supported"),
+    ("stream", "1", "'stream' must be true or false"),
+    ("ecso", '{"first_answer": 1}', "'ecso.first_answer' must be true or false"),
+])
+def test_numbers_out_of_range_or_of_the_wrong_type_are_400_naming_the_field(
+        server: ServerProcess, image_uri: str, field: str, raw: str, match: str) -> None:
+    error = assert_openai_error(_post_raw(server, _with_field(image_uri, field, raw)))
+    assert match in error["message"]
+    assert error["param"] == field or error["param"].startswith(field)
+
+
+def test_numbers_at_their_limits_are_accepted(server: ServerProcess, image_uri: str) -> None:
+    body = chat_body(image_uri, QUERY, max_tokens=1, max_completion_tokens=1, temperature=2, top_p=1, seed=2**32 - 1,
+                     n=1, presence_penalty=0, frequency_penalty=0.0, logit_bias={}, stream=False)
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 1
+    both = chat_body(image_uri, QUERY, max_tokens=1, max_completion_tokens=2)
+    error = assert_openai_error(httpx.post(server.url + "/v1/chat/completions", json=both, timeout=60))
+    assert "differ" in error["message"]
+
+
+@pytest.mark.parametrize("content, match", [
+    (json.dumps({"model": "x", "messages": []}).encode("utf-16"), "not UTF-8 (it looks like UTF-16"),
+    (json.dumps({"model": "x", "messages": []}).encode("utf-32"), "not UTF-8 (it looks like UTF-16 or UTF-32)"),
+    (b'{"model": "x\\u00e9\xff", "messages": []}', "not UTF-8: byte 18 is invalid"),
+    (b'{"model": "\xed\xa0\x80"}', "not UTF-8"),  # an encoded surrogate
+    (b'{"messages": [], "messages": [1]}', "repeats the key 'messages'"),
+    (b'{"model": "x", "messages": [{"role": "user", "role": "system"}]}', "repeats the key 'role'"),
+    (b"", "not valid JSON"),
+    (b"\xef\xbb\xbf", "not valid JSON"),
+    (b"NaN", "must be a JSON object"),
+    (b"[1, 2", "not valid JSON"),
+    (b"null", "must be a JSON object"),
+    (b'"' + b"a" * 1000, "not valid JSON"),
+], ids=["utf-16", "utf-32", "invalid-utf-8", "surrogate", "duplicate-key", "duplicate-nested", "empty", "bom-only",
+        "nan", "truncated", "null", "unterminated-string"])
+def test_bodies_that_are_not_strict_utf8_json_are_400(server: ServerProcess, content: bytes, match: str) -> None:
+    error = assert_openai_error(_post_raw(server, content))
+    assert match in error["message"]
+
+
+def test_a_utf8_bom_is_ignored(server: ServerProcess, image_uri: str) -> None:
+    r = _post_raw(server, b"\xef\xbb\xbf" + json.dumps(chat_body(image_uri, QUERY, max_tokens=2)).encode())
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("part, match", [
+    ({"type": "text", "text": 5}, "must be a 'text' part with a string"),
+    ({"type": "image_url", "image_url": {"url": "http://[::1"}}, "not a valid URL"),
+    ({"type": "x" * 10_000}, "..."),  # the reply quotes a client's value shortened
+])
+def test_odd_content_parts_are_400(server: ServerProcess, image_uri: str, part: dict[str, Any], match: str) -> None:
+    body = chat_body(image_uri, QUERY)
+    body["messages"][0]["content"][-1 if part["type"] == "image_url" else 0] = part
+    error = assert_openai_error(httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60))
+    assert match in error["message"] and len(error["message"]) < 300
+
+
+def test_a_500_shows_no_internal_detail_and_the_log_has_it(tiny_model: ecso_edge.Model, image_uri: str,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from ecso_edge.server import ServerOptions, app as server_app, create_app
+
+    # a job that ends in an error the server does not expect (what a pybind TypeError was)
+    response = server_app._error_response(TypeError("run(): incompatible function arguments: secret"), "chatcmpl-1")
+    assert response.status_code == 500
+    error = json.loads(bytes(response.body))["error"]
+    assert error["type"] == "server_error" and error["code"] == "internal_error"
+    assert "chatcmpl-1" in error["message"]
+    assert "secret" not in error["message"] and "TypeError" not in error["message"]
+    assert "incompatible function arguments: secret" in capsys.readouterr().err
+    # a bug in the handler itself: the same generic answer, with a request id, in OpenAI's shape
+    def broken(body: Any) -> Any:
+        raise RuntimeError("secret detail from /opt/model.gguf")
+
+    monkeypatch.setattr(server_app, "parse_chat_request", broken)
+    with TestClient(create_app(tiny_model, EcsoConfig(), ServerOptions()), raise_server_exceptions=False) as c:
+        r = c.post("/v1/chat/completions", json=chat_body(image_uri, QUERY))
+    error = r.json()["error"]
+    assert r.status_code == 500 and set(error) == {"message", "type", "param", "code"}
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    assert r.headers["x-request-id"] in error["message"]
+    assert r.headers["x-request-id"] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_queue", -1), ("max_queue", 1.5), ("max_queue", True), ("max_request_bytes", 0),
+    ("default_max_tokens", 0), ("default_max_tokens", 2**31), ("default_max_tokens", "512"),
+    ("api_key", ""), ("model_name", ""), ("allow_remote_images", "yes"),
+])
+def test_server_options_are_checked(field: str, value: Any) -> None:
+    from ecso_edge.server import ServerOptions
+
+    with pytest.raises(ecso_edge.ConfigError, match=field):
+        ServerOptions(**{field: value})
 
 
 # -- queue and disconnects ----------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import numpy as np
 
@@ -18,6 +20,58 @@ from .session import Model, Session
 from .shipped import selftest_program, tiny_pair
 
 __all__ = ["main"]
+
+INT32_MAX = 2**31 - 1
+MAX_THREADS = 512  # GGML_MAX_N_THREADS: llama.cpp's thread pool holds no more
+MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error shown as one line (exit 2): what is wrong and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_in(low: int, high: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse `type=`: a decimal integer in [low, high], else a one-line usage error."""
+    allowed = f"an integer from {low} to {high}{meaning}"
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if len(digits) > MAX_DIGITS or not _INTEGER.fullmatch(digits):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text[:40]!r}")
+        value = int(digits)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _number_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse `type=`: a finite decimal number in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text) if len(text) <= MAX_DIGITS else math.nan
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text[:40]!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+_THREADS = _int_in(1, MAX_THREADS)
+_TOKENS = _int_in(1, INT32_MAX)
+_N_CTX = _int_in(16, 2**32 - 1)
+_GPU_LAYERS = _int_in(-1, INT32_MAX, " (-1: every layer)")
+_COUNT = _int_in(0, 2**63 - 1)
 
 
 def _demo_image() -> "np.ndarray[Any, np.dtype[np.uint8]]":
@@ -181,7 +235,7 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     argv = [args.out_dir]
     if args.for_text_model:
         argv += ["--for-text-model", args.for_text_model, "--vit", args.vit]
-        if args.image_size:
+        if args.image_size is not None:
             argv += ["--image-size", str(args.image_size)]
     return tiny_model.main(argv)
 
@@ -218,7 +272,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.alias or Path(text).stem,
         api_key=args.api_key or os.environ.get("ECSO_EDGE_API_KEY") or None,
         max_queue=args.max_queue,
-        max_request_bytes=args.max_request_mb * 1024 * 1024,
+        max_request_bytes=args.max_request_mb * 1024 * 1024,  # checked by ServerOptions
         default_max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
     )
@@ -228,12 +282,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ecso-edge", description="ECSO-protected answers from LLaVA-style GGUF models")
+    p = _Parser(prog="ecso-edge", description="ECSO-protected answers from LLaVA-style GGUF models")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run both ECSO branches on the shipped tiny model and show every step")
-    d.add_argument("--threads", type=int, default=1)
-    d.add_argument("--max-tokens", type=int, default=24)
+    d.add_argument("--threads", type=_THREADS, default=1)
+    d.add_argument("--max-tokens", type=_TOKENS, default=24)
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="one ECSO request on your own model pair")
@@ -243,11 +297,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--query", required=True)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
-    r.add_argument("--max-tokens", type=int, default=512)
-    r.add_argument("--n-gpu-layers", type=int, default=0, help="-1 offloads every layer")
-    r.add_argument("--threads", type=int, default=None, help="generation threads")
-    r.add_argument("--threads-batch", type=int, default=None, help="prompt/image threads (default: --threads)")
-    r.add_argument("--n-ctx", type=int, default=4096)
+    r.add_argument("--max-tokens", type=_TOKENS, default=512)
+    r.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0, help="-1 offloads every layer")
+    r.add_argument("--threads", type=_THREADS, default=None, help="generation threads")
+    r.add_argument("--threads-batch", type=_THREADS, default=None, help="prompt/image threads (default: --threads)")
+    r.add_argument("--n-ctx", type=_N_CTX, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     r.set_defaults(func=_cmd_run)
@@ -260,16 +314,16 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--mmproj", default=None)
     de.add_argument("--format", choices=["auto", "jsonl", "vlguard", "mm-safetybench"], default="auto")
     de.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD", help="MM-SafetyBench images")
-    de.add_argument("--limit", type=int, default=None, help="only the first N input records")
+    de.add_argument("--limit", type=_COUNT, default=None, help="only the first N input records")
     de.add_argument("--resume", action="store_true", help="keep the trace and skip the records already in it")
-    de.add_argument("--max-tokens", type=int, default=512)
-    de.add_argument("--n-ctx", type=int, default=4096)
-    de.add_argument("--n-gpu-layers", type=int, default=0)
-    de.add_argument("--threads", type=int, default=None, help="with --ray: per actor, and the CPUs it reserves")
+    de.add_argument("--max-tokens", type=_TOKENS, default=512)
+    de.add_argument("--n-ctx", type=_N_CTX, default=4096)
+    de.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
+    de.add_argument("--threads", type=_THREADS, default=None, help="with --ray: per actor, and the CPUs it reserves")
     de.add_argument("--ray", action="store_true", help="run on Ray Data actors (pip install 'ecso-edge[ray]')")
-    de.add_argument("--actors", type=int, default=2, help="with --ray: actors, each loading the model once")
+    de.add_argument("--actors", type=_int_in(1, 100_000), default=2, help="with --ray: actors, each loading the model once")
     de.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (auto, ray://host:10001)")
-    de.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --ray: GPUs per actor (0.5: two share one)")
+    de.add_argument("--gpus-per-actor", type=_number_in(0.0, 1024.0), default=0.0, help="with --ray: GPUs per actor (0.5: two share one)")
     de.set_defaults(func=_cmd_data_engine)
 
     ev = sub.add_parser("eval", help="Direct vs ECSO harmless rates on a safety benchmark")
@@ -281,11 +335,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out-dir", default="ecso-eval", help="report.md/.csv/.json/.png go here")
     ev.add_argument("--model", default=None)
     ev.add_argument("--mmproj", default=None)
-    ev.add_argument("--limit", type=int, default=None)
-    ev.add_argument("--max-tokens", type=int, default=512)
-    ev.add_argument("--n-ctx", type=int, default=4096)
-    ev.add_argument("--n-gpu-layers", type=int, default=0)
-    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--limit", type=_COUNT, default=None)
+    ev.add_argument("--max-tokens", type=_TOKENS, default=512)
+    ev.add_argument("--n-ctx", type=_N_CTX, default=4096)
+    ev.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
+    ev.add_argument("--threads", type=_THREADS, default=None)
     ev.set_defaults(func=_cmd_eval)
 
     ty = sub.add_parser("make-typo", help="render MM-SafetyBench's TYPO images from its key phrases")
@@ -296,7 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("out_dir")
     t.add_argument("--for-text-model", default=None, help="write a random mlp projector sized for this text GGUF")
     t.add_argument("--vit", choices=["tiny", "clip-b16"], default="clip-b16")
-    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--image-size", type=_int_in(1, 4096), default=None,
+                   help="the projector's input size, a multiple of the ViT's patch size")
     t.set_defaults(func=_cmd_make_tiny_model)
 
     s = sub.add_parser("selftest", help="run the C++ self-test program (no Python inside)")
@@ -311,17 +366,17 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
     sv.add_argument("--mmproj", default=None, help="vision projector GGUF")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--port", type=_int_in(1, 65535), default=8080)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ECSO_EDGE_API_KEY)")
-    sv.add_argument("--max-queue", type=int, default=8, help="requests waiting behind the running one; more get 503")
-    sv.add_argument("--max-request-mb", type=int, default=20, help="request body limit; larger bodies get 413")
-    sv.add_argument("--max-tokens", type=int, default=512, help="per-step token limit when a request sets none")
+    sv.add_argument("--max-queue", type=_int_in(0, 1_000_000), default=8, help="requests waiting behind the running one; more get 503")
+    sv.add_argument("--max-request-mb", type=_int_in(1, 1 << 20), default=20, help="request body limit; larger bodies get 413")
+    sv.add_argument("--max-tokens", type=_TOKENS, default=512, help="per-step token limit when a request sets none")
     sv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URIs only)")
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
-    sv.add_argument("--n-ctx", type=int, default=4096)
-    sv.add_argument("--n-gpu-layers", type=int, default=0)
-    sv.add_argument("--threads", type=int, default=None)
+    sv.add_argument("--n-ctx", type=_N_CTX, default=4096)
+    sv.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
+    sv.add_argument("--threads", type=_THREADS, default=None)
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
     return p

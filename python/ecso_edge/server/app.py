@@ -9,7 +9,10 @@ import asyncio
 import contextlib
 import hmac
 import json
+import sys
 import time
+import traceback
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Optional
@@ -24,7 +27,7 @@ from .._core import EcsoConfig, EcsoResult, StepRecord
 from ..errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError
 from ..images import load_rgb
 from ..session import Model
-from .openai_schema import ChatRequest, RequestError, parse_chat_request, resolve_image
+from .openai_schema import INT32_MAX, ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
 from .request_queue import EcsoJob, QueueFull, RequestQueue
 
 __all__ = ["ServerOptions", "create_app"]
@@ -35,7 +38,8 @@ _DISCONNECT_POLL_S = 0.1
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """What `ecso-edge serve` lets its user choose (the model and ECSO config aside)."""
+    """What `ecso-edge serve` lets its user choose (the model and ECSO config aside). Checked when
+    made: a wrong type or a value out of range raises `ConfigError` naming the field."""
 
     model_name: str = "ecso-edge"
     api_key: Optional[str] = None
@@ -43,6 +47,22 @@ class ServerOptions:
     max_request_bytes: int = 20 * 1024 * 1024
     default_max_tokens: int = 512
     allow_remote_images: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise ConfigError(f"ServerOptions.model_name must be a non-empty string, got {self.model_name!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ConfigError("ServerOptions.api_key must be None (no key) or a non-empty string")
+        _check_int("max_queue", self.max_queue, 0, 1_000_000)
+        _check_int("max_request_bytes", self.max_request_bytes, 1, 2**63 - 1)
+        _check_int("default_max_tokens", self.default_max_tokens, 1, INT32_MAX)
+        if not isinstance(self.allow_remote_images, bool):
+            raise ConfigError(f"ServerOptions.allow_remote_images must be True or False, got {self.allow_remote_images!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"ServerOptions.{name} must be an integer from {low} to {high}, got {value!r}")
 
 
 class _ClientGone(Exception):
@@ -66,6 +86,15 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
     async def _request_error(request: Request, e: RequestError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
         return JSONResponse(e.to_body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, e: Exception) -> Response:
+        # A bug, never the client's fault: a generic 500 with an id to find the details by in the
+        # server's log (Starlette re-raises the exception after this answer, so uvicorn logs it).
+        request_id = "req-" + uuid.uuid4().hex
+        print(f"ecso-edge serve: internal error in {request.method} {request.url.path} ({request_id}): "
+              f"{type(e).__name__}", file=sys.stderr, flush=True)
+        return _internal_error_response(request_id)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, e: QueueFull) -> Response:
@@ -102,11 +131,7 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
     async def chat_completions(request: Request) -> Response:
         check_key(request)
         body = await _read_body(request, options.max_request_bytes)
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(400, f"the request body is not valid JSON ({e})") from e
-        chat = parse_chat_request(payload)
+        chat = parse_chat_request(parse_json_body(body))
         image = await run_in_threadpool(
             resolve_image, chat.image_url, allow_remote=options.allow_remote_images,
             max_bytes=options.max_request_bytes,
@@ -132,7 +157,7 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
         except _ClientGone:
             return Response(status_code=499)
         if kind == "error":
-            return _error_response(value)
+            return _error_response(value, job.id)
         context = _ReplyContext(job, chat, options.model_name)
         if not chat.stream:
             try:
@@ -141,7 +166,7 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
             except _ClientGone:
                 return Response(status_code=499)
             if kind == "error":
-                return _error_response(value)
+                return _error_response(value, job.id)
             assert isinstance(value, EcsoResult)
             return JSONResponse(context.completion(value))
         return EventSourceResponse(_sse_events(waiter, context, kind, value), ping=15)
@@ -151,8 +176,8 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the request body ({declared} bytes) is over the server's limit of {limit} bytes",
                            code="request_too_large")
     chunks: list[bytes] = []
@@ -183,7 +208,10 @@ def _sampling(chat: ChatRequest) -> dict[str, Any]:
     return fields
 
 
-def _error_response(error: object) -> Response:
+def _error_response(error: object, request_id: str) -> Response:
+    """The answer to a job that ended in `error`. The input's faults are 400 with the runtime's
+    message (written for users); anything else is a generic 500 that shows no internal detail,
+    only the request id under which the server's log (stderr) has the exception."""
     if isinstance(error, ImageError):
         e = RequestError(400, str(error), param="image_url", code="invalid_image")
     elif isinstance(error, ContextOverflowError):
@@ -192,11 +220,21 @@ def _error_response(error: object) -> Response:
         e = RequestError(400, str(error), code="invalid_config")
     elif isinstance(error, CancelledError):
         e = RequestError(503, f"the request was cancelled: {error}", code="cancelled", error_type="server_error")
-    elif isinstance(error, EcsoError):
-        e = RequestError(500, str(error), error_type="server_error")
     else:
-        e = RequestError(500, f"internal error: {type(error).__name__}: {error}", error_type="server_error")
+        print(f"ecso-edge serve: request {request_id} failed:", file=sys.stderr)
+        if isinstance(error, BaseException):
+            traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        else:
+            print(repr(error), file=sys.stderr)
+        sys.stderr.flush()
+        return _internal_error_response(request_id)
     return JSONResponse(e.to_body(), status_code=e.status)
+
+
+def _internal_error_response(request_id: str) -> Response:
+    body = RequestError(500, f"internal server error (request id {request_id}; the details are in the server's log)",
+                        code="internal_error", error_type="server_error").to_body()
+    return JSONResponse(body, status_code=500, headers={"x-request-id": request_id})
 
 
 class _EventWaiter:
@@ -312,7 +350,7 @@ async def _sse_events(waiter: _EventWaiter, context: _ReplyContext, kind: str,
             yield {"data": json.dumps(context.chunk({"content": value}))}
             kind, value = await waiter.next()
         if kind == "error":
-            body = json.loads(bytes(_error_response(value).body))
+            body = json.loads(bytes(_error_response(value, context.job.id).body))
             yield {"data": json.dumps(body)}
         else:
             assert isinstance(value, EcsoResult)

@@ -1,11 +1,13 @@
-"""The OpenAI chat-completions request as the ECSO server reads it: validation of the JSON body,
-extraction of the last user turn (its text and its one image), data-URI decoding and the optional
-fetch of remote images. Every refusal is a `RequestError` carrying the HTTP status to answer with."""
+"""The OpenAI chat-completions request as the ECSO server reads it: parsing and validation of the
+JSON body, extraction of the last user turn (its text and its one image), data-URI decoding and the
+optional fetch of remote images. Every refusal is a `RequestError` carrying the HTTP status to
+answer with: whatever a client sends, a fault of the request is a 4xx, never a 500."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import urllib.error
 import urllib.parse
@@ -13,9 +15,16 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
+
 __all__ = [
     "RequestError",
     "ChatRequest",
+    "MAX_JSON_DEPTH",
+    "MAX_INT_DIGITS",
+    "INT32_MAX",
+    "nesting_depth",
+    "parse_json_body",
     "parse_chat_request",
     "decode_data_uri",
     "fetch_remote_image",
@@ -47,6 +56,96 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
 
+# Containers ({} or []) nested deeper than this are refused before the body is parsed. An OpenAI
+# chat request needs 5 levels (body, messages, message, content, part, image_url); Python's json
+# module recurses once per level, so 50,000 levels would end in a RecursionError (a 500).
+MAX_JSON_DEPTH = 64
+# Integers longer than this are not converted: no field takes more than 20 digits, and int() of
+# a long digit string costs quadratic time (Python >= 3.11 refuses 4,300 digits itself).
+MAX_INT_DIGITS = 100
+INT32_MAX = 2**31 - 1  # max_tokens and the per-step limits are int32 in the C++ core
+UINT32_MAX = 2**32 - 1  # the sampling seed is uint32
+
+_DEPTH_CHUNK = 1 << 22  # bytes per vectorised pass of the depth scan (bounds its memory)
+
+
+def nesting_depth(body: bytes, stop_above: Optional[int] = None) -> int:
+    """How deeply the objects and arrays of a UTF-8 JSON text nest (0: a scalar), computed without
+    recursion by vectorised passes over the bytes (at most about 50 ms per MB), so any input is
+    safe to measure; with `stop_above`, the scan may stop at the first 4 MB that go deeper.
+
+    Brackets inside strings do not count: escaped backslashes and quotes are removed first, after
+    which every remaining quote opens or closes a string. For a text that is not valid JSON the
+    figure bounds what a parser reaches before it stops at the first error."""
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    parity = level = deepest = 0
+    for start in range(0, len(plain), _DEPTH_CHUNK):
+        chunk = np.frombuffer(plain, dtype=np.uint8, count=min(_DEPTH_CHUNK, len(plain) - start), offset=start)
+        inside = (np.cumsum(chunk == 0x22, dtype=np.int64) + parity) & 1  # 1 within a string
+        parity = int(inside[-1])
+        step = ((chunk == 0x5B) | (chunk == 0x7B)).astype(np.int64) - ((chunk == 0x5D) | (chunk == 0x7D))
+        step[inside == 1] = 0
+        levels = np.cumsum(step) + level
+        deepest = max(deepest, int(levels.max()))
+        level = int(levels[-1])
+        if stop_above is not None and deepest > stop_above:
+            break
+    return deepest
+
+
+class OverlongInteger:
+    """An integer of more than `MAX_INT_DIGITS` digits in the body, kept unconverted: no field
+    accepts it, and the field's own check then says which field it was."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> Any:
+    digits = len(text.lstrip("-"))
+    return OverlongInteger(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RequestError(400, f"the request body repeats the key {key[:80]!r} in one object; "
+                                        "send each key once", param=key[:80])
+            seen.add(key)
+    return obj
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The request body as a Python value; `RequestError` 400 for anything but UTF-8 JSON that nests
+    at most `MAX_JSON_DEPTH` containers and repeats no key within an object (parsers disagree on
+    which one wins). A leading UTF-8 byte-order mark is ignored; UTF-16/32 are refused (RFC 8259
+    §8.1: JSON exchanged between systems is UTF-8). Python's NaN/Infinity literals and numbers out
+    of the float range read as non-finite floats and integers over `MAX_INT_DIGITS` digits as an
+    `OverlongInteger`: the check of the field they sit in refuses them, naming the field."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (it looks like UTF-16 or UTF-32)" if body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4] else ""
+        raise RequestError(400, f"the request body is not UTF-8{hint}: byte {e.start} is invalid; "
+                                "send the JSON encoded as UTF-8") from None
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and nesting_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise RequestError(400, f"the request body nests objects/arrays deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_int=_parse_int, object_pairs_hook=_object_without_duplicates)
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"the request body is not valid JSON ({e})") from None
+    except RecursionError:  # not reachable under the depth limit; kept so that it can never be a 500
+        raise RequestError(400, f"the request body nests too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """What one chat-completions request asks of ECSO."""
@@ -62,24 +161,32 @@ class ChatRequest:
 
 
 # Fields a client may send that ECSO cannot honour; silently ignoring them would change meaning.
-_UNSUPPORTED = ("tools", "functions", "stop", "logprobs", "response_format")
+_UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "stop", "logprobs", "top_logprobs",
+                "response_format", "logit_bias")
+# OpenAI's penalties: ECSO's sampler has none, so only 0 (their default) is accepted.
+_PENALTIES = ("presence_penalty", "frequency_penalty")
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
     """Validate an OpenAI chat-completions body; raises `RequestError` (400) saying what is wrong.
 
     ECSO answers one single-turn question about one image, as in the paper: the text and the image
-    of the LAST user message are used; system messages and earlier turns are ignored."""
+    of the LAST user message are used; system messages and earlier turns are ignored. Numbers are
+    checked for type and range (booleans are not numbers, integers are not floats), so nothing out
+    of range reaches the core."""
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list", param="messages")
     for name in _UNSUPPORTED:
-        if body.get(name) not in (None, [], False):
+        value = body.get(name)
+        if not (value is None or value is False or (isinstance(value, (list, dict)) and not value)):
             raise RequestError(400, f"'{name}' is not supported by the ECSO server", param=name)
-    n = body.get("n", 1)
-    if n is not None and n != 1:
+    for name in _PENALTIES:
+        if _optional_number(body, name, -2.0, 2.0) not in (None, 0.0):
+            raise RequestError(400, f"'{name}' is not supported by the ECSO server (only 0)", param=name)
+    if _optional_int(body, "n", 1, INT32_MAX) not in (None, 1):
         raise RequestError(400, "only n=1 is supported (one ECSO answer per request)", param="n")
 
     user = None
@@ -111,16 +218,16 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise RequestError(400, "the last user message has no text: ask a question about the image",
                            param=f"messages[{user[0]}].content")
 
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-        raise RequestError(400, f"'max_tokens' must be a positive integer, got {max_tokens!r}", param="max_tokens")
+    max_tokens = _optional_int(body, "max_tokens", 1, INT32_MAX)
+    max_completion_tokens = _optional_int(body, "max_completion_tokens", 1, INT32_MAX)
+    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
+        raise RequestError(400, "'max_tokens' and 'max_completion_tokens' differ; send one of them",
+                           param="max_completion_tokens")
     temperature = _optional_number(body, "temperature", 0.0, 2.0)
     top_p = _optional_number(body, "top_p", 0.0, 1.0)
     if top_p is not None and top_p == 0.0:
         raise RequestError(400, "'top_p' must be greater than 0", param="top_p")
-    seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or seed < 0 or seed >= 2**32):
-        raise RequestError(400, f"'seed' must be an integer in [0, 2^32), got {seed!r}", param="seed")
+    seed = _optional_int(body, "seed", 0, UINT32_MAX)
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -129,15 +236,19 @@ def parse_chat_request(body: Any) -> ChatRequest:
     extension = body.get("ecso") or {}
     if not isinstance(extension, dict):
         raise RequestError(400, "'ecso' must be an object such as {\"first_answer\": true}", param="ecso")
+    first_answer = extension.get("first_answer", False)
+    if not isinstance(first_answer, bool):
+        raise RequestError(400, f"'ecso.first_answer' must be true or false, got {_shown(first_answer)}",
+                           param="ecso.first_answer")
     return ChatRequest(
         query=query,
         image_url=images[0],
-        max_tokens=max_tokens,
+        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
         temperature=temperature,
         top_p=top_p,
         seed=seed,
         stream=stream,
-        include_first_answer=extension.get("first_answer") is True,
+        include_first_answer=first_answer,
     )
 
 
@@ -161,24 +272,42 @@ def _read_user_content(index: int, message: dict[str, Any]) -> tuple[str, list[s
                 raise RequestError(400, f"{where}[{i}].image_url must carry a 'url' string", param=f"{where}[{i}]")
             images.append(url)
         else:
+            got = f"a 'text' part whose text is {_shown(part.get('text'))}" if kind == "text" else _shown(kind)
             raise RequestError(
-                400, f"{where}[{i}] must be a 'text' or an 'image_url' part, got {kind!r}", param=f"{where}[{i}]"
+                400, f"{where}[{i}] must be a 'text' part with a string or an 'image_url' part, got {got}",
+                param=f"{where}[{i}]",
             )
     return "\n".join(texts), images
+
+
+def _shown(value: object) -> str:
+    """A client's value as quoted in an error message: short, whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _optional_int(body: dict[str, Any], name: str, low: int, high: int) -> Optional[int]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value) or not low <= value <= high:
+        raise RequestError(400, f"'{name}' must be an integer from {low} to {high}, got {_shown(value)}", param=name)
+    return int(value)
+
+
 def _optional_number(body: dict[str, Any], name: str, low: float, high: float) -> Optional[float]:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(400, f"'{name}' must be a number, got {value!r}", param=name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise RequestError(400, f"'{name}' must be a number from {low:g} to {high:g}, got {_shown(value)}", param=name)
     if not low <= value <= high:
-        raise RequestError(400, f"'{name}' must be between {low:g} and {high:g}, got {value}", param=name)
+        raise RequestError(400, f"'{name}' must be a number from {low:g} to {high:g}, got {_shown(value)}", param=name)
     return float(value)
 
 
@@ -205,7 +334,7 @@ def decode_data_uri(url: str, max_bytes: int) -> bytes:
 
 def fetch_remote_image(url: str, max_bytes: int, timeout_s: float = 20.0) -> bytes:
     """Download an http(s) image (only when the server was started with --allow-remote-images)."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    scheme = _scheme(url)
     if scheme not in ("http", "https"):
         raise RequestError(400, f"image URLs must be data URIs or http(s) URLs, not '{scheme}:'", param="image_url")
     request = urllib.request.Request(url, headers={"User-Agent": "ecso-edge-server"})
@@ -222,9 +351,16 @@ def fetch_remote_image(url: str, max_bytes: int, timeout_s: float = 20.0) -> byt
     return data
 
 
+def _scheme(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).scheme.lower()
+    except ValueError as e:  # "Invalid IPv6 URL", ...
+        raise RequestError(400, f"image_url is not a valid URL ({e})", param="image_url") from None
+
+
 def resolve_image(url: str, *, allow_remote: bool, max_bytes: int) -> bytes:
     """The image bytes a request's `image_url` names. Local files are never read."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    scheme = _scheme(url)
     if scheme == "data":
         return decode_data_uri(url, max_bytes)
     if scheme in ("http", "https"):
