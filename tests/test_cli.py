@@ -140,3 +140,21 @@ def test_bad_numbers_on_the_command_line_exit_2_with_one_line(
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"ecso-edge {argv[0]}: error: argument {flag}: must be "), err
     assert shown in err
+
+
+@pytest.mark.parametrize("config, shown", [
+    ('{"logit_bias": {"5": 1}}', "--config: field 'logit_bias' cannot be {\"5\": 1}"),
+    ('{"seed": -1}', "seed"),
+    ('{"nope": 1}', "--config: EcsoConfig has no field 'nope'"),
+    ('{"temperature": NaN}', "--config: temperature must be >= 0"),
+    ("[]", "--config must be a JSON object"),
+    ("{", "--config must be a JSON object of EcsoConfig fields"),
+])
+def test_a_bad_serve_config_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], config: str,
+                                                   shown: str) -> None:
+    from ecso_edge.cli import main
+
+    assert main(["serve", "--config", config, "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ecso-edge: error: "), err
+    assert shown in err and "incompatible function arguments" not in err

@@ -480,13 +480,25 @@ def test_a_500_shows_no_internal_detail_and_the_log_has_it(tiny_model: ecso_edge
 @pytest.mark.parametrize("field, value", [
     ("max_queue", -1), ("max_queue", 1.5), ("max_queue", True), ("max_request_bytes", 0),
     ("default_max_tokens", 0), ("default_max_tokens", 2**31), ("default_max_tokens", "512"),
-    ("api_key", ""), ("model_name", ""), ("allow_remote_images", "yes"),
+    ("api_key", ""), ("api_key", "has space"), ("api_key", "clé"), ("model_name", ""), ("model_name", "\udcff"),
+    ("allow_remote_images", "yes"),
 ])
 def test_server_options_are_checked(field: str, value: Any) -> None:
     from ecso_edge.server import ServerOptions
 
     with pytest.raises(ecso_edge.ConfigError, match=field):
         ServerOptions(**{field: value})
+
+
+@pytest.mark.parametrize("arguments, match", [
+    ({"port": 70000}, "port must be an integer from 1 to 65535"), ({"port": 0}, "port"), ({"port": "80"}, "port"),
+    ({"port": True}, "port"), ({"host": ""}, "host"), ({"log_level": "loud"}, "log_level"),
+])
+def test_serve_checks_its_arguments_before_loading_anything(arguments: dict[str, Any], match: str) -> None:
+    from ecso_edge.server import serve
+
+    with pytest.raises(ecso_edge.ConfigError, match=match):
+        serve("/nonexistent/model.gguf", "/nonexistent/mmproj.gguf", **arguments)
 
 
 # -- queue and disconnects ----------------------------------------------------------------------
@@ -542,3 +554,19 @@ def test_non_streaming_client_that_disconnects_cancels_its_generation(
     s.close()
     h = wait_for(long_server, lambda h: not h["running"] and h["cancelled"] == before["cancelled"] + 1)
     assert h["completed"] == before["completed"] and h["failed"] == before["failed"]
+
+
+def test_an_app_and_its_session_are_freed_with_their_last_reference(tiny_model: ecso_edge.Model) -> None:
+    # FastAPI caches handler functions process-wide: a handler that closed over the queue kept every
+    # app's Session (its KV cache) alive; the option fuzzer ran out of address space on it
+    import gc
+    import weakref
+
+    from ecso_edge.server import ServerOptions, create_app
+
+    app = create_app(tiny_model, EcsoConfig(), ServerOptions())
+    queue = weakref.ref(app.state.queue)
+    app.state.queue.close()
+    del app
+    gc.collect()
+    assert queue() is None

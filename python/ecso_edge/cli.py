@@ -276,9 +276,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         default_max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
     )
-    serve(text, mmproj, host=args.host, port=args.port, options=options, config=_core.EcsoConfig(**fields),
+    serve(text, mmproj, host=args.host, port=args.port, options=options, config=_config_from_json(fields),
           n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, log_level=args.log_level)
     return 0
+
+
+def _config_from_json(fields: dict[str, Any]) -> _core.EcsoConfig:
+    """EcsoConfig(**fields) for --config, every refusal a one-line ConfigError naming the field."""
+    for name, value in fields.items():  # one at a time first, so that the message can name the field
+        try:
+            _core.EcsoConfig(**{name: value})
+        except (TypeError, ValueError) as e:
+            text = str(e)
+            if "\n" in text or name not in text:  # a binding's signature dump: say it plainly instead
+                text = f"field '{name}' cannot be {json.dumps(value)[:80]} (a value of the wrong type or out of range)"
+            raise ConfigError(f"--config: {text}") from None
+    try:
+        return _core.EcsoConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--config: {str(e).splitlines()[0]}") from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -100,16 +100,18 @@ def record_entries(
     unsafe = errors = 0
     bar = _progress(len(plan.todo), progress)
     plan.trace.parent.mkdir(parents=True, exist_ok=True)  # --out may name a folder not made yet
-    with open(plan.trace, "ab", buffering=0) as f:
-        for n_done, entry in enumerate(entries, start=plan.traced):
-            unsafe += bool(entry.get("unsafe"))
-            errors += "error" in entry
-            _append_record(f, plan.trace, entry, n_done)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(unsafe=unsafe, errors=errors)
-    if bar is not None:
-        bar.close()
+    try:
+        with open(plan.trace, "ab", buffering=0) as f:
+            for n_done, entry in enumerate(entries, start=plan.traced):
+                unsafe += bool(entry.get("unsafe"))
+                errors += "error" in entry
+                _append_record(f, plan.trace, entry, n_done)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(unsafe=unsafe, errors=errors)
+    finally:
+        if bar is not None:
+            bar.close()  # also before an error propagates: its message then starts on a line of its own
     n_sft = write_sft(plan.trace, out)
     skipped = plan.selected - len(plan.todo)
     return DataEngineSummary(len(plan.todo), skipped, unsafe, errors, n_sft, time.perf_counter() - t0)

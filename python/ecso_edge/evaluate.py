@@ -114,36 +114,38 @@ def evaluate(
         from tqdm import tqdm  # type: ignore[import-untyped]
 
         bar = tqdm(total=len(items), unit="item", desc="ecso eval")
-    for scenario, record in items:
-        tally = report.per_scenario.setdefault(scenario, Tally())
-        image = record.image_path(image_root)
-        entry: dict[str, Any] = {"scenario": scenario, "id": record.id, "query": record.query}
-        try:
-            r = session.run(image, record.query, max_tokens=max_tokens)
-        except ImageError as e:
-            tally.errors += 1
-            entry["error"] = str(e)
+    try:
+        for scenario, record in items:
+            tally = report.per_scenario.setdefault(scenario, Tally())
+            image = record.image_path(image_root)
+            entry: dict[str, Any] = {"scenario": scenario, "id": record.id, "query": record.query}
+            try:
+                r = session.run(image, record.query, max_tokens=max_tokens)
+            except ImageError as e:
+                tally.errors += 1
+                entry["error"] = str(e)
+                report.items.append(entry)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            judged_unsafe = r.judged_unsafe  # the judge's own decision, also when verdict_override forced the branch
+            # ECSO's final answer is the first one on the safe path; otherwise judge it too
+            ecso_unsafe = session.judge(image, record.query, r.answer).unsafe if r.unsafe else judged_unsafe
+            tally.n += 1
+            tally.unsafe += r.unsafe
+            tally.direct_keyword += is_refusal(r.initial_answer)
+            tally.ecso_keyword += is_refusal(r.answer)
+            tally.direct_judge += not judged_unsafe
+            tally.ecso_judge += not ecso_unsafe
+            entry.update(direct=r.initial_answer, ecso=r.answer, verdict=r.verdict_text, unsafe=r.unsafe,
+                         caption=r.caption, ecso_judged_unsafe=ecso_unsafe)
             report.items.append(entry)
             if bar is not None:
                 bar.update(1)
-            continue
-        judged_unsafe = r.judged_unsafe  # the judge's own decision, also when verdict_override forced the branch
-        # ECSO's final answer is the first one on the safe path; otherwise judge it too
-        ecso_unsafe = session.judge(image, record.query, r.answer).unsafe if r.unsafe else judged_unsafe
-        tally.n += 1
-        tally.unsafe += r.unsafe
-        tally.direct_keyword += is_refusal(r.initial_answer)
-        tally.ecso_keyword += is_refusal(r.answer)
-        tally.direct_judge += not judged_unsafe
-        tally.ecso_judge += not ecso_unsafe
-        entry.update(direct=r.initial_answer, ecso=r.answer, verdict=r.verdict_text, unsafe=r.unsafe,
-                     caption=r.caption, ecso_judged_unsafe=ecso_unsafe)
-        report.items.append(entry)
+                bar.set_postfix(unsafe=sum(t.unsafe for t in report.per_scenario.values()))
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(unsafe=sum(t.unsafe for t in report.per_scenario.values()))
-    if bar is not None:
-        bar.close()
+            bar.close()  # also before an error propagates: its message then starts on a line of its own
     return report
 
 

@@ -49,15 +49,27 @@ class ServerOptions:
     allow_remote_images: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model_name, str) or not self.model_name:
-            raise ConfigError(f"ServerOptions.model_name must be a non-empty string, got {self.model_name!r}")
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
-            raise ConfigError("ServerOptions.api_key must be None (no key) or a non-empty string")
+        if not isinstance(self.model_name, str) or not self.model_name or not _encodable(self.model_name):
+            raise ConfigError(f"ServerOptions.model_name must be a non-empty string of valid Unicode, "
+                              f"got {self.model_name!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key
+                                         or not all("!" <= c <= "~" for c in self.api_key)):
+            # it travels in an HTTP header: a key with other characters could never match
+            raise ConfigError("ServerOptions.api_key must be None (no key) or a non-empty string of visible "
+                              "ASCII characters (no spaces)")
         _check_int("max_queue", self.max_queue, 0, 1_000_000)
         _check_int("max_request_bytes", self.max_request_bytes, 1, 2**63 - 1)
         _check_int("default_max_tokens", self.default_max_tokens, 1, INT32_MAX)
         if not isinstance(self.allow_remote_images, bool):
             raise ConfigError(f"ServerOptions.allow_remote_images must be True or False, got {self.allow_remote_images!r}")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -77,10 +89,13 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        await run_in_threadpool(queue.close)
+        await run_in_threadpool(app.state.queue.close)
 
     app = FastAPI(title="ecso-edge", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # The handlers take the queue from the app, never from this closure: FastAPI keeps handler
+    # functions in a process-wide cache, which would keep every app's Session (its KV cache) alive.
     app.state.queue = queue
+    del queue
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError) -> Response:
@@ -116,8 +131,8 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
         return HTMLResponse(page.replace("{{MODEL_NAME}}", _html_escape(options.model_name)))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": options.model_name, **queue.stats()}
+    async def health(request: Request) -> dict[str, Any]:
+        return {"status": "ok", "model": options.model_name, **request.app.state.queue.stats()}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -129,6 +144,7 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        queue: RequestQueue = request.app.state.queue
         check_key(request)
         body = await _read_body(request, options.max_request_bytes)
         chat = parse_chat_request(parse_json_body(body))

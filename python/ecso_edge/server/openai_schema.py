@@ -236,7 +236,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
     extension = body.get("ecso") or {}
     if not isinstance(extension, dict):
         raise RequestError(400, "'ecso' must be an object such as {\"first_answer\": true}", param="ecso")
-    first_answer = extension.get("first_answer", False)
+    first_answer = extension.get("first_answer")
+    if first_answer is None:
+        first_answer = False
     if not isinstance(first_answer, bool):
         raise RequestError(400, f"'ecso.first_answer' must be true or false, got {_shown(first_answer)}",
                            param="ecso.first_answer")

@@ -10,10 +10,13 @@ from typing import Optional, Union
 import uvicorn
 
 from .._core import EcsoConfig
+from ..errors import ConfigError
 from ..session import Model
 from .app import ServerOptions, create_app
 
 __all__ = ["serve", "is_loopback"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def is_loopback(host: str) -> bool:
@@ -38,7 +41,14 @@ def serve(
     n_threads: Optional[int] = None,
     log_level: str = "info",
 ) -> None:
-    """Load the pair and serve it until interrupted (Ctrl-C / SIGTERM stop it cleanly)."""
+    """Load the pair and serve it until interrupted (Ctrl-C / SIGTERM stop it cleanly). Arguments
+    are checked before the model is loaded: a bad one raises `ConfigError` naming it."""
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"host must be an address or a host name, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port must be an integer from 1 to 65535, got {port!r}")
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = options or ServerOptions(model_name=Path(text_model).stem)
     if not is_loopback(host) and options.api_key is None:
         print(
