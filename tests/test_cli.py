@@ -143,10 +143,10 @@ def test_bad_numbers_on_the_command_line_exit_2_with_one_line(
 
 
 @pytest.mark.parametrize("config, shown", [
-    ('{"logit_bias": {"5": 1}}', "--config: field 'logit_bias' cannot be {\"5\": 1}"),
+    ('{"logit_bias": {"5": 1}}', "--config: EcsoConfig field 'logit_bias' takes a dict {token id (int): bias (float)}"),
     ('{"seed": -1}', "seed"),
     ('{"nope": 1}', "--config: EcsoConfig has no field 'nope'"),
-    ('{"temperature": NaN}', "--config: temperature must be >= 0"),
+    ('{"temperature": NaN}', "--config: temperature must be a finite number >= 0"),
     ("[]", "--config must be a JSON object"),
     ("{", "--config must be a JSON object of EcsoConfig fields"),
 ])
