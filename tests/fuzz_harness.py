@@ -198,7 +198,7 @@ class Campaign:
             "crashes": sum(n for k, n in self.outcomes.items() if k.startswith("crash")),
             "hangs": self.outcomes.get("hang", 0),
             "other_exceptions": sum(n for k, n in self.outcomes.items() if k.startswith("exception")),
-            "violations": self.outcomes.get("violation", 0),
+            "violations": sum(n for k, n in self.outcomes.items() if k.startswith("violation")),
             "worker_restarts": self.worker.restarts,
             "skipped_unwritable": len(self.skipped),
             "seconds": round(self.seconds, 1),

@@ -47,6 +47,14 @@ py::dict to_dict(const py::object & self) {
     return d;
 }
 
+void object_setattr(const py::object & self, const py::str & name, const py::handle & value) {
+    // a handle kept for the process's life: a static py::object would be released after the
+    // interpreter has gone
+    static const py::handle setattr =
+        py::object(py::module_::import("builtins").attr("object").attr("__setattr__")).release();
+    setattr(self, name, value);
+}
+
 void apply(py::object & self, const py::dict & kwargs) {
     for (const auto & item : kwargs) {
         const std::string key = py::cast<std::string>(item.first);
@@ -60,7 +68,8 @@ void apply(py::object & self, const py::dict & kwargs) {
             throw py::type_error("EcsoConfig has no field '" + key + "'");
         }
         try {
-            self.attr(key.c_str()) = item.second;
+            // object.__setattr__: the class's own __setattr__ (below) comes back here
+            object_setattr(self, py::str(key), item.second);
         } catch (py::error_already_set & e) {
             if (!e.matches(PyExc_TypeError)) {
                 throw;
@@ -201,6 +210,14 @@ decoding, and KV-cache reuse on.
                        "Step 4 limit; None: run's max_tokens.")
         .def_readwrite("max_image_pixels", &EcsoConfig::max_image_pixels, "Larger images raise ImageError.");
 
+    cls.def(
+        "__setattr__",
+        [](py::object self, const py::str & name, const py::object & value) {
+            py::dict one;
+            one[name] = value;
+            apply(self, one);
+        },
+        "Sets a field; a wrong type is a TypeError saying what the field takes (validated when a Session uses it).");
     cls.def("to_dict", [](const py::object & self) { return to_dict(self); }, "The fields as a plain dict.");
     cls.def_static("field_names", &config_field_names, "Every field's name, in order.");
     cls.def(

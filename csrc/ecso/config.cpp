@@ -2,6 +2,7 @@
 #include "ecso/config.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "ecso/errors.hpp"
 
@@ -21,15 +22,17 @@ void EcsoConfig::validate() const {
     prompts::require_placeholders(caption_template, {"query"}, "caption_template");
     prompts::require_placeholders(text_only_template, {"caption"}, "text_only_template");
     if (response_cut_chars == 0) {
-        throw ConfigError("response_cut must be at least 1 character");
+        throw ConfigError("response_cut_chars must be at least 1 (got 0)");
     }
     if (!(sampling.temperature >= 0.0f && std::isfinite(sampling.temperature))) {
         throw ConfigError("temperature must be a finite number >= 0 (0 is greedy; got " +
                           std::to_string(sampling.temperature) + ")");
     }
     for (const auto & [token, bias] : sampling.logit_bias) {
-        if (std::isnan(bias)) {
-            throw ConfigError("logit_bias of token " + std::to_string(token) + " is NaN; use -inf to ban a token");
+        if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity()) {
+            // +inf makes every sampled distribution NaN (inf - inf); -inf is the documented ban
+            throw ConfigError("logit_bias of token " + std::to_string(token) + " is " + (std::isnan(bias) ? "NaN" : "+inf") +
+                              "; use a finite bias, or -inf to ban a token");
         }
     }
     if (!(sampling.top_p > 0.0f && sampling.top_p <= 1.0f)) {
