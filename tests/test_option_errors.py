@@ -132,3 +132,24 @@ def test_the_config_binding_lists_every_field() -> None:
     properties = {name for name in dir(EcsoConfig) if isinstance(getattr(EcsoConfig, name), property)}
     assert set(EcsoConfig.field_names()) == properties
     assert list(EcsoConfig().to_dict()) == EcsoConfig.field_names()
+
+
+def test_assigning_a_config_field_of_the_wrong_type_says_what_it_takes() -> None:
+    # found by the option campaign: attribute assignment leaked pybind11's signature list
+    config = EcsoConfig()
+    with pytest.raises(TypeError, match=r"EcsoConfig field 'caption_template' takes a str, not None \(NoneType\)"):
+        config.caption_template = None  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"'chat_template' takes a str or None, not '\\udcff' \(str\)"):
+        config.chat_template = "\udcff"
+    with pytest.raises(TypeError, match="EcsoConfig has no field 'nope'"):
+        config.nope = 1  # type: ignore[attr-defined]
+    config.top_k = 5
+    assert config.top_k == 5 and config == EcsoConfig(top_k=5)
+
+
+def test_a_positive_infinite_logit_bias_is_refused_and_minus_infinity_bans() -> None:
+    with pytest.raises(ConfigError, match=r"logit_bias of token 1 is \+inf; use a finite bias, or -inf"):
+        EcsoConfig(logit_bias={1: float("inf")})
+    assert EcsoConfig(logit_bias={1: float("-inf")}).logit_bias == {1: float("-inf")}
+    with pytest.raises(ConfigError, match=r"response_cut_chars must be at least 1 \(got 0\)"):
+        EcsoConfig(response_cut_chars=0)
