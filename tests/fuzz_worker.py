@@ -10,9 +10,14 @@ A case is a dict with a "kind":
   image:  {"image": anything Session.answer accepts, "max_pixels": int or None}
   prompt: {"query": str or bytes, "api": "run" | "answer" | "judge" | "stream", "unsafe": bool,
            "response": str (judge only), "config": dict of EcsoConfig fields}
+  option: {"target": "model" | "config" | "session" | "server_options" | "serve_api" | "cli" | "chat" |
+           "chat_body", "options": {name: value}, "expect": "valid" | "invalid" | "either", "names": [...]}
+           (fuzz_option_inputs.py; run and judged by fuzz_option_runner.py)
 A reply is {"status": "ok" | "error" | "exception" | "violation", "type": exception class name,
 "message": str, "seconds": float}. "error" is a typed EcsoError (the goal for bad input);
 "exception" is any other exception class and "violation" a broken invariant (both findings).
+An option case may also end in "error" with TypeError/ValueError, an exit status or an HTTP
+status, when that is the refusal its value calls for.
 
 Replay a saved case in this process, without the pipe (a crash then shows up directly):
     python tests/fuzz_worker.py --replay ARTIFACTS/gguf/finding-0001/case.pkl
@@ -65,6 +70,7 @@ class Executor:
         self.np = np
         self._model: Optional[Any] = None
         self._sessions: dict[Any, Any] = {}
+        self._options: Optional[Any] = None
         self.image = np.random.default_rng(0).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
 
     def model(self) -> Any:
@@ -82,6 +88,8 @@ class Executor:
         t0 = time.perf_counter()
         try:
             problem = getattr(self, "_" + case["kind"])(case)
+            if isinstance(problem, dict):  # a handler that judges its own outcome (option cases)
+                return {**problem, "seconds": time.perf_counter() - t0}
         except self.ecso_edge.EcsoError as e:
             reply = {"status": "error", "type": type(e).__name__, "message": str(e)}
         except Exception as e:  # any other class is a finding: the caller gets a typed error or nothing
@@ -91,6 +99,13 @@ class Executor:
             reply = {"status": "violation", "type": "", "message": problem} if problem else {"status": "ok"}
         reply["seconds"] = time.perf_counter() - t0
         return reply
+
+    def _option(self, case: dict[str, Any]) -> dict[str, Any]:
+        if self._options is None:
+            from fuzz_option_runner import OptionRunner
+
+            self._options = OptionRunner(self)
+        return self._options.run(case)  # type: ignore[no-any-return]
 
     def _gguf(self, case: dict[str, Any]) -> Optional[str]:
         ee = self.ecso_edge

@@ -1,5 +1,6 @@
-"""The fuzz suite: damaged GGUF files, hostile images and hostile queries, each case executed in a
-worker process (fuzz_harness.py) so that a crash or a hang is caught and counted, not fatal.
+"""The fuzz suite: damaged GGUF files, hostile images, hostile queries and every option a user can
+set (fuzz_option_inputs.py), each case executed in a worker process (fuzz_harness.py) so that a
+crash or a hang is caught and counted, not fatal.
 
 Every case must end ok or with a typed EcsoError. Crashes, hangs, other exception classes and
 broken invariants (an extra image slot, say) fail the test, with a reproducer per finding.
@@ -25,12 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_gguf_inputs  # noqa: E402
 import fuzz_harness  # noqa: E402
 import fuzz_image_inputs  # noqa: E402
+import fuzz_option_inputs  # noqa: E402
 import fuzz_prompt_inputs  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
 
-# (plain pytest run, pytest -m fuzz)
-BUDGETS = {"gguf": (300, 5000), "image": (400, 5000), "prompt": (300, 4000)}
+# (plain pytest run, pytest -m fuzz); the option sweep's full run is all of it
+BUDGETS = {"gguf": (300, 5000), "image": (400, 5000), "prompt": (300, 4000), "option": (150, 1000),
+           "option-sweep": (300, 0)}
+# An option case is small (the slowest valid ones take about 10 s): one that has not answered in
+# 20 s hangs. A lower limit than the other campaigns' keeps a known hang cheap. Cases with hundreds
+# of threads run alone in a fresh worker, under the usual 60 s.
+OPTION_CASE_TIMEOUT_S = 20.0
 
 
 def full_run(config: pytest.Config) -> bool:
@@ -46,6 +53,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def worker(artifacts: Path) -> Iterator[fuzz_harness.Worker]:
     w = fuzz_harness.Worker(artifacts / "worker.log")
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def option_worker(artifacts: Path) -> Iterator[fuzz_harness.Worker]:
+    w = fuzz_harness.Worker(artifacts / "option-worker.log", timeout=OPTION_CASE_TIMEOUT_S)
     yield w
     w.stop()
 
@@ -126,3 +140,40 @@ def test_fuzz_images(request: pytest.FixtureRequest, artifacts: Path, worker: fu
 
 def test_fuzz_prompts(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker) -> None:
     campaign(request, "prompt", artifacts, worker, fuzz_prompt_inputs.prompt_cases(), lambda c, case: c.run(case))
+
+
+def test_fuzz_option_sweep(request: pytest.FixtureRequest, artifacts: Path,
+                           option_worker: fuzz_harness.Worker) -> None:
+    """Not random: every option of every surface (Model, EcsoConfig, Session, ServerOptions, serve(),
+    the CLI flags, the chat request's fields and structure) with every value of its pool. A plain
+    run takes a seeded sample that holds every option at least once."""
+    cases = list(fuzz_option_inputs.option_sweep())
+    n = fuzz_harness.budget("option-sweep", full_run(request.config), BUDGETS)
+    if n and n < len(cases):
+        cases = fuzz_option_inputs.sample_sweep(cases, n, fuzz_harness.seed())
+    c = fuzz_harness.Campaign("option-sweep", artifacts, option_worker)
+    for case in cases:
+        run_option_case(c, option_worker, case)
+    report = c.write_report()
+    print(f"\noption-sweep: {c.cases} cases, outcomes {dict(c.outcomes)}; slowest {c.slowest:.2f} s; report {report}")
+    assert not c.findings, c.failure_message()
+    assert c.cases == len(cases)
+
+
+def test_fuzz_options(request: pytest.FixtureRequest, artifacts: Path, option_worker: fuzz_harness.Worker) -> None:
+    """Random: several options at once, values near the boundaries, and chat bodies with random edits."""
+    campaign(request, "option", artifacts, option_worker, fuzz_option_inputs.option_cases(),
+             lambda c, case: run_option_case(c, option_worker, case))
+
+
+def run_option_case(c: fuzz_harness.Campaign, worker: fuzz_harness.Worker, case: dict[str, Any]) -> None:
+    if not case.get("fresh_worker"):
+        c.run(case)
+        return
+    worker.stop()
+    worker.timeout = fuzz_harness.CASE_TIMEOUT_S
+    try:
+        c.run(case)
+    finally:
+        worker.stop()
+        worker.timeout = OPTION_CASE_TIMEOUT_S
