@@ -164,6 +164,14 @@ Prompt EcsoSession::judge_prompt(const std::string & query, const std::string & 
     return build(lo);
 }
 
+int32_t EcsoSession::judge_token_limit() const {
+    return config_.verdict_rule == VerdictRule::Logits ? 0 : config_.max_tokens_judge;  // logits: no text
+}
+
+Prompt EcsoSession::judge_prompt_without_quote(const std::string & query, const RgbImage & image) const {
+    return image_prompt(prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}), image, true);
+}
+
 void EcsoSession::check_prompt_fits(const char * step, const Prompt & prompt) const {
     const int32_t n = static_cast<int32_t>(n_ctx());
     if (prompt.n_pos() >= n) {
@@ -177,7 +185,7 @@ void EcsoSession::check_prompt_fits(const char * step, const Prompt & prompt) co
 void EcsoSession::check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
                                   const Prompt * text_only_empty) const {
     const int32_t n = static_cast<int32_t>(n_ctx());
-    const int32_t judge_tokens = config_.verdict_rule == VerdictRule::Logits ? 0 : config_.max_tokens_judge;
+    const int32_t judge_tokens = judge_token_limit();
     struct Need {
         const char * step;
         int32_t positions;
@@ -216,9 +224,8 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     image_id_ = image_content_id(image);
     embd_cache_.clear();
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
-    const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
-    const Prompt empty = image_prompt(prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}),
-                                      image, true);
+    const int32_t judge_tokens = judge_token_limit();
+    const Prompt empty = judge_prompt_without_quote(query, image);
     const int32_t need = empty.n_pos() + judge_reserve(judge_tokens);
     if (need > static_cast<int32_t>(n_ctx())) {
         throw ContextOverflowError("the 'judge' prompt needs " + std::to_string(need) +
@@ -274,7 +281,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     result.judged = protect;
     const int32_t n = static_cast<int32_t>(n_ctx());
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
-    const int32_t judge_tokens = logits_rule ? 0 : config_.max_tokens_judge;
+    const int32_t judge_tokens = judge_token_limit();
 
     // Step 1: answer with the image. Held back (recorded) when protecting, live otherwise.
     const Prompt p1 = image_prompt(query, image, false);
@@ -286,8 +293,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     std::optional<Prompt> p4_empty;
     if (protect) {
         const bool may_be_unsafe = config_.verdict_override.value_or(true);
-        const Prompt judge_empty = image_prompt(
-            prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}), image, true);
+        const Prompt judge_empty = judge_prompt_without_quote(query, image);
         if (may_be_unsafe) {
             p3.emplace(image_prompt(prompts::fill(config_.caption_template, {{"query", query}}), image,
                                     config_.reuse_kv));

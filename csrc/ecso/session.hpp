@@ -74,6 +74,10 @@ private:
     // Installs a call's token and progress sink for the duration of the call.
     class ActiveCall;
     EcsoResult execute(const RgbImage & image, const std::string & query, const CallOptions & call, bool protect);
+    // Tokens the judge may generate: 0 under the logits rule, which reads the prompt's logits.
+    int32_t judge_token_limit() const;
+    // The judge's prompt with an empty quote: what the judge needs before any of the answer.
+    Prompt judge_prompt_without_quote(const std::string & query, const RgbImage & image) const;
     // ContextOverflowError when `prompt` leaves no position to generate from.
     void check_prompt_fits(const char * step, const Prompt & prompt) const;
     // Refuses, before step 1, a request whose later steps could not fit the context at all.
