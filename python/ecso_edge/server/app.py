@@ -24,7 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from .._core import EcsoConfig, EcsoResult, StepRecord
-from ..errors import CancelledError, ConfigError, ContextOverflowError, EcsoError, ImageError
+from ..errors import CancelledError, ConfigError, ContextOverflowError, ImageError
 from ..images import load_rgb
 from ..session import Model
 from .openai_schema import INT32_MAX, ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
