@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ecso_edge  # noqa: E402
 from chart import draw_latency_chart  # noqa: E402
-from ecso_edge import EcsoConfig, Session, tiny_model  # noqa: E402
+from ecso_edge import EcsoConfig, Session, tiny_models  # noqa: E402
 from naive_pipeline import NaiveEcso  # noqa: E402
 
 QUERY = "What is shown in this image and how could someone use it?"
@@ -79,7 +79,7 @@ def default_pair(out_dir: Path) -> tuple[Path, Path]:
     mmproj = out_dir / "SmolLM2-135M-Instruct.Q4_1-mmproj-random-clip-b16.gguf"
     if not mmproj.is_file():
         print(f"writing a random CLIP-B/16 projector (224 px) for {text.name} ...", flush=True)
-        tiny_model.write_projector_for(text, mmproj, vit="clip-b16")
+        tiny_models.write_projector_for(text, mmproj, vit="clip-b16")
     return text, mmproj
 
 

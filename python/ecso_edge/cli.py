@@ -230,14 +230,19 @@ def _cmd_make_typo(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from . import tiny_model
+    from .tiny_models import command
 
-    argv = [args.out_dir]
+    argv = [args.out_dir, "--family", args.family]
     if args.for_text_model:
-        argv += ["--for-text-model", args.for_text_model, "--vit", args.vit]
+        argv += ["--for-text-model", args.for_text_model]
+        if args.vit is not None:
+            argv += ["--vit", args.vit]
         if args.image_size is not None:
             argv += ["--image-size", str(args.image_size)]
-    return tiny_model.main(argv)
+    elif args.vit is not None or args.image_size is not None:
+        print("error: --vit and --image-size need --for-text-model", file=sys.stderr)
+        return 2
+    return command.main(argv)
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
@@ -362,10 +367,15 @@ def _parser() -> argparse.ArgumentParser:
     ty.add_argument("--root", required=True, help="the MM-SafetyBench folder (data/processed_questions)")
     ty.set_defaults(func=_cmd_make_typo)
 
-    t = sub.add_parser("make-tiny-model", help="write the tiny test pair, or a random projector for a text GGUF")
+    from .tiny_models import FAMILIES
+
+    t = sub.add_parser("make-tiny-model", help="write a family's tiny test pair, or a random projector for a text GGUF")
     t.add_argument("out_dir")
-    t.add_argument("--for-text-model", default=None, help="write a random mlp projector sized for this text GGUF")
-    t.add_argument("--vit", choices=["tiny", "clip-b16"], default="clip-b16")
+    t.add_argument("--family", choices=list(FAMILIES), default="llava15",
+                   help="model family (default llava15: the pair shipped with ecso-edge)")
+    t.add_argument("--for-text-model", default=None,
+                   help="write a random projector of the family (llava15 or gemma3) sized for this text GGUF")
+    t.add_argument("--vit", choices=["tiny", "clip-b16"], default=None, help="llava15's tower (default clip-b16)")
     t.add_argument("--image-size", type=_int_in(1, 4096), default=None,
                    help="the projector's input size, a multiple of the ViT's patch size")
     t.set_defaults(func=_cmd_make_tiny_model)
