@@ -41,6 +41,11 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
         .def_property_readonly("architecture", [](const ecso::Model & mdl) { return mdl.text_info().architecture; })
         .def_property_readonly("projector_type",
                                [](const ecso::Model & mdl) { return mdl.projector_info().projector_type; })
+        .def_property_readonly("projector_check", &ecso::Model::projector_check,
+                               "How the projector was made safe to load before mtmd read it: 'tensor table' "
+                               "(every tensor validated in process), 'child process' (loaded once in "
+                               "ecso-check-projector first) or 'child process (cached)' (an earlier pass of this "
+                               "file and llama.cpp build)")
         .def_property_readonly("image_size", [](const ecso::Model & mdl) { return mdl.projector_info().image_size; })
         .def_property_readonly("n_embd", &ecso::Model::n_embd)
         .def_property_readonly("n_ctx", [](const ecso::Model & mdl) { return mdl.options().n_ctx; })

@@ -1,6 +1,7 @@
-// Validation of GGUF files before llama.cpp or mtmd sees them. mtmd trusts its projector file
-// (a missing tensor is a NULL dereference inside clip.cpp), so every tensor and key the LLaVA
-// loaders dereference is checked here, and a bad file becomes a ModelLoadError.
+// Validation of GGUF files before llama.cpp or mtmd sees them, in this process. mtmd trusts its
+// projector file (a missing tensor is a NULL dereference inside clip.cpp): for LLaVA's types every
+// tensor and key its loader dereferences is checked here; other types are checked by loading them
+// in a child process first (projector_probe.hpp). A bad file becomes a ModelLoadError.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +27,7 @@ struct ProjectorInfo {
     int64_t n_blocks = 0;
     int64_t output_n_embd = 0;   // 0 when the projector type is not one we can size
     std::vector<int64_t> grid_pinpoints;  // LLaVA-1.6 slicing resolutions (w, h pairs); empty: no slices
-    bool fully_validated = false;  // true for projector types whose every tensor is checked
+    bool fully_validated = false;  // every tensor checked here (LLaVA); else the child-process check is due
 };
 
 // Throws ModelLoadError (naming the file, the problem and the fix) if `path` is not a usable
@@ -37,8 +38,7 @@ TextModelInfo check_text_model(const std::string & path);
 // truncated, a text model in the projector's place, a key or tensor missing, misshapen or of a
 // type llama.cpp would abort on (a key clip.cpp reads stored as another GGUF type, a 1-D tensor
 // not in f32), or an output size that differs from the text model's embedding size. Projector
-// types other than LLaVA's mlp/mlp_norm cannot be checked tensor by tensor: they are refused
-// unless the environment variable ECSO_TRUST_PROJECTOR=1 is set.
+// types other than LLaVA's mlp/mlp_norm get the key and 1-D tensor checks only here.
 ProjectorInfo check_projector(const std::string & path, const TextModelInfo & text);
 
 }  // namespace ecso

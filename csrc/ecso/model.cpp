@@ -2,10 +2,13 @@
 #include "ecso/model.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <thread>
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
+#include "ecso/projector_families.hpp"
+#include "ecso/projector_probe.hpp"
 #include "ecso/system_info.hpp"
 
 namespace ecso {
@@ -34,6 +37,7 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
 
     text_info_ = check_text_model(text_model_path);
     projector_info_ = check_projector(mmproj_path, text_info_);
+    admit_projector(text_model_path, mmproj_path);
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = options.n_gpu_layers;
@@ -63,6 +67,30 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
         throw ModelLoadError("projector (mmproj) '" + mmproj_path +
                              "': it has no vision encoder. ecso-edge needs an image projector");
     }
+}
+
+void Model::admit_projector(const std::string & text_model_path, const std::string & mmproj_path) {
+    const std::string & type = projector_info_.projector_type;
+    const ProjectorFamily * family = find_projector_family(type);
+    const char * trust = std::getenv("ECSO_TRUST_PROJECTOR");
+    const bool trusted = trust != nullptr && std::string(trust) == "1";
+    if (family == nullptr && !trusted) {
+        throw ModelLoadError("projector (mmproj) '" + mmproj_path + "': projector type '" + type +
+                             "' is not one ecso-edge supports yet (supported: " + supported_projector_types() +
+                             "). Use a projector of a supported family, or set the environment variable "
+                             "ECSO_TRUST_PROJECTOR=1 to run this one untested (it is still checked for crashes first)");
+    }
+    if (projector_info_.fully_validated) {
+        projector_check_ = "tensor table";
+        return;
+    }
+    ProbeOptions probe;
+    probe.use_gpu = options_.mmproj_gpu;
+    probe.n_threads = n_threads_batch_;
+    probe.flash_attn = !options_.flash_attn ? "auto" : *options_.flash_attn ? "on" : "off";
+    projector_check_ = probe_projector(text_model_path, mmproj_path, probe) == ProbeOutcome::kCached
+                           ? "child process (cached)"
+                           : "child process";
 }
 
 bool Model::encode_eval_callback(ggml_tensor * /*node*/, bool ask, void * model) {

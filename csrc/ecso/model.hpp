@@ -1,4 +1,4 @@
-// A loaded LLaVA-style pair: the text model (llama_model) and its vision projector
+// A loaded vision-language pair: the text model (llama_model) and its vision projector
 // (mtmd_context), validated before either loader runs.
 //
 // Ownership: Model owns both handles; the projector is released before the text model it points
@@ -49,6 +49,8 @@ public:
     const ModelOptions & options() const { return options_; }
     const TextModelInfo & text_info() const { return text_info_; }
     const ProjectorInfo & projector_info() const { return projector_info_; }
+    // How the projector was made safe to load: "tensor table", "child process" or "child process (cached)".
+    const std::string & projector_check() const { return projector_check_; }
     // Thread counts in effect: the options' values, defaulted and clamped to the hardware threads.
     int32_t n_threads() const { return n_threads_; }
     int32_t n_threads_batch() const { return n_threads_batch_; }
@@ -71,6 +73,10 @@ private:
     ProjectorInfo projector_info_;
     int32_t n_threads_ = 1;
     int32_t n_threads_batch_ = 1;
+    std::string projector_check_;
+    // Refuses an unsupported type (unless ECSO_TRUST_PROJECTOR=1) and runs the child-process check
+    // for types gguf_check.cpp does not validate tensor by tensor.
+    void admit_projector(const std::string & text_model_path, const std::string & mmproj_path);
     static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
     mutable std::atomic<const EncodeObserver *> encode_observer_{nullptr};
     mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)

@@ -149,6 +149,12 @@ class Model:
         return self._core.projector_type
 
     @property
+    def projector_check(self) -> str:
+        """How the projector was made safe to load: 'tensor table', 'child process' or
+        'child process (cached)' (docs/projector-validation.md)."""
+        return self._core.projector_check
+
+    @property
     def chat_template(self) -> Optional[str]:
         """The chat template stored in the text GGUF, or None."""
         return self._core.chat_template
