@@ -11,7 +11,7 @@ Contenders (interleaved A B C ... per repetition; medians reported):
 
 Every contender generates the same number of tokens per step (end-of-generation suppressed).
 
-    python bench/ecso_bench.py [--quick] [--json OUT] [--model M --mmproj P] [--tiny]
+    python bench/ecso_bench.py [--quick] [--json OUT] [--model M --mmproj P] [--tiny] [--family F]
 """
 
 from __future__ import annotations
@@ -204,6 +204,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--mmproj", default=None)
     p.add_argument("--tiny", action="store_true", help="use the shipped tiny pair (smoke test)")
+    p.add_argument("--family", choices=list(tiny_models.FAMILIES), default=None,
+                   help="use the generated tiny pair of this model family (bench/out/<family>/)")
     p.add_argument("--threads", type=int, default=2, help="threads of every contender")
     p.add_argument("--gen-threads", type=int, default=None,
                    help="generation threads of every contender (default: --threads; prompts use --threads)")
@@ -215,6 +217,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.tiny:
         text, mmproj = ecso_edge.tiny_pair()
         image_size = 32
+    elif args.family:
+        text, mmproj = tiny_models.write_family_pair(args.family, out_dir / args.family)
+        image_size = 64  # LLaVA-1.6's tiny pinpoints slice it into an overview and 4 tiles
     elif args.model or args.mmproj:
         if not (args.model and args.mmproj):
             p.error("--model and --mmproj go together")
@@ -256,6 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     med = {name: statistics.median(v) for name, v in samples.items()}
     results: dict[str, Any] = {f"{name}_s": med[name] for name in contenders}
+    results["family"] = args.family or ("llava15 (tiny)" if args.tiny else "llava15")
     results["image_encodes"] = {name: last[name]["image_encodes"] for name in contenders}
     results["tokens_prefilled"] = {name: last[name]["prefilled"] for name in contenders}
     results["tokens_reused"] = {name: last[name]["reused"] for name in contenders}

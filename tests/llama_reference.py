@@ -46,11 +46,11 @@ class LlamaReference:
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = self.n_ctx, self.n_batch, self.n_batch, 4
         cp.kv_unified = True
+        cp.swa_full = llama_cpp.llama_model_n_swa(self.model) > 0  # as ecso-edge sessions
         cp.n_threads = cp.n_threads_batch = self.n_threads
         cp.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self.model, cp)
         assert ctx
-        chunks = mtmd.mtmd_input_chunks_init()
         keep: list[object] = []
         bitmap = None
         try:
@@ -64,6 +64,27 @@ class LlamaReference:
                 keep.extend([raw, t])
                 entries.append(mtmd.mtmd_input_part(ctypes.pointer(t), None))
 
+            def evaluate(n_past: int, add_special: bool, last: bool) -> int:
+                array = (ctypes.POINTER(mtmd.mtmd_input_part) * len(entries))(*[ctypes.pointer(e) for e in entries])
+                keep.append(array)
+                chunks = mtmd.mtmd_input_chunks_init()
+                try:
+                    assert mtmd.mtmd_tokenize_from_parts(self.mtmd, chunks, array, len(entries), add_special) == 0
+                    new_n_past = ctypes.c_int(0)
+                    assert mtmd.mtmd_helper_eval_chunks(self.mtmd, ctx, chunks, n_past, 0, self.n_batch, last,
+                                                        ctypes.byref(new_n_past)) == 0
+                finally:
+                    mtmd.mtmd_input_chunks_free(chunks)
+                entries.clear()
+                return int(new_n_past.value)
+
+            n_past = 0
+            if image is None:
+                # ecso-edge evaluates the template head in a batch of its own (its reuse boundary),
+                # and batch composition changes the floats: split the reference there too.
+                add_text(*parts[0])
+                n_past = evaluate(0, True, False)
+                parts = parts[1:]
             for text, special in parts[:image_after]:
                 add_text(text, special)
             if image is not None:
@@ -73,14 +94,9 @@ class LlamaReference:
                 entries.append(mtmd.mtmd_input_part(None, bitmap))
             for text, special in parts[image_after:]:
                 add_text(text, special)
-            array = (ctypes.POINTER(mtmd.mtmd_input_part) * len(entries))(*[ctypes.pointer(e) for e in entries])
-            keep.append(array)
-            assert mtmd.mtmd_tokenize_from_parts(self.mtmd, chunks, array, len(entries), True) == 0
-            n_past = ctypes.c_int(0)
-            assert mtmd.mtmd_helper_eval_chunks(self.mtmd, ctx, chunks, 0, 0, self.n_batch, True,
-                                                ctypes.byref(n_past)) == 0
+            n_past = evaluate(n_past, n_past == 0, True)
             tokens: list[int] = []
-            pos = n_past.value
+            pos = n_past
             while len(tokens) < max_tokens:
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
                 token = int(np.argmax(logits))
@@ -96,5 +112,4 @@ class LlamaReference:
         finally:
             if bitmap is not None:
                 mtmd.mtmd_bitmap_free(bitmap)
-            mtmd.mtmd_input_chunks_free(chunks)
             llama_cpp.llama_free(ctx)

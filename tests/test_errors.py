@@ -673,3 +673,52 @@ def test_media_marker_in_query_adds_no_image(tiny_model: ecso_edge.Model, image:
     r = ecso_edge.Session(tiny_model).answer(image, "<__media__> describe <__media__>", max_tokens=2)
     assert r.stats["image_encodes"] == 1
     assert r.stats["image_tokens"] == 16
+
+
+# --------------------------------------------------------------------------------------------
+# Gemma 3: what its single-edit sweep found (each crashed or hung the process before the fix)
+
+_G3_PROJECTOR_CASES = {
+    # ggml-cpu GGML_ASSERT(eps >= 0.0f) at the first encode
+    "eps NaN": (lambda g: g.set_key("clip.vision.attention.layer_norm_epsilon", float("nan"), VT.FLOAT32),
+                "metadata key 'clip.vision.attention.layer_norm_epsilon' has the implausible value nan"),
+    # ggml-cpu binary_op: unsupported types (an f16 operand of an add) at the first encode
+    "f16 position embedding": (
+        lambda g: g.set_tensor("v.position_embd.weight", g.tensors["v.position_embd.weight"].astype(np.float16)),
+        re.escape("llama.cpp crashed loading it (SIGABRT in a check process, so this one is unharmed) (llama.cpp: ")
+        + ".*binary_op: unsupported types"),
+    # clip.cpp "Invalid number of output tokens" abort: a 3x3 pooling of an 8x8 patch grid
+    "pooling 3": (lambda g: g.set_key("clip.vision.projector.scale_factor", 3, VT.UINT32),
+                  "llama.cpp crashed loading it \\(SIGABRT .*Invalid number of output tokens"),
+    # the encode of 1,024 x 1,024 patches never finished
+    "image_size 4096": (lambda g: g.set_key("clip.vision.image_size", 4096, VT.UINT32),
+                        "image_size 4096 with patch_size 4 makes 1024 patches a side \\(at most 128"),
+}
+
+
+@pytest.mark.parametrize("case", list(_G3_PROJECTOR_CASES))
+def test_gemma3_projector_found_by_its_sweep_is_an_error(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                         case: str) -> None:
+    text, mmproj = family_pairs["gemma3"]
+    edit, message = _G3_PROJECTOR_CASES[case]
+    g = gm.Gguf.read(mmproj)
+    edit(g)
+    bad = g.write(tmp_path / "mmproj.gguf")
+    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + _in(bad)[1:] + ": .*" + message):
+        load_isolated(text, bad)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    # std::bad_alloc when the context was created
+    ("gemma3.attention.sliding_window", 2**31, "has the implausible value 2147483648 \\(the model's context is 4096\\)"),
+    # GGML_ASSERT(hparams.is_swa_any()) when the context was created
+    ("gemma3.attention.sliding_window_pattern", 1,
+     "is 1, which leaves no layer with the sliding window that 'gemma3.attention.sliding_window' sets"),
+])
+def test_gemma3_text_model_window_found_by_its_sweep_is_an_error(family_pairs: dict[str, tuple[Path, Path]],
+                                                                 tmp_path: Path, key: str, value: int,
+                                                                 message: str) -> None:
+    text, mmproj = family_pairs["gemma3"]
+    bad = gm.Gguf.read(text).set_key(key, value, VT.UINT32).write(tmp_path / "text.gguf")
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + f": metadata key '{key}' " + message):
+        load_isolated(bad, mmproj)

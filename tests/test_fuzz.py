@@ -108,28 +108,23 @@ def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker
     campaign(request, "gguf", artifacts, worker, fuzz_gguf_inputs.gguf_cases(bases), run_case)
 
 
-def llava16_projector(mmproj: Path, out: Path) -> Path:
-    """The tiny projector as LLaVA-1.6 (grid pinpoints): an image becomes an overview and 4 slices."""
-    from gguf_mutate import Gguf, ValueType
-
-    return Gguf.read(mmproj).set_key("clip.vision.image_grid_pinpoints", [32, 64, 64, 32, 64, 64],
-                                     ValueType.ARRAY, ValueType.INT32).write(out)
+# Sweep targets per family: LLaVA-1.6 shares LLaVA-1.5's text model (swept there).
+SWEEP_TARGETS = {"llava15": ("text", "mmproj"), "llava16": ("mmproj",), "gemma3": ("text", "mmproj")}
+# At least this many cases, so a sweep that silently shrinks fails.
+SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000}
 
 
-@pytest.mark.parametrize("family", ["llava15", "llava16"])
-def test_fuzz_gguf_single_edit_sweep(artifacts: Path, worker: fuzz_harness.Worker, tiny_paths: tuple[Path, Path],
-                                     family: str) -> None:
-    """Not random: every key and tensor of the pair, one edit at a time (the same cases in every run).
-    Per family: LLaVA-1.6's sweep edits its projector (the text model is LLaVA-1.5's, swept there)."""
-    text, mmproj = tiny_paths
+@pytest.mark.parametrize("family", list(SWEEP_TARGETS))
+def test_fuzz_gguf_single_edit_sweep(artifacts: Path, worker: fuzz_harness.Worker,
+                                     family_pairs: dict[str, tuple[Path, Path]], family: str) -> None:
+    """Not random: every key and tensor of the family's pair, one edit at a time (the same cases in
+    every run). A crash of the worker is a finding; a clean error or a run is not."""
+    text, mmproj = family_pairs[family]
     work = artifacts / f"gguf-sweep-{family}-work"
     work.mkdir(parents=True, exist_ok=True)
-    if family == "llava16":
-        mmproj = llava16_projector(mmproj, work / "llava16-mmproj.gguf")
     bases = fuzz_gguf_inputs.Bases(text, mmproj)
     c = fuzz_harness.Campaign(f"gguf-sweep-{family}", artifacts, worker)
-    targets = ("mmproj",) if family == "llava16" else ("text", "mmproj")
-    for k, case in enumerate(fuzz_gguf_inputs.single_edit_sweep(bases, targets)):
+    for k, case in enumerate(fuzz_gguf_inputs.single_edit_sweep(bases, SWEEP_TARGETS[family])):
         out = work / f"case-{k:05d}-{case['target']}.gguf"
         try:
             fuzz_gguf_inputs.apply(bases.gguf[case["target"]], case, out)
@@ -142,7 +137,7 @@ def test_fuzz_gguf_single_edit_sweep(artifacts: Path, worker: fuzz_harness.Worke
     report = c.write_report()
     print(f"\ngguf-sweep-{family}: {c.cases} cases, outcomes {dict(c.outcomes)}; report {report}")
     assert not c.findings, c.failure_message()
-    assert c.cases > (1000 if family == "llava15" else 400)
+    assert c.cases > SWEEP_MIN_CASES[family]
 
 
 def test_fuzz_images(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker) -> None:

@@ -1,7 +1,7 @@
 """Every ECSO step's greedy tokens equal the ones llama.cpp itself picks for that step's prompt
 (`tests/llama_reference.py`: mtmd_tokenize_from_parts + mtmd_helper_eval_chunks in a fresh context,
-through llama-cpp-python), with KV reuse on: for the LLaVA-1.5 tiny pair and for a LLaVA-1.6 pair
-(grid pinpoints: an image is five media chunks)."""
+through llama-cpp-python), with KV reuse on: per family, on its generated tiny pair (LLaVA-1.6: an
+image is five media chunks; Gemma 3: non-causal image attention and a sliding window)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 
 import ecso_edge
 from ecso_edge import EcsoConfig, Session
-from gguf_mutate import Gguf, ValueType
 from llama_reference import LlamaReference
 
 N_CTX = 1024
@@ -26,16 +25,11 @@ def fill(template: str, **values: str) -> str:
     return re.sub(r"\{([^{}]*)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-@pytest.fixture(scope="module", params=["llava15", "llava16"])
-def pair(request: pytest.FixtureRequest, tiny_paths: tuple[Path, Path],
-         tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
-    text, mmproj = tiny_paths
-    if request.param == "llava16":
-        out = tmp_path_factory.mktemp("llava16") / "mmproj.gguf"
-        Gguf.read(mmproj).set_key("clip.vision.image_grid_pinpoints", [32, 64, 64, 32, 64, 64], ValueType.ARRAY,
-                                  ValueType.INT32).write(out)
-        return text, out, np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    return text, mmproj, np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+@pytest.fixture(scope="module", params=["llava15", "llava16", "gemma3"])
+def pair(request: pytest.FixtureRequest, family_pairs: dict[str, tuple[Path, Path]]) -> tuple[Path, Path, np.ndarray]:
+    text, mmproj = family_pairs[request.param]
+    size = (40, 48, 3) if request.param == "llava15" else (64, 64, 3)
+    return text, mmproj, np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def test_every_step_picks_llama_cpps_tokens(pair: tuple[Path, Path, np.ndarray],
     model = ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=N_CTX)
     config = EcsoConfig(verdict_override=True)
     session = Session(model, config)
-    r = session.run(image, QUERY, max_tokens=12)
+    r = session.run(image, QUERY, max_tokens=40)
     head, tail = session._core.prompt_head, session._core.prompt_tail
 
     def image_step(user_text: str) -> list[tuple[str, bool]]:
@@ -61,10 +55,10 @@ def test_every_step_picks_llama_cpps_tokens(pair: tuple[Path, Path, np.ndarray],
     assert r.caption is not None
     text_only = fill(config.text_only_template, query=QUERY, caption=r.caption)
     expected = {
-        "answer": reference.greedy(image_step(QUERY), image, 1, 12),
+        "answer": reference.greedy(image_step(QUERY), image, 1, 40),
         "judge": reference.greedy(image_step(judge), image, 1, config.max_tokens_judge),
-        "caption": reference.greedy(image_step(caption), image, 1, 12),
-        "text_only": reference.greedy([(head, True), (text_only, False), (tail, True)], None, 0, 12),
+        "caption": reference.greedy(image_step(caption), image, 1, 40),
+        "text_only": reference.greedy([(head, True), (text_only, False), (tail, True)], None, 0, 40),
     }
     assert {s.name: s.tokens for s in r.steps} == expected
     assert all(expected.values())  # every step generated something to compare

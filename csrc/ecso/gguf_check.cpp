@@ -201,6 +201,16 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
         info.patch_size = f.require_int(v + "patch_size", 1, 1024);
         info.vision_n_embd = f.require_int(v + "embedding_length", 1, 1 << 16);
         info.n_blocks = f.require_int(v + "block_count", 1, 1024);
+        // Every real projector's tile is at most 64 patches a side (Gemma 3: 896 / 14); attention
+        // over 1,024 a side never finishes (found by the sweep: image_size 4096 with 4 px patches).
+        constexpr int64_t kMaxPatchesPerSide = 128;
+        if (info.image_size / info.patch_size > kMaxPatchesPerSide) {
+            fail(f.role(), path,
+                 "image_size " + std::to_string(info.image_size) + " with patch_size " + std::to_string(info.patch_size) +
+                     " makes " + std::to_string(info.image_size / info.patch_size) + " patches a side (at most " +
+                     std::to_string(kMaxPatchesPerSide) + " are plausible)",
+                 "The file is malformed");
+        }
     }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);

@@ -82,6 +82,11 @@ EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
     cparams.n_seq_max = kNumSequences;
     // One cell pool for all sequences: seq_cp then shares cells, and partial copies are allowed.
     cparams.kv_unified = true;
+    // Sliding-window layers (Gemma 3) may overwrite a cell once it is outside the window of the
+    // one sequence holding it, and a later step that shares that prefix would then attend without
+    // it. A full-size window cache never overwrites a cell a step can still share; at the default
+    // n_ctx it costs nothing, since n_swa * 4 sequences already reach n_ctx (docs/model-families.md).
+    cparams.swa_full = llama_model_n_swa(model_->llama()) > 0;
     cparams.n_threads = model_->n_threads();
     cparams.n_threads_batch = model_->n_threads_batch();
     cparams.flash_attn_type = model_->flash_attn_type();
@@ -173,6 +178,21 @@ Prompt EcsoSession::judge_prompt_without_quote(const std::string & query, const 
 }
 
 void EcsoSession::check_prompt_fits(const char * step, const Prompt & prompt) const {
+    const int32_t n_ubatch = static_cast<int32_t>(llama_n_ubatch(ctx_.get()));
+    for (const auto & item : prompt.items()) {
+        // Non-causal image attention (Gemma 3) needs every image token in one ubatch: split over
+        // two, the first half never sees the second (llama.cpp's own helper aborts here).
+        if (item.is_media() && item.media != nullptr && mtmd_decode_use_non_causal(model_->mtmd(), item.media)) {
+            const auto n_tokens = static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(item.media));
+            if (n_tokens > n_ubatch) {
+                throw ConfigError("the image is " + std::to_string(n_tokens) + " tokens, and this model (projector '" +
+                                  model_->projector_info().projector_type +
+                                  "') attends to all of them at once, so they must be evaluated in one batch; n_batch "
+                                  "is " + std::to_string(n_ubatch) + ". Load the model with Model(..., n_batch=" +
+                                  std::to_string(n_tokens) + ") or more");
+            }
+        }
+    }
     const int32_t n = static_cast<int32_t>(n_ctx());
     if (prompt.n_pos() >= n) {
         throw ContextOverflowError(std::string("the '") + step + "' prompt needs " + std::to_string(prompt.n_pos()) +

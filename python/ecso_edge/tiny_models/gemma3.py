@@ -24,7 +24,7 @@ TINY_VIT = VitSpec(image_size=32, patch_size=4, n_embd=32, n_ff=48, n_block=2, n
 TINY_POOL = 2
 # Gemma 3 4B's SigLIP-So400m: 896 px, 14 px patches, pooled 4x4 into 256 tokens.
 SO400M_VIT = VitSpec(image_size=896, patch_size=14, n_embd=1152, n_ff=4304, n_block=27, n_head=16, eps=1e-6,
-                     weight_dtype=np.float16)
+                     weight_dtype=np.float16, position_dtype=np.float32)
 TINY_MMPROJ_SEED = 20240317
 
 

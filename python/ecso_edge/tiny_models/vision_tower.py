@@ -26,6 +26,9 @@ class VitSpec:
     eps: float
     # Real llava-1.5 files keep 2-D/4-D weights in f16, 1-D tensors in f32.
     weight_dtype: type[np.floating]
+    # SigLIP adds its position embeddings to f32 activations, which ggml's CPU add refuses in
+    # f16: llama.cpp's converter keeps them f32 (CLIP reads rows of them, any type works).
+    position_dtype: type[np.floating] | None = None  # None: weight_dtype
 
     @property
     def n_patches(self) -> int:
@@ -64,7 +67,8 @@ def add_vit_tensors(w: gguf.GGUFWriter, vit: VitSpec, normal: Normal, weight_std
                  normal((e, 3, vit.patch_size, vit.patch_size), weight_std(3 * vit.patch_size ** 2), wd))
     if patch_bias:
         w.add_tensor("v.patch_embd.bias", bias(e))
-    w.add_tensor("v.position_embd.weight", normal((vit.n_patches + (1 if class_embd else 0), e), 0.02, wd))
+    w.add_tensor("v.position_embd.weight", normal((vit.n_patches + (1 if class_embd else 0), e), 0.02,
+                                                  vit.position_dtype or wd))
     if pre_ln:
         w.add_tensor("v.pre_ln.weight", np.ones(e, np.float32))
         w.add_tensor("v.pre_ln.bias", np.zeros(e, np.float32))

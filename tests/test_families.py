@@ -1,0 +1,147 @@
+"""Per model family, on its generated tiny pair (ecso_edge.tiny_models): the pair loads without
+ECSO_TRUST_PROJECTOR, every image chunk is encoded once per run, reuse on and off pick the same
+tokens on both branches, the GGUF's own template frames the prompt with the image markers mtmd
+expects, and what is special to the family (Gemma 3: non-causal image attention, a sliding
+window) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
+files: the single-edit sweep in test_fuzz.py."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ecso_edge
+from ecso_edge import ConfigError, EcsoConfig, Session
+from ecso_edge.tiny_models import gemma3
+
+QUERY = "What is shown in the picture? Answer please."
+FAMILIES = ["llava15", "llava16", "gemma3"]
+# media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1}
+CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process"}
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(11).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+def load(pairs: dict[str, tuple[Path, Path]], family: str, **options: int) -> ecso_edge.Model:
+    text, mmproj = pairs[family]
+    return ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=1024, **options)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_loads_by_default_and_says_how_it_was_checked(family_pairs: dict[str, tuple[Path, Path]],
+                                                             family: str, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    monkeypatch.delenv("ECSO_TRUST_PROJECTOR", raising=False)
+    monkeypatch.setenv("ECSO_CACHE_DIR", str(tmp_path))
+    first, second = load(family_pairs, family), load(family_pairs, family)
+    assert first.projector_check == CHECK[family]
+    # a pass is cached by file and llama.cpp build: only the first load runs the check process
+    assert second.projector_check == (CHECK[family] + " (cached)" if family == "gemma3" else CHECK[family])
+
+
+def test_an_edited_projector_is_checked_again(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECSO_CACHE_DIR", str(tmp_path / "cache"))
+    text, mmproj = family_pairs["gemma3"]
+    copy = tmp_path / "mmproj.gguf"
+    copy.write_bytes(mmproj.read_bytes())
+    assert ecso_edge.Model(text, copy, n_threads=1).projector_check == "child process"
+    assert ecso_edge.Model(text, copy, n_threads=1).projector_check == "child process (cached)"
+    copy.write_bytes(mmproj.read_bytes() + b"\0" * 32)  # same path, new size and time
+    assert ecso_edge.Model(text, copy, n_threads=1).projector_check == "child process"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("unsafe", [False, True], ids=["safe", "unsafe"])
+def test_reuse_picks_the_same_tokens_and_encodes_each_chunk_once(family_pairs: dict[str, tuple[Path, Path]],
+                                                                 family: str, unsafe: bool,
+                                                                 image: np.ndarray) -> None:
+    model = load(family_pairs, family)
+    # 64 answer tokens: Gemma 3's prompts and answers run past its 24-position window
+    runs = {reuse: Session(model, EcsoConfig(verdict_override=unsafe, reuse_kv=reuse)).run(image, QUERY, max_tokens=64)
+            for reuse in (True, False)}
+    on, off = runs[True], runs[False]
+    assert [s.name for s in on.steps] == (["answer", "judge", "caption", "text_only"] if unsafe
+                                          else ["answer", "judge"])
+    for a, b in zip(on.steps, off.steps):
+        assert a.tokens == b.tokens, a.name
+        assert a.input_tokens == b.input_tokens, a.name
+    assert on.answer == off.answer
+    image_steps = 3 if unsafe else 2
+    assert sum(s.stats["image_encodes"] for s in on.steps) == CHUNKS[family]
+    assert sum(s.stats["image_encodes"] for s in off.steps) == CHUNKS[family] * image_steps
+    assert all(s.stats["tokens_reused"] > 0 for s in on.steps[1:])
+    assert on.steps[0].input_tokens.count(-1) == CHUNKS[family]
+    if family == "gemma3":
+        assert on.steps[0].stats["prompt_tokens"] + 64 > gemma3.Gemma3Spec().sliding_window * 3
+
+
+def _apply_template(model: ecso_edge.Model, system: str, user: str) -> str:
+    """llama.cpp's own rendering of a system message and one user turn with the model's template."""
+    import llama_cpp
+
+    tmpl = model.chat_template
+    assert tmpl
+    msgs = (llama_cpp.llama_chat_message * 2)(llama_cpp.llama_chat_message(b"system", system.encode()),
+                                              llama_cpp.llama_chat_message(b"user", user.encode()))
+    buf = ctypes.create_string_buffer(4096)
+    n = llama_cpp.llama_chat_apply_template(tmpl.encode(), msgs, 2, True, buf, len(buf))
+    assert 0 < n < len(buf)
+    return buf.raw[:n].decode()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
+        family_pairs: dict[str, tuple[Path, Path]], family: str, image: np.ndarray) -> None:
+    model = load(family_pairs, family)
+    session = Session(model)
+    head, tail = session._core.prompt_head, session._core.prompt_tail
+    assert head + QUERY + tail == _apply_template(model, EcsoConfig().system_prompt, QUERY)
+    r = session.answer(image, QUERY, max_tokens=1)
+    tokens = r.steps[0].input_tokens
+    first, last = tokens.index(-1), len(tokens) - 1 - tokens[::-1].index(-1)
+    if family == "gemma3":
+        # Gemma has no system turn: llama.cpp puts the system message at the top of the user turn
+        assert head.startswith("<start_of_turn>user\n" + EcsoConfig().system_prompt)
+        assert tail == "<end_of_turn>\n<start_of_turn>model\n"
+        start, end = model.tokenize("<start_of_image>", parse_special=True), \
+            model.tokenize("<end_of_image>", parse_special=True)
+        assert len(start) == len(end) == 1
+        # mtmd's Gemma 3 layout: <start_of_image>, the image's tokens, <end_of_image>
+        assert tokens[first - 1] == start[0] and tokens[last + 1] == end[0]
+    else:
+        assert head.endswith("USER: ") and tail == "\nASSISTANT:"
+
+
+def test_gemma3_image_must_fit_one_batch(family_pairs: dict[str, tuple[Path, Path]], image: np.ndarray) -> None:
+    # Gemma 3's image tokens attend to each other both ways: split over two batches, the first
+    # half would not see the second (llama.cpp's helper aborts the process there)
+    n_tokens = (gemma3.TINY_VIT.image_size // gemma3.TINY_VIT.patch_size // gemma3.TINY_POOL) ** 2
+    with pytest.raises(ConfigError, match=(
+            f"the image is {n_tokens} tokens, and this model \\(projector 'gemma3'\\) attends to all of them at "
+            f"once, so they must be evaluated in one batch; n_batch is 8. Load the model with "
+            f"Model\\(\\.\\.\\., n_batch={n_tokens}\\) or more")):
+        Session(load(family_pairs, "gemma3", n_batch=8)).run(image, QUERY, max_tokens=2)
+    whole = Session(load(family_pairs, "gemma3", n_batch=n_tokens)).run(image, QUERY, max_tokens=4)
+    assert len(whole.steps[0].tokens) == 4
+
+
+@pytest.mark.parametrize("family", ["llava16", "gemma3"])
+def test_make_tiny_model_writes_the_familys_pair_byte_for_byte(family_pairs: dict[str, tuple[Path, Path]],
+                                                               family: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ecso_edge.cli", "make-tiny-model", str(tmp_path), "--family", family],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    written = [Path(line) for line in proc.stdout.split()]
+    assert [p.name for p in written] == [p.name for p in family_pairs[family]]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(written, family_pairs[family]))
