@@ -73,6 +73,22 @@ def _add_vocab(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types
     w.add_chat_template(template)
 
 
+def _writer(path: pathlib.Path, arch: str, kind: str, *, context_length: int, n_embd: int, n_layer: int, n_ff: int,
+            n_head: int, n_head_kv: int) -> gguf.GGUFWriter:
+    """A writer with the metadata every tiny text model starts with, in this order."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"ecso-edge tiny {arch if arch != 'llama' else 'llava'} text")
+    w.add_description(f"random-weight {kind}-style text model for tests")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    return w
+
+
 def _output(normal: Normal, types: list[int], e: int) -> np.ndarray:
     # Zero output rows for control/byte tokens mean greedy decoding emits only printable
     # pieces (and never EOS), so generated text is valid UTF-8.
@@ -87,16 +103,8 @@ def write_llama_text(path: pathlib.Path, spec: TextSpec = TextSpec(), seed: int 
     normal = legacy_normal(np.random.RandomState(seed))
     e, f = spec.n_embd, spec.n_ff
 
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("ecso-edge tiny llava text")
-    w.add_description("random-weight LLaVA-1.5-style text model for tests")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_context_length(spec.context_length)
-    w.add_embedding_length(e)
-    w.add_block_count(spec.n_layer)
-    w.add_feed_forward_length(f)
-    w.add_head_count(spec.n_head)
-    w.add_head_count_kv(spec.n_head)
+    w = _writer(path, "llama", "LLaVA-1.5", context_length=spec.context_length, n_embd=e, n_layer=spec.n_layer,
+                n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head)
     w.add_layer_norm_rms_eps(spec.rms_eps)
     w.add_rope_freq_base(spec.rope_freq_base)
     w.add_rope_dimension_count(e // spec.n_head)
@@ -146,16 +154,8 @@ def write_gemma3_text(path: pathlib.Path, spec: Gemma3Spec = Gemma3Spec(), seed:
     e, f, hd = spec.n_embd, spec.n_ff, spec.head_dim
     q_out, kv_out = spec.n_head * hd, spec.n_head_kv * hd
 
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_name("ecso-edge tiny gemma3 text")
-    w.add_description("random-weight Gemma-3-style text model for tests")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_context_length(spec.context_length)
-    w.add_embedding_length(e)
-    w.add_block_count(spec.n_layer)
-    w.add_feed_forward_length(f)
-    w.add_head_count(spec.n_head)
-    w.add_head_count_kv(spec.n_head_kv)
+    w = _writer(path, "gemma3", "Gemma-3", context_length=spec.context_length, n_embd=e, n_layer=spec.n_layer,
+                n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head_kv)
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_layer_norm_rms_eps(spec.rms_eps)
