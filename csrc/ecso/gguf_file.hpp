@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -138,6 +139,19 @@ public:
         }
         fail(role_, path_, "metadata key '" + key + "' should be a float but is " + gguf_type_name(type),
              "The file is malformed");
+    }
+
+    // A norm epsilon, when the key is present: ggml_norm and ggml_rms_norm GGML_ASSERT eps >= 0
+    // when they compute (a NaN fails it too), so a bad one aborts the first decode or encode.
+    void check_epsilon(const std::string & key) const {
+        if (!has_key(key)) {
+            return;
+        }
+        const double eps = require_float(key);
+        if (!std::isfinite(eps) || eps < 0.0 || eps > 1.0) {
+            fail(role_, path_, "metadata key '" + key + "' has the implausible value " + std::to_string(eps),
+                 "The file is malformed");
+        }
     }
 
     std::optional<bool> get_bool(const std::string & key) const {

@@ -71,10 +71,9 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
 
 void Model::admit_projector(const std::string & text_model_path, const std::string & mmproj_path) {
     const std::string & type = projector_info_.projector_type;
-    const ProjectorFamily * family = find_projector_family(type);
     const char * trust = std::getenv("ECSO_TRUST_PROJECTOR");
     const bool trusted = trust != nullptr && std::string(trust) == "1";
-    if (family == nullptr && !trusted) {
+    if (!is_supported_projector_type(type) && !trusted) {
         throw ModelLoadError("projector (mmproj) '" + mmproj_path + "': projector type '" + type +
                              "' is not one ecso-edge supports yet (supported: " + supported_projector_types() +
                              "). Use a projector of a supported family, or set the environment variable "

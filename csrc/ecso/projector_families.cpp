@@ -4,27 +4,27 @@
 namespace ecso {
 namespace {
 
-constexpr ProjectorFamily kFamilies[] = {
-    {"mlp", "LLaVA-1.5 / LLaVA-1.6", ProjectorCheck::kTensorTable},
-    {"mlp_norm", "LLaVA (Yi-style projector)", ProjectorCheck::kTensorTable},
-    {"gemma3", "Gemma 3", ProjectorCheck::kChildProcess},
+constexpr const char * kSupported[] = {
+    "mlp",       // LLaVA-1.5, LLaVA-1.6 (with grid pinpoints)
+    "mlp_norm",  // LLaVA with a Yi-style projector
+    "gemma3",    // Gemma 3
 };
 
 }  // namespace
 
-const ProjectorFamily * find_projector_family(const std::string & type) {
-    for (const auto & f : kFamilies) {
-        if (type == f.type) {
-            return &f;
+bool is_supported_projector_type(const std::string & type) {
+    for (const char * t : kSupported) {
+        if (type == t) {
+            return true;
         }
     }
-    return nullptr;
+    return false;
 }
 
 std::string supported_projector_types() {
     std::string out;
-    for (const auto & f : kFamilies) {
-        out += (out.empty() ? "" : ", ") + std::string(f.type);
+    for (const char * t : kSupported) {
+        out += (out.empty() ? "" : ", ") + std::string(t);
     }
     return out;
 }

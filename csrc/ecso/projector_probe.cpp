@@ -91,26 +91,24 @@ std::string cache_key(const std::string & text_model_path, const std::string & m
     return key;
 }
 
-bool cache_has(const std::string & key) {
-    std::ifstream in(probe_cache_dir() + "/" + kCacheFile);
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line == key) {
-            return true;
-        }
+std::string cache_path() { return probe_cache_dir() + "/" + kCacheFile; }
+
+std::vector<std::string> cache_lines() {
+    std::vector<std::string> lines;
+    std::ifstream in(cache_path());
+    for (std::string line; std::getline(in, line);) {
+        lines.push_back(line);
     }
-    return false;
+    return lines;
 }
 
 bool make_dirs(const std::string & dir) {
-    if (dir.empty()) {
-        return false;
-    }
     struct stat st {};
     if (::stat(dir.c_str(), &st) == 0) {
         return S_ISDIR(st.st_mode);
     }
-    if (!make_dirs(dirname_of(dir)) && dirname_of(dir) != dir) {
+    const size_t slash = dir.rfind('/');
+    if (slash != std::string::npos && slash > 0 && !make_dirs(dir.substr(0, slash))) {
         return false;
     }
     return ::mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST;
@@ -118,19 +116,11 @@ bool make_dirs(const std::string & dir) {
 
 // Best effort: a cache that cannot be written only means the next load checks again.
 void cache_add(const std::string & key) {
-    const std::string dir = probe_cache_dir();
-    if (!make_dirs(dir)) {
+    if (!make_dirs(probe_cache_dir())) {
         return;
     }
-    const std::string path = dir + "/" + kCacheFile;
-    std::vector<std::string> lines;
-    {
-        std::ifstream in(path);
-        std::string line;
-        while (std::getline(in, line)) {
-            lines.push_back(line);
-        }
-    }
+    const std::string path = cache_path();
+    const std::vector<std::string> lines = cache_lines();
     if (lines.size() >= kCacheMaxLines) {
         const std::string tmp = path + ".tmp" + std::to_string(::getpid());
         {
@@ -153,6 +143,7 @@ void cache_add(const std::string & key) {
 }
 
 struct ChildResult {
+    int spawn_error = 0;  // posix_spawn's own error code (it leaves errno alone)
     bool started = false;
     int status = 0;
     std::string output;  // stdout and stderr together, the last few KB
@@ -162,6 +153,7 @@ ChildResult run_child(const std::vector<std::string> & argv) {
     ChildResult result;
     int pipe_fds[2];
     if (::pipe(pipe_fds) != 0) {
+        result.spawn_error = errno;
         return result;
     }
     posix_spawn_file_actions_t actions;
@@ -190,6 +182,7 @@ ChildResult run_child(const std::vector<std::string> & argv) {
     ::close(pipe_fds[1]);
     if (rc != 0) {
         ::close(pipe_fds[0]);
+        result.spawn_error = rc;
         return result;
     }
     result.started = true;
@@ -294,7 +287,8 @@ ProbeOutcome probe_projector(const std::string & text_model_path, const std::str
                              const ProbeOptions & options) {
     const std::string where = "projector (mmproj) '" + mmproj_path + "': ";
     const std::string key = cache_key(text_model_path, mmproj_path, options);
-    if (!key.empty() && cache_has(key)) {
+    const std::vector<std::string> cached = key.empty() ? std::vector<std::string>() : cache_lines();
+    if (std::find(cached.begin(), cached.end(), key) != cached.end()) {
         return ProbeOutcome::kCached;
     }
     const std::string checker = find_checker();
@@ -311,7 +305,7 @@ ProbeOutcome probe_projector(const std::string & text_model_path, const std::str
     const ChildResult child = run_child(argv);
     if (!child.started) {
         throw ModelLoadError(where + "the check program '" + checker + "' could not be started (" +
-                             std::strerror(errno) + "). Check that it is executable, or reinstall ecso-edge");
+                             std::strerror(child.spawn_error) + "). Check that it is executable, or reinstall ecso-edge");
     }
     if (WIFEXITED(child.status) && WEXITSTATUS(child.status) == 0 && child.output.find("ok") != std::string::npos) {
         if (!key.empty()) {
