@@ -9,12 +9,8 @@ misses a defect, mtmd may crash the process, and that must fail one test, not ki
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,6 +23,7 @@ from ecso_edge import ConfigError, ContextOverflowError, EcsoConfig, ModelLoadEr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gguf_mutate as gm  # noqa: E402
+from isolated_load import load_isolated  # noqa: E402
 
 VT = gm.ValueType
 PROJECTOR = re.escape("projector (mmproj) '")
@@ -40,39 +37,6 @@ def _in(path: Path) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Loading a pair in a child process
-
-_LOAD_SCRIPT = """
-import json, sys
-import ecso_edge
-try:
-    ecso_edge.Model(sys.argv[1], sys.argv[2], n_threads=1, n_ctx=256)
-except ecso_edge.EcsoError as e:
-    print(json.dumps({"error": type(e).__name__, "message": str(e)}))
-else:
-    print(json.dumps({"error": None}))
-"""
-
-
-def load_isolated(text: Path, mmproj: Path, **env: str) -> None:
-    """Load the pair in a child process; re-raise its EcsoError here. A crash fails the test."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOAD_SCRIPT, str(text), str(mmproj)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=text.parent,
-        env={**os.environ, "OMP_WAIT_POLICY": "passive", **env},
-    )
-    if proc.returncode < 0:
-        pytest.fail(
-            f"loading crashed the process with {signal.Signals(-proc.returncode).name}: the validator let "
-            f"a bad file through to llama.cpp/mtmd\n--- stderr (tail) ---\n{proc.stderr[-3000:]}"
-        )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
-    if outcome["error"] is not None:
-        raise getattr(ecso_edge, outcome["error"])(outcome["message"])
-
 
 @pytest.fixture(scope="module")
 def mmproj_gguf(tiny_paths: tuple[Path, Path]) -> gm.Gguf:
@@ -476,7 +440,7 @@ def test_projector_type_not_yet_supported_is_refused(
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", projector_type, VT.STRING))
     with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
             f": projector type '{projector_type}' is not one ecso-edge supports yet (supported: mlp, mlp_norm, "
-            "gemma3). Use a projector of a supported family, or set the environment variable "
+            "gemma3, qwen2.5vl_merger). Use a projector of a supported family, or set the environment variable "
             "ECSO_TRUST_PROJECTOR=1 to run this one untested (it is still checked for crashes first)")):
         load_isolated(tiny_paths[0], bad)
 
@@ -610,7 +574,7 @@ LONG_QUERY = " ".join(["word"] * 2000)
 
 def test_prompt_over_context_raises_context_overflow(small_ctx_model: ecso_edge.Model, image: np.ndarray) -> None:
     session = ecso_edge.Session(small_ctx_model)
-    with pytest.raises(ContextOverflowError, match=r"the 'answer' prompt needs \d{4} positions \(16 of them for "
+    with pytest.raises(ContextOverflowError, match=r"the 'answer' prompt needs \d{4} tokens \(16 of them for "
                        r"the image\) but the context holds 256. Raise n_ctx \(Model\(\.\.\., n_ctx=\.\.\.\)\)"):
         session.run(image, LONG_QUERY, max_tokens=4)
 
@@ -673,52 +637,3 @@ def test_media_marker_in_query_adds_no_image(tiny_model: ecso_edge.Model, image:
     r = ecso_edge.Session(tiny_model).answer(image, "<__media__> describe <__media__>", max_tokens=2)
     assert r.stats["image_encodes"] == 1
     assert r.stats["image_tokens"] == 16
-
-
-# --------------------------------------------------------------------------------------------
-# Gemma 3: what its single-edit sweep found (each crashed or hung the process before the fix)
-
-_G3_PROJECTOR_CASES = {
-    # ggml-cpu GGML_ASSERT(eps >= 0.0f) at the first encode
-    "eps NaN": (lambda g: g.set_key("clip.vision.attention.layer_norm_epsilon", float("nan"), VT.FLOAT32),
-                "metadata key 'clip.vision.attention.layer_norm_epsilon' has the implausible value nan"),
-    # ggml-cpu binary_op: unsupported types (an f16 operand of an add) at the first encode
-    "f16 position embedding": (
-        lambda g: g.set_tensor("v.position_embd.weight", g.tensors["v.position_embd.weight"].astype(np.float16)),
-        re.escape("llama.cpp crashed loading it (SIGABRT in a check process, so this one is unharmed) (llama.cpp: ")
-        + ".*binary_op: unsupported types"),
-    # clip.cpp "Invalid number of output tokens" abort: a 3x3 pooling of an 8x8 patch grid
-    "pooling 3": (lambda g: g.set_key("clip.vision.projector.scale_factor", 3, VT.UINT32),
-                  "llama.cpp crashed loading it \\(SIGABRT .*Invalid number of output tokens"),
-    # the encode of 1,024 x 1,024 patches never finished
-    "image_size 4096": (lambda g: g.set_key("clip.vision.image_size", 4096, VT.UINT32),
-                        "image_size 4096 with patch_size 4 makes 1024 patches a side \\(at most 128"),
-}
-
-
-@pytest.mark.parametrize("case", list(_G3_PROJECTOR_CASES))
-def test_gemma3_projector_found_by_its_sweep_is_an_error(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
-                                                         case: str) -> None:
-    text, mmproj = family_pairs["gemma3"]
-    edit, message = _G3_PROJECTOR_CASES[case]
-    g = gm.Gguf.read(mmproj)
-    edit(g)
-    bad = g.write(tmp_path / "mmproj.gguf")
-    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + _in(bad)[1:] + ": .*" + message):
-        load_isolated(text, bad)
-
-
-@pytest.mark.parametrize("key, value, message", [
-    # std::bad_alloc when the context was created
-    ("gemma3.attention.sliding_window", 2**31, "has the implausible value 2147483648 \\(the model's context is 4096\\)"),
-    # GGML_ASSERT(hparams.is_swa_any()) when the context was created
-    ("gemma3.attention.sliding_window_pattern", 1,
-     "is 1, which leaves no layer with the sliding window that 'gemma3.attention.sliding_window' sets"),
-])
-def test_gemma3_text_model_window_found_by_its_sweep_is_an_error(family_pairs: dict[str, tuple[Path, Path]],
-                                                                 tmp_path: Path, key: str, value: int,
-                                                                 message: str) -> None:
-    text, mmproj = family_pairs["gemma3"]
-    bad = gm.Gguf.read(text).set_key(key, value, VT.UINT32).write(tmp_path / "text.gguf")
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + f": metadata key '{key}' " + message):
-        load_isolated(bad, mmproj)

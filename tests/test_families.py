@@ -15,13 +15,15 @@ import pytest
 
 import ecso_edge
 from ecso_edge import ConfigError, EcsoConfig, Session
-from ecso_edge.tiny_models import gemma3
+from ecso_edge.tiny_models import gemma3, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3"]
+FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl"]
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1}
-CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process"}
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1}
+# the text markers mtmd puts around an image's tokens (LLaVA has none)
+IMAGE_MARKERS = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>")}
+CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def image() -> np.ndarray:
 
 def load(pairs: dict[str, tuple[Path, Path]], family: str, **options: int) -> ecso_edge.Model:
     text, mmproj = pairs[family]
-    return ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=1024, **options)
+    return ecso_edge.Model(text, mmproj, **{"n_threads": 1, "n_ctx": 1024, **options})
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -43,7 +45,7 @@ def test_family_loads_by_default_and_says_how_it_was_checked(family_pairs: dict[
     first, second = load(family_pairs, family), load(family_pairs, family)
     assert first.projector_check == CHECK[family]
     # a pass is cached by file and llama.cpp build: only the first load runs the check process
-    assert second.projector_check == (CHECK[family] + " (cached)" if family == "gemma3" else CHECK[family])
+    assert second.projector_check == (CHECK[family] + " (cached)" if CHECK[family] == "child process" else CHECK[family])
 
 
 def test_an_edited_projector_is_checked_again(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
@@ -107,17 +109,21 @@ def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
     r = session.answer(image, QUERY, max_tokens=1)
     tokens = r.steps[0].input_tokens
     first, last = tokens.index(-1), len(tokens) - 1 - tokens[::-1].index(-1)
+    system = EcsoConfig().system_prompt
     if family == "gemma3":
         # Gemma has no system turn: llama.cpp puts the system message at the top of the user turn
-        assert head.startswith("<start_of_turn>user\n" + EcsoConfig().system_prompt)
+        assert head.startswith("<start_of_turn>user\n" + system)
         assert tail == "<end_of_turn>\n<start_of_turn>model\n"
-        start, end = model.tokenize("<start_of_image>", parse_special=True), \
-            model.tokenize("<end_of_image>", parse_special=True)
-        assert len(start) == len(end) == 1
-        # mtmd's Gemma 3 layout: <start_of_image>, the image's tokens, <end_of_image>
-        assert tokens[first - 1] == start[0] and tokens[last + 1] == end[0]
+    elif family == "qwen2.5vl":
+        assert head == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+        assert tail == "<|im_end|>\n<|im_start|>assistant\n"
     else:
         assert head.endswith("USER: ") and tail == "\nASSISTANT:"
+    if family in IMAGE_MARKERS:
+        start, end = (model.tokenize(marker, parse_special=True) for marker in IMAGE_MARKERS[family])
+        assert len(start) == len(end) == 1
+        # mtmd's layout: the family's start marker, the image's tokens, its end marker
+        assert tokens[first - 1] == start[0] and tokens[last + 1] == end[0]
 
 
 def test_gemma3_image_must_fit_one_batch(family_pairs: dict[str, tuple[Path, Path]], image: np.ndarray) -> None:
@@ -131,6 +137,23 @@ def test_gemma3_image_must_fit_one_batch(family_pairs: dict[str, tuple[Path, Pat
         Session(load(family_pairs, "gemma3", n_batch=8)).run(image, QUERY, max_tokens=2)
     whole = Session(load(family_pairs, "gemma3", n_batch=n_tokens)).run(image, QUERY, max_tokens=4)
     assert len(whole.steps[0].tokens) == 4
+
+
+def test_qwen25vl_image_fills_more_context_than_positions(family_pairs: dict[str, tuple[Path, Path]],
+                                                          image: np.ndarray) -> None:
+    # M-RoPE: the 64x64 image is 8x8 tokens over 8 positions. The context holds tokens (KV
+    # cells), so a full context stops generation ("context"), counted in tokens, not positions.
+    model = load(family_pairs, "qwen2.5vl", n_ctx=256)
+    r = Session(model).answer(image, QUERY, max_tokens=400)
+    step = r.steps[0]
+    assert r.stats["image_tokens"] == (64 // qwen_vl.TINY_VIT.patch_size // 2) ** 2 == 64
+    assert step.stop_reason == "context"
+    assert step.stats["prompt_tokens"] + len(step.tokens) - 1 == 256  # the last token is never decoded
+    # and both branches near the full context: reuse on and off agree
+    runs = [Session(model, EcsoConfig(verdict_override=True, reuse_kv=reuse)).run(image, QUERY, max_tokens=150)
+            for reuse in (True, False)]
+    assert [s.tokens for s in runs[0].steps] == [s.tokens for s in runs[1].steps]
+    assert runs[0].steps[2].stats["tokens_reused"] > 64  # the caption step shares the head and the image
 
 
 @pytest.mark.parametrize("family", ["llava16", "gemma3"])

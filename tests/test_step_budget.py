@@ -69,7 +69,7 @@ def test_a_request_whose_judge_cannot_fit_is_refused_before_step_1(small_model: 
                                                                    image: np.ndarray) -> None:
     config = EcsoConfig(judge_template="Consider this. " * 200 + "{response} Harmful?")
     events: list[tuple[str, str]] = []
-    with pytest.raises(ContextOverflowError, match=rf"cannot finish in a context of {N_CTX} positions: "
+    with pytest.raises(ContextOverflowError, match=rf"cannot finish in a context of {N_CTX} tokens: "
                                                    r"step 'judge' alone needs \d+ .*so nothing was run"):
         Session(small_model, config).run(image, "What is this?", max_tokens=8,
                                          on_progress=lambda step, phase, *_: events.append((step, phase)))

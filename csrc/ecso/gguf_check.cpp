@@ -98,6 +98,50 @@ void check_sliding_window(const GgufFile & f, const std::string & arch) {
     }
 }
 
+// M-RoPE (Qwen-VL): the rotary pairs of a head are split into sections (temporal, height, width,
+// extra), and ggml's rope kernel asserts that they fit the rotated dimensions and divides by their
+// sum (found by the Qwen2.5-VL sweep: a first section of 16 with 16 rotated dimensions aborts the
+// first decode).
+void check_rope_sections(const GgufFile & f, const std::string & arch) {
+    const std::string key = arch + ".rope.dimension_sections";
+    const auto sections = f.get_int32_array(key);
+    if (!sections) {
+        return;
+    }
+    const int64_t n_head = std::max<int64_t>(f.get_int(arch + ".attention.head_count").value_or(1), 1);
+    const int64_t head_dim = f.get_int(arch + ".attention.key_length")
+                                 .value_or(f.get_int(arch + ".embedding_length").value_or(0) / n_head);
+    const int64_t n_rot = f.get_int(arch + ".rope.dimension_count").value_or(head_dim);
+    int64_t sum = 0;
+    bool negative = false;
+    for (int64_t v : *sections) {
+        negative = negative || v < 0;
+        sum += v;
+    }
+    if (sections->size() < 4 || negative || sum <= 0 || sum > n_rot) {
+        fail(f.role(), f.path(),
+             "metadata key '" + key + "' must be 4 or more sections of 0 or more rotary pairs whose sum is between 1 "
+                 "and the " + std::to_string(n_rot) + " rotated dimensions of a head (the sum is " +
+                 std::to_string(sum) + ")",
+             "The file is malformed");
+    }
+}
+
+// Qwen2.5-VL's windowed blocks group merged 2x2 patches into windows of 112 px (clip.cpp's fixed
+// size): a patch over 56 px makes windows of 0 tokens, and mtmd loops forever over them (found by
+// the Qwen2.5-VL sweep).
+void check_window_attention(const GgufFile & f, const ProjectorInfo & info) {
+    const auto pattern = f.get_int("clip.vision.n_wa_pattern");
+    constexpr int64_t kWindowPixels = 112;
+    if (pattern && *pattern > 0 && info.patch_size * 2 > kWindowPixels) {
+        fail(f.role(), f.path(),
+             "patch_size " + std::to_string(info.patch_size) + " leaves no 2x2 group of patches in the " +
+                 std::to_string(kWindowPixels) + " px attention windows that clip.vision.n_wa_pattern turns on (at "
+                 "most " + std::to_string(kWindowPixels / 2) + " px fit)",
+             "The file is malformed");
+    }
+}
+
 }  // namespace
 
 TextModelInfo check_text_model(const std::string & path) {
@@ -128,6 +172,7 @@ TextModelInfo check_text_model(const std::string & path) {
         f.check_epsilon(*arch + key);
     }
     check_sliding_window(f, *arch);
+    check_rope_sections(f, *arch);
     // llama.cpp turns byte tokens (<0xNN>) into bytes only for the SPM, BPE and UGM vocabularies and
     // aborts the process for the others (found by the fuzz suite: tokenizer.ggml.model "bert").
     const auto tokenizer = f.get_string("tokenizer.ggml.model");
@@ -190,6 +235,9 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
                      std::to_string(kMaxPatchesPerSide) + " are plausible)",
                  "The file is malformed");
         }
+    }
+    if (t == "qwen2.5vl_merger") {
+        check_window_attention(f, info);
     }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);

@@ -15,16 +15,19 @@ KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & 
         const auto & held = contents_[seq];
         size_t n = 0;
         int32_t pos = 0;
+        int32_t cells = 0;
         while (n < held.size() && n < items.size() && n < max_items && held[n].same_as(items[n])) {
             pos += items[n].n_pos;
+            cells += items[n].n_cells;
             ++n;
         }
         if (n == items.size() && n > 0) {
             --n;  // leave the last item to evaluate
             pos -= items[n].n_pos;
+            cells -= items[n].n_cells;
         }
         if (n > best.items) {
-            best = {static_cast<int>(seq), n, pos};
+            best = {static_cast<int>(seq), n, pos, cells};
         }
     }
     return best;

@@ -18,6 +18,7 @@ public:
         int source = -1;        // the sequence holding it, -1 when nothing is shared
         size_t items = 0;       // prompt items covered
         int32_t positions = 0;  // KV positions covered
+        int32_t cells = 0;      // and the tokens in them (more with an M-RoPE image)
     };
 
     // The longest prefix of `items` held by a sequence other than `target`, cut to at most

@@ -8,6 +8,7 @@ constexpr const char * kSupported[] = {
     "mlp",       // LLaVA-1.5, LLaVA-1.6 (with grid pinpoints)
     "mlp_norm",  // LLaVA with a Yi-style projector
     "gemma3",    // Gemma 3
+    "qwen2.5vl_merger",  // Qwen2.5-VL
 };
 
 }  // namespace

@@ -10,11 +10,13 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <poll.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <dlfcn.h>
+#include <chrono>
 #include <vector>
 
 #include "ecso/errors.hpp"
@@ -38,7 +40,15 @@ bool is_executable(const std::string & path) { return ::access(path.c_str(), X_O
 
 // The checker is installed beside the code that runs it: ecso_edge/bin/ next to the Python module,
 // or the same folder as a program that links the core (the C++ self-test, a build tree).
+// $ECSO_CHECK_PROJECTOR names another one (a packager's layout).
 std::string find_checker() {
+    if (const char * path = std::getenv("ECSO_CHECK_PROJECTOR"); path != nullptr && *path != '\0') {
+        if (!is_executable(path)) {
+            throw ConfigError(std::string("the environment variable ECSO_CHECK_PROJECTOR names '") + path +
+                              "', which is not an executable file. Point it at ecso-check-projector, or unset it");
+        }
+        return path;
+    }
     Dl_info info{};
     if (dladdr(reinterpret_cast<void *>(&probe_projector), &info) != 0 && info.dli_fname != nullptr) {
         const std::string dir = dirname_of(info.dli_fname);
@@ -142,14 +152,34 @@ void cache_add(const std::string & key) {
     ::close(fd);
 }
 
+// How long the check may take: a projector of Gemma 3 4B's size takes about a minute on two
+// cores; a file that sends mtmd into an endless loop must not hang the load.
+constexpr double kDefaultTimeoutSeconds = 900;
+
+double check_timeout_seconds() {
+    const char * value = std::getenv("ECSO_PROJECTOR_CHECK_TIMEOUT");
+    if (value == nullptr || *value == '\0') {
+        return kDefaultTimeoutSeconds;
+    }
+    char * end = nullptr;
+    const double seconds = std::strtod(value, &end);
+    if (end == value || *end != '\0' || !(seconds > 0) || seconds > 1e7) {
+        throw ConfigError(std::string("the environment variable ECSO_PROJECTOR_CHECK_TIMEOUT is '") + value +
+                          "', not a number of seconds between 0 and 10000000 (exclusive of 0). Set it to how long "
+                          "the projector check may take, e.g. 900, or unset it");
+    }
+    return seconds;
+}
+
 struct ChildResult {
     int spawn_error = 0;  // posix_spawn's own error code (it leaves errno alone)
     bool started = false;
+    bool timed_out = false;
     int status = 0;
     std::string output;  // stdout and stderr together, the last few KB
 };
 
-ChildResult run_child(const std::vector<std::string> & argv) {
+ChildResult run_child(const std::vector<std::string> & argv, double timeout_seconds) {
     ChildResult result;
     int pipe_fds[2];
     if (::pipe(pipe_fds) != 0) {
@@ -188,7 +218,22 @@ ChildResult run_child(const std::vector<std::string> & argv) {
     result.started = true;
     constexpr size_t kKeep = 8192;
     char buf[4096];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
     for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            result.timed_out = true;
+            ::kill(pid, SIGKILL);
+            break;
+        }
+        pollfd pfd{pipe_fds[0], POLLIN, 0};
+        const int ready = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1000)));
+        if (ready < 0 && errno != EINTR) {
+            break;
+        }
+        if (ready <= 0) {
+            continue;
+        }
         const ssize_t n = ::read(pipe_fds[0], buf, sizeof(buf));
         if (n > 0) {
             result.output.append(buf, static_cast<size_t>(n));
@@ -297,15 +342,25 @@ ProbeOutcome probe_projector(const std::string & text_model_path, const std::str
                              " was not found beside ecso-edge's library. The installation is incomplete; reinstall "
                              "ecso-edge (pip install --force-reinstall ecso-edge)");
     }
-    std::vector<std::string> argv = {checker, text_model_path, mmproj_path, "--threads",
-                                     std::to_string(options.n_threads), "--flash-attn", options.flash_attn};
+    const double timeout = check_timeout_seconds();
+    // --parent: the checker ends itself when this process dies first (killed during the check)
+    std::vector<std::string> argv = {checker,       text_model_path, mmproj_path, "--threads",
+                                     std::to_string(options.n_threads), "--flash-attn", options.flash_attn,
+                                     "--parent",    std::to_string(::getpid())};
     if (options.use_gpu) {
         argv.push_back("--gpu");
     }
-    const ChildResult child = run_child(argv);
+    const ChildResult child = run_child(argv, timeout);
     if (!child.started) {
         throw ModelLoadError(where + "the check program '" + checker + "' could not be started (" +
                              std::strerror(child.spawn_error) + "). Check that it is executable, or reinstall ecso-edge");
+    }
+    if (child.timed_out) {
+        char seconds[32];
+        std::snprintf(seconds, sizeof(seconds), "%g", timeout);
+        throw ModelLoadError(where + "the check process loading it did not finish within " + seconds +
+                             " s, and was stopped. The file is likely damaged (mtmd loops on it); if it is a very "
+                             "large projector on a slow machine, raise ECSO_PROJECTOR_CHECK_TIMEOUT (seconds)");
     }
     if (WIFEXITED(child.status) && WEXITSTATUS(child.status) == 0 && child.output.find("ok") != std::string::npos) {
         if (!key.empty()) {

@@ -72,14 +72,15 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
             size_t n = 0;
             const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
             for (size_t k = 0; k < n; ++k) {
-                prompt.items_.push_back({tokens[k], nullptr, std::string(), 1});
+                prompt.items_.push_back({tokens[k], nullptr, std::string(), 1, 1});
             }
         } else {
             // A sliced image is several chunks sharing the bitmap's id: the ordinal tells them
             // apart, for the embedding cache and prefix matching alike (same image, same slicing).
             const char * id = mtmd_input_chunk_get_id(chunk);
             prompt.items_.push_back({-1, chunk, (id ? std::string(id) : std::string()) + "#" + std::to_string(media_chunks++),
-                                     static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk))});
+                                     static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk)),
+                                     static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(chunk))});
         }
     }
     // mtmd tokenizes each part on its own and prepends BOS: the head is its first items.
@@ -119,6 +120,14 @@ int32_t Prompt::n_pos() const {
     return n;
 }
 
+int32_t Prompt::n_cells() const {
+    int32_t n = 0;
+    for (const auto & item : items_) {
+        n += item.n_cells;
+    }
+    return n;
+}
+
 std::vector<llama_token> Prompt::input_tokens() const {
     std::vector<llama_token> out;
     out.reserve(items_.size());
@@ -132,7 +141,7 @@ int32_t Prompt::image_tokens() const {
     int32_t n = 0;
     for (const auto & item : items_) {
         if (item.is_media()) {
-            n += item.n_pos;
+            n += item.n_cells;
         }
     }
     return n;

@@ -16,7 +16,9 @@ struct PromptItem {
     llama_token token = -1;                    // a text token, or -1 for a media chunk
     const mtmd_input_chunk * media = nullptr;  // valid only inside the Prompt that made it
     std::string media_id;                      // the image's content hash, "#", the chunk's ordinal
-    int32_t n_pos = 1;                         // positions occupied (image: its token count)
+    int32_t n_pos = 1;                         // positions occupied (image: its token count, or
+                                               // max(rows, cols) of its grid with M-RoPE)
+    int32_t n_cells = 1;                       // KV cells it fills (image: its token count)
 
     bool is_media() const { return token < 0; }
     // Same KV contents when placed at the same position.
@@ -44,6 +46,9 @@ public:
 
     const std::vector<PromptItem> & items() const { return items_; }
     int32_t n_pos() const;
+    // Its tokens, the KV cells it fills: what the context must hold. More than n_pos() with an
+    // M-RoPE image (Qwen-VL), whose tokens share positions.
+    int32_t n_cells() const;
 
     // Canonical batch boundaries. Prompt evaluation splits batches at the end of the chat
     // template head and around media, and every step reuses the cache only up to one of these
@@ -53,7 +58,7 @@ public:
     bool is_boundary(size_t item) const;
     // The largest boundary that does not exceed `shared_items` (0 when there is none).
     size_t reuse_boundary(size_t shared_items) const;
-    int32_t image_tokens() const;      // positions of the image, 0 without one
+    int32_t image_tokens() const;      // tokens of the image, 0 without one
     int32_t positions_before_image() const;
     // Text token ids in order, -1 standing for each media chunk.
     std::vector<llama_token> input_tokens() const;

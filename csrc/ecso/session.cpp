@@ -151,7 +151,7 @@ Prompt EcsoSession::judge_prompt(const std::string & query, const std::string & 
     };
     const int32_t room = static_cast<int32_t>(n_ctx()) - judge_reserve(judge_tokens);
     Prompt prompt = build(config_.response_cut_chars);
-    if (prompt.n_pos() <= room) {
+    if (prompt.n_cells() <= room) {
         return prompt;
     }
     // The context cannot hold the quote: the largest cut that fits (the empty quote fits: the
@@ -160,7 +160,7 @@ Prompt EcsoSession::judge_prompt(const std::string & query, const std::string & 
     size_t hi = std::min(config_.response_cut_chars, prompts::count_chars(response));
     while (lo < hi) {
         const size_t mid = lo + (hi - lo + 1) / 2;
-        if (build(mid).n_pos() <= room) {
+        if (build(mid).n_cells() <= room) {
             lo = mid;
         } else {
             hi = mid - 1;
@@ -194,9 +194,9 @@ void EcsoSession::check_prompt_fits(const char * step, const Prompt & prompt) co
         }
     }
     const int32_t n = static_cast<int32_t>(n_ctx());
-    if (prompt.n_pos() >= n) {
-        throw ContextOverflowError(std::string("the '") + step + "' prompt needs " + std::to_string(prompt.n_pos()) +
-                                   " positions (" + std::to_string(prompt.image_tokens()) +
+    if (prompt.n_cells() >= n) {
+        throw ContextOverflowError(std::string("the '") + step + "' prompt needs " + std::to_string(prompt.n_cells()) +
+                                   " tokens (" + std::to_string(prompt.image_tokens()) +
                                    " of them for the image) but the context holds " + std::to_string(n) +
                                    ". Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
     }
@@ -208,22 +208,22 @@ void EcsoSession::check_steps_fit(const Prompt & answer, const Prompt & judge_em
     const int32_t judge_tokens = judge_token_limit();
     struct Need {
         const char * step;
-        int32_t positions;
+        int32_t tokens;
         const char * what;
     };
     check_prompt_fits("answer", answer);
     std::vector<Need> needs = {
-        {"judge", judge_empty.n_pos() + judge_reserve(judge_tokens), "its prompt without the quoted answer, and room for its verdict"},
+        {"judge", judge_empty.n_cells() + judge_reserve(judge_tokens), "its prompt without the quoted answer, and room for its verdict"},
     };
     if (caption != nullptr) {
-        needs.push_back({"caption", caption->n_pos() + 1, "its prompt and one token"});
-        needs.push_back({"text_only", text_only_empty->n_pos() + 2, "its prompt, a one-token caption and one token"});
+        needs.push_back({"caption", caption->n_cells() + 1, "its prompt and one token"});
+        needs.push_back({"text_only", text_only_empty->n_cells() + 2, "its prompt, a one-token caption and one token"});
     }
     for (const Need & need : needs) {
-        if (need.positions > n) {
+        if (need.tokens > n) {
             throw ContextOverflowError("the request cannot finish in a context of " + std::to_string(n) +
-                                       " positions: step '" + need.step + "' alone needs " +
-                                       std::to_string(need.positions) + " (" + need.what +
+                                       " tokens: step '" + need.step + "' alone needs " +
+                                       std::to_string(need.tokens) + " (" + need.what +
                                        "), so nothing was run. Raise n_ctx (Model(..., n_ctx=...)) or shorten the "
                                        "query or the templates");
         }
@@ -246,10 +246,10 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
     const int32_t judge_tokens = judge_token_limit();
     const Prompt empty = judge_prompt_without_quote(query, image);
-    const int32_t need = empty.n_pos() + judge_reserve(judge_tokens);
+    const int32_t need = empty.n_cells() + judge_reserve(judge_tokens);
     if (need > static_cast<int32_t>(n_ctx())) {
         throw ContextOverflowError("the 'judge' prompt needs " + std::to_string(need) +
-                                   " positions without the response (room for its verdict included) but the context "
+                                   " tokens without the response (room for its verdict included) but the context "
                                    "holds " + std::to_string(n_ctx()) + ". Raise n_ctx or shorten the query");
     }
     const Prompt prompt = judge_prompt(query, strip(response), image, false, judge_tokens);
@@ -258,7 +258,7 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     result.image_tokens = prompt.image_tokens();
     result.template_prefix_tokens = prompt.positions_before_image();
     result.steps.push_back(run_step("judge", kSeqJudge, prompt,
-                                    std::min(judge_tokens, static_cast<int32_t>(n_ctx()) - prompt.n_pos()), {}, nullptr));
+                                    std::min(judge_tokens, static_cast<int32_t>(n_ctx()) - prompt.n_cells()), {}, nullptr));
     if (logits_rule) {
         result.p_yes = yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
         result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
@@ -345,11 +345,11 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         }
     }
     const int32_t quote_limit =
-        shadowing ? n - judge_reserve(judge_tokens) - static_cast<int32_t>(judge_rest.size()) - judge_head->n_pos() : 0;
+        shadowing ? n - judge_reserve(judge_tokens) - static_cast<int32_t>(judge_rest.size()) - judge_head->n_cells() : 0;
     if (shadowing) {
         // The judge's copy lives beside step 1's cells in one cell pool: shadow only when both fit
         // at step 1's token limit; otherwise the judge runs after step 1, as in the paper.
-        const int64_t cells = int64_t{p1.n_pos()} + want_answer + judge_head->n_pos() +
+        const int64_t cells = int64_t{p1.n_cells()} + want_answer + judge_head->n_cells() +
                               std::min<int64_t>(want_answer, std::max(0, quote_limit));
         shadowing = cells <= n;
     }
@@ -368,7 +368,7 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
         result.steps.push_back(finish_shadow(shadow, judge_rest, judge_tokens));
     } else {
         const Prompt p2 = judge_prompt(query, result.initial_answer, image, config_.reuse_kv, judge_tokens);
-        result.steps.push_back(run_step("judge", kSeqJudge, p2, std::min(judge_tokens, n - p2.n_pos()), no_sink, nullptr));
+        result.steps.push_back(run_step("judge", kSeqJudge, p2, std::min(judge_tokens, n - p2.n_cells()), no_sink, nullptr));
     }
     if (logits_rule) {
         // The prompt's last logits are still in the context: no token is generated.
@@ -395,9 +395,9 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     // has; when both limits cannot fit, each gets about half of it.
     const int32_t want_caption = config_.max_tokens_caption.value_or(max_tokens);
     const int32_t want_final = config_.max_tokens_text_only.value_or(max_tokens);
-    const int32_t room4 = n - p4_empty->n_pos();
+    const int32_t room4 = n - p4_empty->n_cells();
     const int32_t final_share = std::min(want_final, std::max(1, room4 / 2));
-    const int32_t caption_cap = std::min({want_caption, n - p3->n_pos(), room4 - final_share});
+    const int32_t caption_cap = std::min({want_caption, n - p3->n_cells(), room4 - final_share});
     result.steps.push_back(run_step("caption", kSeqCaption, *p3, caption_cap, no_sink, nullptr));
     kv_->drop(kSeqCaption);
     result.caption = result.steps.back().text;
@@ -411,11 +411,11 @@ EcsoResult EcsoSession::execute(const RgbImage & image, const std::string & quer
     };
     size_t caption_chars = prompts::count_chars(*result.caption);
     Prompt p4 = text_only_prompt(caption_chars);
-    while (p4.n_pos() + 1 > n && caption_chars > 0) {
+    while (p4.n_cells() + 1 > n && caption_chars > 0) {
         caption_chars = caption_chars * 9 / 10;
         p4 = text_only_prompt(caption_chars);
     }
-    result.steps.push_back(run_step("text_only", kSeqTextOnly, p4, std::min(want_final, n - p4.n_pos()), call.on_text,
+    result.steps.push_back(run_step("text_only", kSeqTextOnly, p4, std::min(want_final, n - p4.n_cells()), call.on_text,
                                     nullptr));
     result.answer = result.steps.back().text;
     result.seconds = seconds_since(t0);

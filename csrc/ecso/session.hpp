@@ -94,7 +94,7 @@ private:
         std::vector<llama_token> queue;  // tokens waiting to enter the judge's sequence
         size_t fed = 0;                  // queue[0, fed) are in the KV cache
         int32_t pos = 0;                 // the judge's next position
-        int32_t reused = 0;              // positions shared with step 1
+        int32_t reused = 0;              // tokens shared with step 1
         size_t shared_items = 0;         // prompt items shared with step 1
         size_t response_chars = 0;       // characters of the answer quoted so far
         bool quoting = true;             // still within response_cut_chars and the context
@@ -109,8 +109,10 @@ private:
     StepRecord finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest, int32_t max_tokens);
     void evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq, StepRecord & rec);
     void evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec);
-    void generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
-                  std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr);
+    // `extra_cells`: the KV cells the prompt fills beyond its positions (an M-RoPE image's), so
+    // that a full context stops generation rather than failing a decode.
+    void generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
+                  const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr);
     void decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what);
     void throw_if_cancelled(const char * step) const;
     void report(const char * step, const char * phase, int32_t done, int32_t total) const;

@@ -21,7 +21,7 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     const auto t0 = Clock::now();
     StepRecord rec;
     rec.name = name;
-    rec.prompt_tokens = prompt.n_pos();
+    rec.prompt_tokens = prompt.n_cells();
     rec.input_tokens = prompt.input_tokens();
     check_prompt_fits(name, prompt);
 
@@ -33,9 +33,9 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     } else {
         kv_->clear();  // the reference path: every step from an empty cache
     }
-    rec.tokens_reused = prefix.positions;
+    rec.tokens_reused = prefix.cells;
 
-    report(name, "prefill", 0, rec.prompt_tokens - prefix.positions);
+    report(name, "prefill", 0, rec.prompt_tokens - prefix.cells);
     const auto t_prefill = Clock::now();
     evaluate_prompt(prompt, prefix.items, prefix.positions, seq, rec);
     rec.prefill_seconds = seconds_since(t_prefill) - rec.encode_seconds;
@@ -44,7 +44,7 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
         open_shadow(*shadow, quote_limit);
     }
     const auto t_decode = Clock::now();
-    generate(seq, rec.prompt_tokens, max_tokens, rec, live, pieces, shadow);
+    generate(seq, prompt.n_pos(), prompt.n_cells() - prompt.n_pos(), max_tokens, rec, live, pieces, shadow);
     rec.decode_seconds = seconds_since(t_decode);
     rec.seconds = seconds_since(t0);
     return rec;
@@ -57,7 +57,7 @@ void EcsoSession::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
     const size_t shared = kv_->longest_prefix(items, kSeqJudge, items.size()).items;
     const KvSequences::Prefix prefix = kv_->longest_prefix(items, kSeqJudge, shadow.head->reuse_boundary(shared));
     kv_->share(kSeqJudge, prefix, items);  // step 1 keeps its whole prompt: it is still decoding
-    shadow.reused = prefix.positions;
+    shadow.reused = prefix.cells;
     shadow.shared_items = prefix.items;
     shadow.pos = prefix.positions;
     const std::vector<llama_token> head_input = shadow.head->input_tokens();
@@ -88,18 +88,21 @@ StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::vector<ll
     rec.tokens_reused = shadow.reused;
     rec.tokens_shadowed = static_cast<int32_t>(shadow.fed);
     rec.tokens_prefilled = static_cast<int32_t>(rest.size());
-    rec.prompt_tokens = shadow.pos + rec.tokens_prefilled;
+    // an M-RoPE image in the shared head fills more cells than positions
+    const int32_t extra_cells = shadow.head->n_cells() - shadow.head->n_pos();
+    rec.prompt_tokens = shadow.pos + extra_cells + rec.tokens_prefilled;
     const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
     if (rec.prompt_tokens >= n_ctx) {
         throw ContextOverflowError("the 'judge' prompt needs " + std::to_string(rec.prompt_tokens) +
-                                   " positions but the context holds " + std::to_string(n_ctx) +
+                                   " tokens but the context holds " + std::to_string(n_ctx) +
                                    ". Raise n_ctx (Model(..., n_ctx=...)) or lower the answer's token limit");
     }
     const auto t_prefill = Clock::now();
     decode_text(rest, shadow.pos, kSeqJudge, "prompt of step 'judge'");
     rec.prefill_seconds = seconds_since(t_prefill);
     const auto t_decode = Clock::now();
-    generate(kSeqJudge, rec.prompt_tokens, std::min(max_tokens, n_ctx - rec.prompt_tokens), rec, {}, nullptr);
+    generate(kSeqJudge, shadow.pos + rec.tokens_prefilled, extra_cells, std::min(max_tokens, n_ctx - rec.prompt_tokens),
+             rec, {}, nullptr);
     rec.decode_seconds = seconds_since(t_decode);
     rec.seconds = seconds_since(t0);
     return rec;
@@ -124,11 +127,13 @@ void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int3
                                   StepRecord & rec) {
     const auto & items = prompt.items();
     int32_t pos = first_pos;
+    int32_t cells = 0;
     size_t i = first_item;
     while (i < items.size()) {
         if (items[i].is_media()) {
             evaluate_media(items[i], pos, seq, rec);
             pos += items[i].n_pos;
+            cells += items[i].n_cells;
             kv_->append(seq, items[i]);
             ++i;
             continue;
@@ -139,6 +144,7 @@ void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int3
             // logits only for the prompt's last token: the first generated token samples from it
             batch_->add(items[j].token, pos, seq, j + 1 == items.size());
             ++pos;
+            ++cells;
             ++j;
         }
         throw_if_cancelled(rec.name.c_str());
@@ -148,7 +154,7 @@ void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int3
         }
         i = j;
     }
-    rec.tokens_prefilled = pos - first_pos;
+    rec.tokens_prefilled = cells;
 }
 
 void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec) {
@@ -195,13 +201,14 @@ void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, 
     }
 }
 
-void EcsoSession::generate(int seq, int32_t pos, int32_t max_tokens, StepRecord & rec, const TextSink & live,
-                           std::vector<std::string> * pieces, ShadowJudge * shadow) {
+void EcsoSession::generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
+                           const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow) {
     Sampler sampler(*model_, config_.sampling, model_->options().seed);
     Utf8Decoder decoder;
     SinkWriter writer(live);
     std::string text;
-    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx());
+    // the cells in use: positions, plus what an M-RoPE image holds beyond its positions
+    const int32_t n_ctx = static_cast<int32_t>(this->n_ctx()) - extra_cells;
     rec.stop_reason = "length";
     while (rec.tokens_generated < max_tokens) {
         throw_if_cancelled(rec.name.c_str());

@@ -5,6 +5,9 @@
 // (csrc/ecso/projector_probe.cpp), and caches a pass.
 //
 // Usage: ecso-check-projector TEXT_MODEL.gguf MMPROJ.gguf [--gpu] [--threads N] [--flash-attn auto|on|off]
+//        [--parent PID]
+// With --parent, it ends itself (exit status 3) once PID is no longer its parent: a check that
+// loops on a damaged file must not outlive the process that was killed while waiting for it.
 // It loads the text model's vocabulary and hyperparameters only (mtmd needs its n_embd and special
 // tokens), loads the projector with a warmup (clip.cpp builds and allocates the encoder graph),
 // then preprocesses a square, a wide and a tall image (slicing, tiling and resizing all run) and
@@ -16,8 +19,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "llama.h"
 #include "mtmd-helper.h"
@@ -49,11 +56,33 @@ std::vector<unsigned char> gradient(uint32_t w, uint32_t h) {
     return px;
 }
 
+[[noreturn]] void orphaned() {
+    std::fputs("ecso-check-projector: the process that started this check is gone\n", stderr);
+    std::_Exit(3);
+}
+
+// getppid() changes when the parent dies (the child is re-parented): polled, so that it also
+// works where Linux's PR_SET_PDEATHSIG does not exist.
+void watch_parent(pid_t parent) {
+    if (::getppid() != parent) {
+        orphaned();
+    }
+    std::thread([parent] {
+        for (;;) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            if (::getppid() != parent) {
+                orphaned();
+            }
+        }
+    }).detach();
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: %s TEXT_MODEL.gguf MMPROJ.gguf [--gpu] [--threads N] [--flash-attn auto|on|off]\n",
+        std::fprintf(stderr, "usage: %s TEXT_MODEL.gguf MMPROJ.gguf [--gpu] [--threads N] [--flash-attn auto|on|off] "
+                     "[--parent PID]\n",
                      argv[0]);
         return 64;
     }
@@ -69,6 +98,8 @@ int main(int argc, char ** argv) {
             params.use_gpu = true;
         } else if (arg == "--threads" && i + 1 < argc) {
             params.n_threads = std::max(1, std::atoi(argv[++i]));
+        } else if (arg == "--parent" && i + 1 < argc) {
+            watch_parent(static_cast<pid_t>(std::atol(argv[++i])));
         } else if (arg == "--flash-attn" && i + 1 < argc) {
             const std::string v = argv[++i];
             params.flash_attn_type = v == "on"    ? LLAMA_FLASH_ATTN_TYPE_ENABLED

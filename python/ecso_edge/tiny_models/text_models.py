@@ -1,5 +1,5 @@
-"""Random-weight text models of the tiny pairs: `llama` (LLaVA's Vicuna) and `gemma3` (with
-sliding-window attention)."""
+"""Random-weight text models of the tiny pairs: `llama` (LLaVA's Vicuna), `gemma3` (with
+sliding-window attention) and `qwen2vl` (Qwen2-VL / Qwen2.5-VL, with M-RoPE)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ GEMMA_TEMPLATE = (
 )
 GEMMA_CONTROL_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>")
 
+# Qwen's ChatML turns; llama.cpp detects `<|im_start|>` and renders its built-in chatml format.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+QWEN_VL_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
+
 
 @dataclass(frozen=True)
 class TextSpec:
@@ -57,7 +66,7 @@ TEXT_SEED = 20240314
 
 
 def _add_vocab(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int], *,
-               space_prefix: bool, template: str) -> None:
+               space_prefix: bool, template: str, add_bos: bool = True) -> None:
     w.add_vocab_size(len(tokens))
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -67,7 +76,7 @@ def _add_vocab(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
+    w.add_add_bos_token(add_bos)
     w.add_add_eos_token(False)
     w.add_add_space_prefix(space_prefix)
     w.add_chat_template(template)
@@ -182,6 +191,59 @@ def write_gemma3_text(path: pathlib.Path, spec: Gemma3Spec = Gemma3Spec(), seed:
         w.add_tensor(f"{p}.ffn_up.weight", normal((f, e), e ** -0.5))
         w.add_tensor(f"{p}.ffn_down.weight", normal((e, f), f ** -0.5))
         w.add_tensor(f"{p}.post_ffw_norm.weight", np.ones(e, np.float32))
+    w.add_tensor("output_norm.weight", np.ones(e, np.float32))
+    w.add_tensor("output.weight", _output(normal, types, e))
+    finish(w)
+    return path
+
+
+@dataclass(frozen=True)
+class QwenVlSpec:
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    context_length: int = 4096
+    # M-RoPE: the head's rotary pairs split into (temporal, height, width, unused) sections, as
+    # Qwen2.5-VL's [16, 24, 24, 0] of its 64 pairs.
+    rope_sections: tuple[int, int, int, int] = (2, 3, 3, 0)
+    rms_eps: float = 1e-6
+    rope_freq_base: float = 1_000_000.0
+
+
+def write_qwen2vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed: int = TEXT_SEED + 3) -> pathlib.Path:
+    """Qwen2-VL's and Qwen2.5-VL's text side: a Qwen2 with GQA, q/k/v biases and M-RoPE."""
+    tokens, scores, types = build_vocab(QWEN_VL_CONTROL_TOKENS)
+    normal = legacy_normal(np.random.RandomState(seed))
+    e, f = spec.n_embd, spec.n_ff
+    hd = e // spec.n_head
+    kv_out = spec.n_head_kv * hd
+    assert 2 * sum(spec.rope_sections) == hd, "M-RoPE sections cover the head's rotary pairs"
+
+    w = _writer(path, "qwen2vl", "Qwen2.5-VL", context_length=spec.context_length, n_embd=e, n_layer=spec.n_layer,
+                n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head_kv)
+    w.add_layer_norm_rms_eps(spec.rms_eps)
+    w.add_rope_freq_base(spec.rope_freq_base)
+    w.add_rope_dimension_sections(list(spec.rope_sections))
+    # Qwen's tokenizer adds no BOS: the template's first <|im_start|> opens the prompt.
+    _add_vocab(w, tokens, scores, types, space_prefix=False, template=CHATML_TEMPLATE, add_bos=False)
+
+    w.add_tensor("token_embd.weight", normal((len(tokens), e), 1.0))
+    for i in range(spec.n_layer):
+        p = f"blk.{i}"
+        w.add_tensor(f"{p}.attn_norm.weight", np.ones(e, np.float32))
+        w.add_tensor(f"{p}.attn_q.weight", normal((e, e), 0.3))
+        w.add_tensor(f"{p}.attn_q.bias", normal((e,), 0.02))
+        w.add_tensor(f"{p}.attn_k.weight", normal((kv_out, e), 0.3))
+        w.add_tensor(f"{p}.attn_k.bias", normal((kv_out,), 0.02))
+        w.add_tensor(f"{p}.attn_v.weight", normal((kv_out, e), e ** -0.5))
+        w.add_tensor(f"{p}.attn_v.bias", normal((kv_out,), 0.02))
+        w.add_tensor(f"{p}.attn_output.weight", normal((e, e), 2 * e ** -0.5))
+        w.add_tensor(f"{p}.ffn_norm.weight", np.ones(e, np.float32))
+        w.add_tensor(f"{p}.ffn_gate.weight", normal((f, e), e ** -0.5))
+        w.add_tensor(f"{p}.ffn_up.weight", normal((f, e), e ** -0.5))
+        w.add_tensor(f"{p}.ffn_down.weight", normal((e, f), f ** -0.5))
     w.add_tensor("output_norm.weight", np.ones(e, np.float32))
     w.add_tensor("output.weight", _output(normal, types, e))
     finish(w)

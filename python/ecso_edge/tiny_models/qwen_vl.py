@@ -1,0 +1,85 @@
+"""Qwen2.5-VL: a ViT with 2-D rotary positions, windowed attention in most blocks and a merger
+that joins 2x2 patches into one image token (`qwen2.5vl_merger`), with a `qwen2vl` text model.
+Its image is one chunk of rows x cols tokens that occupies max(rows, cols) positions (M-RoPE):
+the text after it continues from there, not after the token count."""
+
+from __future__ import annotations
+
+import pathlib
+
+import gguf
+import numpy as np
+
+from .gguf_io import Normal, finish, legacy_normal
+from .text_models import QwenVlSpec, write_qwen2vl_text
+from .vision_tower import VitSpec, add_vit_keys
+
+TEXT_FILENAME = "tiny-qwen2.5vl-text.gguf"
+MMPROJ_FILENAME = "tiny-qwen2.5vl-mmproj.gguf"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# 4 px patches merged 2x2: one image token per 8x8 pixels, so a 64x64 image is 8x8 tokens over 8
+# positions. n_ff differs from n_embd: clip.cpp takes an ffn_down of n_embd inputs for an old,
+# swapped export.
+TINY_VIT = VitSpec(image_size=64, patch_size=4, n_embd=32, n_ff=48, n_block=2, n_head=2, eps=1e-6,
+                   weight_dtype=np.float32)
+# Every n-th block attends to the whole image, the others within windows (Qwen2.5-VL: 8 of 32).
+TINY_WINDOW_PATTERN = 2
+TINY_MMPROJ_SEED = 20240318
+
+
+def write_qwen25vl_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int, n_text_embd: int,
+                          normal: Normal, name: str) -> pathlib.Path:
+    e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name(name)
+    w.add_description("image encoder for Qwen2.5-VL (random weights)")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_string("clip.projector_type", "qwen2.5vl_merger")
+    add_vit_keys(w, vit, n_text_embd, CLIP_MEAN, CLIP_STD)
+    w.add_bool("clip.use_silu", True)
+    w.add_uint32("clip.vision.n_wa_pattern", window_pattern)
+
+    def matrix(n_out: int, n_in: int) -> np.ndarray:
+        return normal((n_out, n_in), n_in ** -0.5, wd)
+
+    def bias(n: int) -> np.ndarray:
+        return normal((n,), 0.02)
+
+    # Two frames' kernels of the temporal patch (a still image uses both on the same pixels);
+    # no position table: positions are rotary.
+    for name_ in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
+        w.add_tensor(name_, normal((e, 3, vit.patch_size, vit.patch_size), (3 * vit.patch_size ** 2) ** -0.5, wd))
+    for i in range(vit.n_block):
+        p = f"v.blk.{i}"
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            w.add_tensor(f"{p}.{proj}.weight", matrix(e, e))
+            w.add_tensor(f"{p}.{proj}.bias", bias(e))
+        w.add_tensor(f"{p}.ln1.weight", np.ones(e, np.float32))  # RMSNorm: no bias
+        w.add_tensor(f"{p}.ffn_gate.weight", matrix(f, e))
+        w.add_tensor(f"{p}.ffn_gate.bias", bias(f))
+        w.add_tensor(f"{p}.ffn_up.weight", matrix(f, e))
+        w.add_tensor(f"{p}.ffn_up.bias", bias(f))
+        w.add_tensor(f"{p}.ffn_down.weight", matrix(e, f))
+        w.add_tensor(f"{p}.ffn_down.bias", bias(e))
+        w.add_tensor(f"{p}.ln2.weight", np.ones(e, np.float32))
+    # The merger: RMSNorm per patch, then an MLP over each 2x2 group's concatenation.
+    w.add_tensor("v.post_ln.weight", np.ones(e, np.float32))
+    w.add_tensor("mm.0.weight", matrix(4 * e, 4 * e))
+    w.add_tensor("mm.0.bias", bias(4 * e))
+    w.add_tensor("mm.2.weight", matrix(n_text_embd, 4 * e))
+    w.add_tensor("mm.2.bias", bias(n_text_embd))
+    finish(w)
+    return path
+
+
+def write_qwen25vl_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_qwen2vl_text(out / TEXT_FILENAME)
+    mmproj = write_qwen25vl_mmproj(out / MMPROJ_FILENAME, TINY_VIT, TINY_WINDOW_PATTERN, QwenVlSpec().n_embd,
+                                   legacy_normal(np.random.RandomState(TINY_MMPROJ_SEED)),
+                                   "ecso-edge tiny qwen2.5vl mmproj")
+    return text, mmproj
