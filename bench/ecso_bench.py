@@ -278,9 +278,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["ratios"] = ratios
     targets = {label: {"value": ratios[label], "limit": limit, "met": ratios[label] <= limit}
                for label, (_, _, limit) in TARGETS.items()}
-    targets["image_encodes == 1 (ecso)"] = {
-        "value": max(results["image_encodes"][n] for n in ("ecso_safe", "ecso_unsafe")), "limit": 1,
-        "met": all(results["image_encodes"][n] == 1 for n in ("ecso_safe", "ecso_unsafe")),
+    # each media chunk once per run: the direct answer's count (LLaVA-1.6 slices an image into 5)
+    chunks = results["image_encodes"]["direct"]
+    targets["image_encodes == direct's (ecso)"] = {
+        "value": max(results["image_encodes"][n] for n in ("ecso_safe", "ecso_unsafe")), "limit": chunks,
+        "met": all(results["image_encodes"][n] == chunks for n in ("ecso_safe", "ecso_unsafe")),
     }
     targets["peak_rss ecso / direct"] = {"value": ratios["peak_rss ecso / direct"], "limit": 1.1,
                                          "met": ratios["peak_rss ecso / direct"] <= 1.1}
