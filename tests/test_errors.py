@@ -182,6 +182,18 @@ def test_tiny_projector_does_not_fit_smollm(tiny_paths: tuple[Path, Path], smoll
         load_isolated(smollm_pair[0], tiny_paths[1])
 
 
+def test_smolvlm_projector_on_a_text_model_without_its_layout_tokens_is_refused(
+        tiny_paths: tuple[Path, Path], family_pairs: dict[str, tuple[Path, Path]]) -> None:
+    # the sizes match (64), but mtmd frames SmolVLM's tiles with <fake_token_around_image>,
+    # <global-img> and "\n\n", which the LLaVA vocabulary lacks: the prompt held the id -1, and the
+    # first request crashed the process (SIGSEGV)
+    mmproj = family_pairs["smolvlm"][1]
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + re.escape(
+            f"{tiny_paths[0]}': its vocabulary lacks a token that projector (mmproj) '{mmproj}' (type 'idefics3') "
+            "lays its images out with. The two files are not a pair; use the text model this mmproj was made for")):
+        load_isolated(tiny_paths[0], mmproj)
+
+
 def test_text_model_without_architecture_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path) -> None:
     bad = gm.mutated(tiny_paths[0], tmp_path / "no-arch.gguf", drop_keys=("general.architecture",))
     with pytest.raises(ModelLoadError, match=TEXT_MODEL + re.escape(
@@ -440,7 +452,7 @@ def test_projector_type_not_yet_supported_is_refused(
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", projector_type, VT.STRING))
     with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
             f": projector type '{projector_type}' is not one ecso-edge supports yet (supported: mlp, mlp_norm, "
-            "gemma3, qwen2.5vl_merger). Use a projector of a supported family, or set the environment variable "
+            "gemma3, qwen2.5vl_merger, idefics3). Use a projector of a supported family, or set the environment variable "
             "ECSO_TRUST_PROJECTOR=1 to run this one untested (it is still checked for crashes first)")):
         load_isolated(tiny_paths[0], bad)
 

@@ -18,12 +18,17 @@ from ecso_edge import ConfigError, EcsoConfig, Session
 from ecso_edge.tiny_models import gemma3, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl"]
-# media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1}
+FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm"]
+# media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
+# SmolVLM into 4 tiles and an overview
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
-IMAGE_MARKERS = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>")}
-CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process"}
+# (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
+# <fake_token_around_image>)
+IMAGE_MARKERS = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>"),
+                 "smolvlm": ("<row_1_col_1>", "<fake_token_around_image>")}
+CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
+         "smolvlm": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +122,9 @@ def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
     elif family == "qwen2.5vl":
         assert head == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
         assert tail == "<|im_end|>\n<|im_start|>assistant\n"
+    elif family == "smolvlm":
+        assert head == f"<|im_start|>{system}\n\nUser: "
+        assert tail == "<end_of_utterance>\nAssistant:"
     else:
         assert head.endswith("USER: ") and tail == "\nASSISTANT:"
     if family in IMAGE_MARKERS:
@@ -156,7 +164,7 @@ def test_qwen25vl_image_fills_more_context_than_positions(family_pairs: dict[str
     assert runs[0].steps[2].stats["tokens_reused"] > 64  # the caption step shares the head and the image
 
 
-@pytest.mark.parametrize("family", ["llava16", "gemma3"])
+@pytest.mark.parametrize("family", FAMILIES[1:])  # llava15: models/make_tiny_pair.py --check
 def test_make_tiny_model_writes_the_familys_pair_byte_for_byte(family_pairs: dict[str, tuple[Path, Path]],
                                                                family: str, tmp_path: Path) -> None:
     import subprocess

@@ -77,6 +77,8 @@ private:
     // Refuses an unsupported type (unless ECSO_TRUST_PROJECTOR=1) and runs the child-process check
     // for types gguf_check.cpp does not validate tensor by tensor.
     void admit_projector(const std::string & text_model_path, const std::string & mmproj_path);
+    // Throws ModelLoadError when mtmd's layout of an image uses a token the text model lacks.
+    void check_image_layout_tokens() const;
     static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
     mutable std::atomic<const EncodeObserver *> encode_observer_{nullptr};
     mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)
@@ -86,5 +88,8 @@ private:
     mtmd::context_ptr mtmd_;
     mutable std::mutex vision_mutex_;
 };
+
+// The error for a pair whose projector frames images with tokens the text model does not have.
+std::string missing_layout_token_message(const Model & model);
 
 }  // namespace ecso

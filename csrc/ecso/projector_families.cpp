@@ -9,6 +9,7 @@ constexpr const char * kSupported[] = {
     "mlp_norm",  // LLaVA with a Yi-style projector
     "gemma3",    // Gemma 3
     "qwen2.5vl_merger",  // Qwen2.5-VL
+    "idefics3",  // SmolVLM
 };
 
 }  // namespace

@@ -72,6 +72,9 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
             size_t n = 0;
             const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
             for (size_t k = 0; k < n; ++k) {
+                if (tokens[k] < 0 || tokens[k] >= llama_vocab_n_tokens(model.vocab())) {
+                    throw ModelLoadError(missing_layout_token_message(model));  // Model checks this at load
+                }
                 prompt.items_.push_back({tokens[k], nullptr, std::string(), 1, 1});
             }
         } else {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import gguf
 import numpy as np
@@ -83,10 +84,10 @@ def _add_vocab(w: gguf.GGUFWriter, tokens: list[str], scores: list[float], types
 
 
 def _writer(path: pathlib.Path, arch: str, kind: str, *, context_length: int, n_embd: int, n_layer: int, n_ff: int,
-            n_head: int, n_head_kv: int) -> gguf.GGUFWriter:
+            n_head: int, n_head_kv: int, label: str | None = None) -> gguf.GGUFWriter:
     """A writer with the metadata every tiny text model starts with, in this order."""
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"ecso-edge tiny {arch if arch != 'llama' else 'llava'} text")
+    w.add_name(f"ecso-edge tiny {label or arch} text")
     w.add_description(f"random-weight {kind}-style text model for tests")
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_context_length(context_length)
@@ -106,18 +107,21 @@ def _output(normal: Normal, types: list[int], e: int) -> np.ndarray:
     return output
 
 
-def write_llama_text(path: pathlib.Path, spec: TextSpec = TextSpec(), seed: int = TEXT_SEED) -> pathlib.Path:
-    """LLaVA-1.5's text side: a Vicuna-style llama."""
-    tokens, scores, types = build_vocab()
+def write_llama_text(path: pathlib.Path, spec: TextSpec = TextSpec(), seed: int = TEXT_SEED, *,
+                     kind: str = "LLaVA-1.5", template: str = VICUNA_TEMPLATE, control_tokens: Sequence[str] = (),
+                     add_bos: bool = True, label: str = "llava") -> pathlib.Path:
+    """A llama text model: LLaVA-1.5's Vicuna by default, SmolVLM's SmolLM2 with its template and
+    image-layout tokens."""
+    tokens, scores, types = build_vocab(control_tokens)
     normal = legacy_normal(np.random.RandomState(seed))
     e, f = spec.n_embd, spec.n_ff
 
-    w = _writer(path, "llama", "LLaVA-1.5", context_length=spec.context_length, n_embd=e, n_layer=spec.n_layer,
-                n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head)
+    w = _writer(path, "llama", kind, context_length=spec.context_length, n_embd=e, n_layer=spec.n_layer,
+                n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head, label=label)
     w.add_layer_norm_rms_eps(spec.rms_eps)
     w.add_rope_freq_base(spec.rope_freq_base)
     w.add_rope_dimension_count(e // spec.n_head)
-    _add_vocab(w, tokens, scores, types, space_prefix=True, template=VICUNA_TEMPLATE)
+    _add_vocab(w, tokens, scores, types, space_prefix=True, template=template, add_bos=add_bos)
 
     # Large embeddings and attention output keep greedy decoding from settling into a
     # short loop.
