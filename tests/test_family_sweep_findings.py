@@ -106,6 +106,20 @@ def test_qwen25vl_patch_too_large_for_its_windows_is_an_error(family_pairs: dict
 
 
 # --------------------------------------------------------------------------------------------
+# Qwen3-VL
+
+@pytest.mark.parametrize("value", [2**31 - 1, 2**32 - 1, 3])
+def test_qwen3vl_deepstack_layers_found_by_its_sweep_are_an_error(family_pairs: dict[str, tuple[Path, Path]],
+                                                                  tmp_path: Path, value: int) -> None:
+    # 2^31 - 1 and up overflowed the input width: ggml.c GGML_ASSERT(... <= ggml_nbytes(view_src))
+    text, mmproj = family_pairs["qwen3vl"]
+    bad = gm.Gguf.read(text).set_key("qwen3vl.n_deepstack_layers", value, VT.UINT32).write(tmp_path / "text.gguf")
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + re.escape(
+            f": metadata key 'qwen3vl.n_deepstack_layers' has the implausible value {value}")):
+        load_isolated(bad, mmproj)
+
+
+# --------------------------------------------------------------------------------------------
 # The check process's own guards
 
 def test_a_check_that_does_not_finish_is_stopped(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,

@@ -159,7 +159,12 @@ TextModelInfo check_text_model(const std::string & path) {
     info.architecture = *arch;
     info.n_embd = f.require_int(*arch + ".embedding_length", 1, 1 << 20);
     // llama.cpp GGML_ASSERTs 0 < n_layer <= LLAMA_MAX_LAYERS (512) (found by the fuzz suite)
-    f.require_int(*arch + ".block_count", 1, 512);
+    const int64_t n_layer = f.require_int(*arch + ".block_count", 1, 512);
+    // Qwen3-VL's first n layers each add a slice of an image token's (1 + n) * n_embd wide input;
+    // llama.cpp multiplies without a bound, and 2^31 - 1 overflowed into an abort (Qwen3-VL sweep)
+    if (f.has_key(*arch + ".n_deepstack_layers")) {
+        f.require_int(*arch + ".n_deepstack_layers", 0, n_layer);
+    }
     if (!f.has_key("tokenizer.ggml.tokens")) {
         fail(f.role(), path, "the file has no tokenizer vocabulary (tokenizer.ggml.tokens)",
              "ecso-edge needs a full text model with its tokenizer, not a vocabulary-less export");

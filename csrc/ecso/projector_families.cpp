@@ -10,6 +10,7 @@ constexpr const char * kSupported[] = {
     "gemma3",    // Gemma 3
     "qwen2.5vl_merger",  // Qwen2.5-VL
     "idefics3",  // SmolVLM
+    "qwen3vl_merger",  // Qwen3-VL
 };
 
 }  // namespace

@@ -1,7 +1,9 @@
-"""Qwen2.5-VL: a ViT with 2-D rotary positions, windowed attention in most blocks and a merger
-that joins 2x2 patches into one image token (`qwen2.5vl_merger`), with a `qwen2vl` text model.
-Its image is one chunk of rows x cols tokens that occupies max(rows, cols) positions (M-RoPE):
-the text after it continues from there, not after the token count."""
+"""Qwen2.5-VL and Qwen3-VL: a ViT with 2-D rotary positions and a merger that joins 2x2 patches
+into one image token. Qwen2.5-VL (`qwen2.5vl_merger`, `qwen2vl` text) has windowed attention in
+most blocks; Qwen3-VL (`qwen3vl_merger`, `qwen3vl` text) adds learned positions and "deepstack"
+features of early vision layers, which the first text layers add in. An image is one chunk of
+rows x cols tokens that occupies max(rows, cols) positions (M-RoPE): the text after it continues
+from there, not after the token count."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
-from .text_models import QwenVlSpec, write_qwen2vl_text
+from .text_models import QwenVlSpec, write_qwen2vl_text, write_qwen3vl_text
 from .vision_tower import VitSpec, add_vit_keys
 
 TEXT_FILENAME = "tiny-qwen2.5vl-text.gguf"
 MMPROJ_FILENAME = "tiny-qwen2.5vl-mmproj.gguf"
+QWEN3_TEXT_FILENAME = "tiny-qwen3vl-text.gguf"
+QWEN3_MMPROJ_FILENAME = "tiny-qwen3vl-mmproj.gguf"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -27,6 +31,12 @@ TINY_VIT = VitSpec(image_size=64, patch_size=4, n_embd=32, n_ff=48, n_block=2, n
 # Every n-th block attends to the whole image, the others within windows (Qwen2.5-VL: 8 of 32).
 TINY_WINDOW_PATTERN = 2
 TINY_MMPROJ_SEED = 20240318
+# Qwen3-VL: 32 px position table (8x8 patches, resized to the image's grid), the deepstack
+# feature taken after block 0 (Qwen3-VL-2B: after blocks 5, 11 and 17 of 24).
+QWEN3_VIT = VitSpec(image_size=32, patch_size=4, n_embd=32, n_ff=48, n_block=2, n_head=2, eps=1e-6,
+                    weight_dtype=np.float32)
+QWEN3_DEEPSTACK_BLOCKS = (0,)
+QWEN3_MMPROJ_SEED = 20240320
 
 
 def write_qwen25vl_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int, n_text_embd: int,
@@ -82,4 +92,68 @@ def write_qwen25vl_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, path
     mmproj = write_qwen25vl_mmproj(out / MMPROJ_FILENAME, TINY_VIT, TINY_WINDOW_PATTERN, QwenVlSpec().n_embd,
                                    legacy_normal(np.random.RandomState(TINY_MMPROJ_SEED)),
                                    "ecso-edge tiny qwen2.5vl mmproj")
+    return text, mmproj
+
+
+def write_qwen3vl_mmproj(path: pathlib.Path, vit: VitSpec, deepstack_blocks: tuple[int, ...], n_text_embd: int,
+                         normal: Normal, name: str) -> pathlib.Path:
+    e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name(name)
+    w.add_description("image encoder for Qwen3-VL (random weights)")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_string("clip.projector_type", "qwen3vl_merger")
+    add_vit_keys(w, vit, n_text_embd, CLIP_MEAN, CLIP_STD)
+    w.add_bool("clip.use_gelu", True)
+
+    def matrix(n_out: int, n_in: int) -> np.ndarray:
+        return normal((n_out, n_in), n_in ** -0.5, wd)
+
+    def bias(n: int) -> np.ndarray:
+        return normal((n,), 0.02)
+
+    for name_ in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
+        w.add_tensor(name_, normal((e, 3, vit.patch_size, vit.patch_size), (3 * vit.patch_size ** 2) ** -0.5, wd))
+    w.add_tensor("v.patch_embd.bias", bias(e))
+    w.add_tensor("v.position_embd.weight", normal((vit.n_patches, e), 0.02, np.float32))
+    for i in range(vit.n_block):
+        p = f"v.blk.{i}"
+        w.add_tensor(f"{p}.attn_qkv.weight", matrix(3 * e, e))  # q, k and v in one matrix
+        w.add_tensor(f"{p}.attn_qkv.bias", bias(3 * e))
+        w.add_tensor(f"{p}.attn_out.weight", matrix(e, e))
+        w.add_tensor(f"{p}.attn_out.bias", bias(e))
+        for ln in ("ln1", "ln2"):
+            w.add_tensor(f"{p}.{ln}.weight", np.ones(e, np.float32))
+            w.add_tensor(f"{p}.{ln}.bias", np.zeros(e, np.float32))
+        w.add_tensor(f"{p}.ffn_up.weight", matrix(f, e))
+        w.add_tensor(f"{p}.ffn_up.bias", bias(f))
+        w.add_tensor(f"{p}.ffn_down.weight", matrix(e, f))
+        w.add_tensor(f"{p}.ffn_down.bias", bias(e))
+    for i in deepstack_blocks:
+        # each deepstack feature: the block's output merged 2x2, normed and projected to the text width
+        p = f"v.deepstack.{i}"
+        w.add_tensor(f"{p}.norm.weight", np.ones(4 * e, np.float32))
+        w.add_tensor(f"{p}.norm.bias", np.zeros(4 * e, np.float32))
+        w.add_tensor(f"{p}.fc1.weight", matrix(4 * e, 4 * e))
+        w.add_tensor(f"{p}.fc1.bias", bias(4 * e))
+        w.add_tensor(f"{p}.fc2.weight", matrix(n_text_embd, 4 * e))
+        w.add_tensor(f"{p}.fc2.bias", bias(n_text_embd))
+    w.add_tensor("v.post_ln.weight", np.ones(e, np.float32))
+    w.add_tensor("v.post_ln.bias", np.zeros(e, np.float32))
+    w.add_tensor("mm.0.weight", matrix(4 * e, 4 * e))
+    w.add_tensor("mm.0.bias", bias(4 * e))
+    w.add_tensor("mm.2.weight", matrix(n_text_embd, 4 * e))
+    w.add_tensor("mm.2.bias", bias(n_text_embd))
+    finish(w)
+    return path
+
+
+def write_qwen3vl_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_qwen3vl_text(out / QWEN3_TEXT_FILENAME)
+    mmproj = write_qwen3vl_mmproj(out / QWEN3_MMPROJ_FILENAME, QWEN3_VIT, QWEN3_DEEPSTACK_BLOCKS, QwenVlSpec().n_embd,
+                                  legacy_normal(np.random.RandomState(QWEN3_MMPROJ_SEED)),
+                                  "ecso-edge tiny qwen3vl mmproj")
     return text, mmproj

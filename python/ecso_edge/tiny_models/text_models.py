@@ -1,5 +1,5 @@
 """Random-weight text models of the tiny pairs: `llama` (LLaVA's Vicuna), `gemma3` (with
-sliding-window attention) and `qwen2vl` (Qwen2-VL / Qwen2.5-VL, with M-RoPE)."""
+sliding-window attention), `qwen2vl` (Qwen2-VL / Qwen2.5-VL) and `qwen3vl` (Qwen3-VL), with M-RoPE."""
 
 from __future__ import annotations
 
@@ -214,22 +214,29 @@ class QwenVlSpec:
     rope_sections: tuple[int, int, int, int] = (2, 3, 3, 0)
     rms_eps: float = 1e-6
     rope_freq_base: float = 1_000_000.0
+    # Qwen3-VL: the first n text layers each add one more slice of an image token's embedding
+    # (a "deepstack" feature of a vision layer), so image embeddings are (1 + n) * n_embd wide.
+    n_deepstack_layers: int = 0
 
 
-def write_qwen2vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed: int = TEXT_SEED + 3) -> pathlib.Path:
-    """Qwen2-VL's and Qwen2.5-VL's text side: a Qwen2 with GQA, q/k/v biases and M-RoPE."""
+def write_qwen_vl_text(path: pathlib.Path, arch: str, spec: QwenVlSpec, seed: int) -> pathlib.Path:
+    """The text side of Qwen2-VL / Qwen2.5-VL (`qwen2vl`: Qwen2, q/k/v biases) and of Qwen3-VL
+    (`qwen3vl`: Qwen3, q/k norms, interleaved M-RoPE, deepstack inputs): GQA and M-RoPE in both."""
     tokens, scores, types = build_vocab(QWEN_VL_CONTROL_TOKENS)
     normal = legacy_normal(np.random.RandomState(seed))
     e, f = spec.n_embd, spec.n_ff
     hd = e // spec.n_head
     kv_out = spec.n_head_kv * hd
     assert 2 * sum(spec.rope_sections) == hd, "M-RoPE sections cover the head's rotary pairs"
+    qwen3 = arch == "qwen3vl"
 
-    w = _writer(path, "qwen2vl", "Qwen2.5-VL", context_length=spec.context_length, n_embd=e, n_layer=spec.n_layer,
-                n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head_kv)
+    w = _writer(path, arch, "Qwen3-VL" if qwen3 else "Qwen2.5-VL", context_length=spec.context_length, n_embd=e,
+                n_layer=spec.n_layer, n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head_kv)
     w.add_layer_norm_rms_eps(spec.rms_eps)
     w.add_rope_freq_base(spec.rope_freq_base)
     w.add_rope_dimension_sections(list(spec.rope_sections))
+    if qwen3:
+        w.add_uint32(f"{arch}.n_deepstack_layers", spec.n_deepstack_layers)
     # Qwen's tokenizer adds no BOS: the template's first <|im_start|> opens the prompt.
     _add_vocab(w, tokens, scores, types, space_prefix=False, template=CHATML_TEMPLATE, add_bos=False)
 
@@ -237,12 +244,13 @@ def write_qwen2vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed
     for i in range(spec.n_layer):
         p = f"blk.{i}"
         w.add_tensor(f"{p}.attn_norm.weight", np.ones(e, np.float32))
-        w.add_tensor(f"{p}.attn_q.weight", normal((e, e), 0.3))
-        w.add_tensor(f"{p}.attn_q.bias", normal((e,), 0.02))
-        w.add_tensor(f"{p}.attn_k.weight", normal((kv_out, e), 0.3))
-        w.add_tensor(f"{p}.attn_k.bias", normal((kv_out,), 0.02))
-        w.add_tensor(f"{p}.attn_v.weight", normal((kv_out, e), e ** -0.5))
-        w.add_tensor(f"{p}.attn_v.bias", normal((kv_out,), 0.02))
+        for proj, n_out, std in (("attn_q", e, 0.3), ("attn_k", kv_out, 0.3), ("attn_v", kv_out, e ** -0.5)):
+            w.add_tensor(f"{p}.{proj}.weight", normal((n_out, e), std))
+            if not qwen3:
+                w.add_tensor(f"{p}.{proj}.bias", normal((n_out,), 0.02))
+        if qwen3:
+            w.add_tensor(f"{p}.attn_q_norm.weight", np.ones(hd, np.float32))
+            w.add_tensor(f"{p}.attn_k_norm.weight", np.ones(hd, np.float32))
         w.add_tensor(f"{p}.attn_output.weight", normal((e, e), 2 * e ** -0.5))
         w.add_tensor(f"{p}.ffn_norm.weight", np.ones(e, np.float32))
         w.add_tensor(f"{p}.ffn_gate.weight", normal((f, e), e ** -0.5))
@@ -252,3 +260,12 @@ def write_qwen2vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed
     w.add_tensor("output.weight", _output(normal, types, e))
     finish(w)
     return path
+
+
+def write_qwen2vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed: int = TEXT_SEED + 3) -> pathlib.Path:
+    return write_qwen_vl_text(path, "qwen2vl", spec, seed)
+
+
+def write_qwen3vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(rope_sections=(3, 3, 2, 0), n_deepstack_layers=1),
+                       seed: int = TEXT_SEED + 5) -> pathlib.Path:
+    return write_qwen_vl_text(path, "qwen3vl", spec, seed)
