@@ -11,6 +11,7 @@ constexpr const char * kSupported[] = {
     "qwen2.5vl_merger",  // Qwen2.5-VL
     "idefics3",  // SmolVLM
     "qwen3vl_merger",  // Qwen3-VL
+    "qwen2vl_merger",  // Qwen2-VL
 };
 
 }  // namespace

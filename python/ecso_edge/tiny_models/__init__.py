@@ -15,7 +15,7 @@ from typing import Callable
 from .gemma3 import write_gemma3_pair, write_gemma3_projector_for
 from .gguf_io import read_scalar_metadata, read_text_n_embd
 from .llava import VITS, write_llava16_pair, write_projector_for, write_tiny_pair
-from .qwen_vl import write_qwen25vl_pair, write_qwen3vl_pair
+from .qwen_vl import write_qwen2vl_pair, write_qwen25vl_pair, write_qwen3vl_pair
 from .smolvlm import write_smolvlm_pair
 
 # family -> writer of its tiny pair (text, mmproj) into a folder
@@ -26,6 +26,7 @@ FAMILIES: dict[str, Callable[[str | pathlib.Path], tuple[pathlib.Path, pathlib.P
     "qwen2.5vl": write_qwen25vl_pair,
     "smolvlm": write_smolvlm_pair,
     "qwen3vl": write_qwen3vl_pair,
+    "qwen2vl": write_qwen2vl_pair,
 }
 
 
@@ -37,4 +38,4 @@ def write_family_pair(family: str, out_dir: str | pathlib.Path) -> tuple[pathlib
 
 __all__ = ["FAMILIES", "VITS", "read_scalar_metadata", "read_text_n_embd", "write_family_pair",
            "write_gemma3_pair", "write_gemma3_projector_for", "write_llava16_pair", "write_projector_for",
-           "write_qwen25vl_pair", "write_qwen3vl_pair", "write_smolvlm_pair", "write_tiny_pair"]
+           "write_qwen2vl_pair", "write_qwen25vl_pair", "write_qwen3vl_pair", "write_smolvlm_pair", "write_tiny_pair"]

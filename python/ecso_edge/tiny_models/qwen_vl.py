@@ -1,6 +1,6 @@
-"""Qwen2.5-VL and Qwen3-VL: a ViT with 2-D rotary positions and a merger that joins 2x2 patches
-into one image token. Qwen2.5-VL (`qwen2.5vl_merger`, `qwen2vl` text) has windowed attention in
-most blocks; Qwen3-VL (`qwen3vl_merger`, `qwen3vl` text) adds learned positions and "deepstack"
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: a ViT with 2-D rotary positions and a merger that joins 2x2 patches
+into one image token. Qwen2-VL (`qwen2vl_merger`, `qwen2vl` text) is the plain one; Qwen2.5-VL
+(`qwen2.5vl_merger`, the same text arch) has windowed attention in most blocks; Qwen3-VL (`qwen3vl_merger`, `qwen3vl` text) adds learned positions and "deepstack"
 features of early vision layers, which the first text layers add in. An image is one chunk of
 rows x cols tokens that occupies max(rows, cols) positions (M-RoPE): the text after it continues
 from there, not after the token count."""
@@ -13,11 +13,13 @@ import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
-from .text_models import QwenVlSpec, write_qwen2vl_text, write_qwen3vl_text
+from .text_models import TEXT_SEED, QwenVlSpec, write_qwen2vl_text, write_qwen3vl_text
 from .vision_tower import VitSpec, add_vit_keys
 
 TEXT_FILENAME = "tiny-qwen2.5vl-text.gguf"
 MMPROJ_FILENAME = "tiny-qwen2.5vl-mmproj.gguf"
+QWEN2_TEXT_FILENAME = "tiny-qwen2vl-text.gguf"
+QWEN2_MMPROJ_FILENAME = "tiny-qwen2vl-mmproj.gguf"
 QWEN3_TEXT_FILENAME = "tiny-qwen3vl-text.gguf"
 QWEN3_MMPROJ_FILENAME = "tiny-qwen3vl-mmproj.gguf"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,26 +39,35 @@ QWEN3_VIT = VitSpec(image_size=32, patch_size=4, n_embd=32, n_ff=48, n_block=2, 
                     weight_dtype=np.float32)
 QWEN3_DEEPSTACK_BLOCKS = (0,)
 QWEN3_MMPROJ_SEED = 20240320
+QWEN2_MMPROJ_SEED = 20240321
 
 
-def write_qwen25vl_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int, n_text_embd: int,
-                          normal: Normal, name: str) -> pathlib.Path:
+def write_qwen2x_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int, n_text_embd: int, normal: Normal,
+                        name: str, *, qwen25: bool) -> pathlib.Path:
+    """Qwen2.5-VL (`qwen25`: RMS norms, a SiLU-gated FFN, windowed blocks) or Qwen2-VL (LayerNorms,
+    a quick-GELU FFN, every block global)."""
     e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
     w = gguf.GGUFWriter(str(path), "clip")
     w.add_name(name)
-    w.add_description("image encoder for Qwen2.5-VL (random weights)")
+    w.add_description(f"image encoder for {'Qwen2.5-VL' if qwen25 else 'Qwen2-VL'} (random weights)")
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
     w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "qwen2.5vl_merger")
+    w.add_string("clip.projector_type", "qwen2.5vl_merger" if qwen25 else "qwen2vl_merger")
     add_vit_keys(w, vit, n_text_embd, CLIP_MEAN, CLIP_STD)
-    w.add_bool("clip.use_silu", True)
-    w.add_uint32("clip.vision.n_wa_pattern", window_pattern)
+    if qwen25:
+        w.add_bool("clip.use_silu", True)
+        w.add_uint32("clip.vision.n_wa_pattern", window_pattern)
 
     def matrix(n_out: int, n_in: int) -> np.ndarray:
         return normal((n_out, n_in), n_in ** -0.5, wd)
 
     def bias(n: int) -> np.ndarray:
         return normal((n,), 0.02)
+
+    def norm(prefix: str) -> None:
+        w.add_tensor(f"{prefix}.weight", np.ones(e, np.float32))
+        if not qwen25:  # RMSNorm has no bias
+            w.add_tensor(f"{prefix}.bias", np.zeros(e, np.float32))
 
     # Two frames' kernels of the temporal patch (a still image uses both on the same pixels);
     # no position table: positions are rotary.
@@ -67,16 +78,17 @@ def write_qwen25vl_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int,
         for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
             w.add_tensor(f"{p}.{proj}.weight", matrix(e, e))
             w.add_tensor(f"{p}.{proj}.bias", bias(e))
-        w.add_tensor(f"{p}.ln1.weight", np.ones(e, np.float32))  # RMSNorm: no bias
-        w.add_tensor(f"{p}.ffn_gate.weight", matrix(f, e))
-        w.add_tensor(f"{p}.ffn_gate.bias", bias(f))
+        norm(f"{p}.ln1")
+        if qwen25:
+            w.add_tensor(f"{p}.ffn_gate.weight", matrix(f, e))
+            w.add_tensor(f"{p}.ffn_gate.bias", bias(f))
         w.add_tensor(f"{p}.ffn_up.weight", matrix(f, e))
         w.add_tensor(f"{p}.ffn_up.bias", bias(f))
         w.add_tensor(f"{p}.ffn_down.weight", matrix(e, f))
         w.add_tensor(f"{p}.ffn_down.bias", bias(e))
-        w.add_tensor(f"{p}.ln2.weight", np.ones(e, np.float32))
-    # The merger: RMSNorm per patch, then an MLP over each 2x2 group's concatenation.
-    w.add_tensor("v.post_ln.weight", np.ones(e, np.float32))
+        norm(f"{p}.ln2")
+    # The merger: a norm per patch, then an MLP over each 2x2 group's concatenation.
+    norm("v.post_ln")
     w.add_tensor("mm.0.weight", matrix(4 * e, 4 * e))
     w.add_tensor("mm.0.bias", bias(4 * e))
     w.add_tensor("mm.2.weight", matrix(n_text_embd, 4 * e))
@@ -89,9 +101,19 @@ def write_qwen25vl_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, path
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = write_qwen2vl_text(out / TEXT_FILENAME)
-    mmproj = write_qwen25vl_mmproj(out / MMPROJ_FILENAME, TINY_VIT, TINY_WINDOW_PATTERN, QwenVlSpec().n_embd,
-                                   legacy_normal(np.random.RandomState(TINY_MMPROJ_SEED)),
-                                   "ecso-edge tiny qwen2.5vl mmproj")
+    mmproj = write_qwen2x_mmproj(out / MMPROJ_FILENAME, TINY_VIT, TINY_WINDOW_PATTERN, QwenVlSpec().n_embd,
+                                 legacy_normal(np.random.RandomState(TINY_MMPROJ_SEED)),
+                                 "ecso-edge tiny qwen2.5vl mmproj", qwen25=True)
+    return text, mmproj
+
+
+def write_qwen2vl_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_qwen2vl_text(out / QWEN2_TEXT_FILENAME, seed=TEXT_SEED + 6)
+    mmproj = write_qwen2x_mmproj(out / QWEN2_MMPROJ_FILENAME, TINY_VIT, 0, QwenVlSpec().n_embd,
+                                 legacy_normal(np.random.RandomState(QWEN2_MMPROJ_SEED)),
+                                 "ecso-edge tiny qwen2vl mmproj", qwen25=False)
     return text, mmproj
 
 
