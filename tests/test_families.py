@@ -18,19 +18,19 @@ from ecso_edge import ConfigError, EcsoConfig, Session
 from ecso_edge.tiny_models import gemma3, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl"]
+FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral"]
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
 # SmolVLM into 4 tiles and an overview
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1}
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
 # (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
-# <fake_token_around_image>)
-IMAGE_MARKERS = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>"),
+# <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows)
+IMAGE_MARKERS: dict[str, tuple[str | None, str]] = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>"),
                  "qwen3vl": ("<|vision_start|>", "<|vision_end|>"), "qwen2vl": ("<|vision_start|>", "<|vision_end|>"),
-                 "smolvlm": ("<row_1_col_1>", "<fake_token_around_image>")}
+                 "smolvlm": ("<row_1_col_1>", "<fake_token_around_image>"), "pixtral": (None, "[IMG_END]")}
 CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
          "smolvlm": "child process", "qwen3vl": "child process",
-         "qwen2vl": "child process"}
+         "qwen2vl": "child process", "pixtral": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +124,22 @@ def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
     elif family in ("qwen2.5vl", "qwen3vl", "qwen2vl"):
         assert head == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
         assert tail == "<|im_end|>\n<|im_start|>assistant\n"
+    elif family == "pixtral":
+        assert head == f"[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT][INST] "
+        assert tail == "[/INST]"
     elif family == "smolvlm":
         assert head == f"<|im_start|>{system}\n\nUser: "
         assert tail == "<end_of_utterance>\nAssistant:"
     else:
         assert head.endswith("USER: ") and tail == "\nASSISTANT:"
     if family in IMAGE_MARKERS:
-        start, end = (model.tokenize(marker, parse_special=True) for marker in IMAGE_MARKERS[family])
-        assert len(start) == len(end) == 1
+        start_marker, end_marker = IMAGE_MARKERS[family]
+        end = model.tokenize(end_marker, parse_special=True)
         # mtmd's layout: the family's start marker, the image's tokens, its end marker
-        assert tokens[first - 1] == start[0] and tokens[last + 1] == end[0]
+        assert len(end) == 1 and tokens[last + 1] == end[0]
+        if start_marker is not None:
+            start = model.tokenize(start_marker, parse_special=True)
+            assert len(start) == 1 and tokens[first - 1] == start[0]
 
 
 def test_gemma3_image_must_fit_one_batch(family_pairs: dict[str, tuple[Path, Path]], image: np.ndarray) -> None:

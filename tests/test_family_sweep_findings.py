@@ -120,6 +120,21 @@ def test_qwen3vl_deepstack_layers_found_by_its_sweep_are_an_error(family_pairs: 
 
 
 # --------------------------------------------------------------------------------------------
+# Pixtral
+
+@pytest.mark.parametrize("family", ["pixtral", "qwen2.5vl"])
+def test_vision_heads_without_rotary_pairs_found_by_the_pixtral_sweep_are_an_error(
+        family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path, family: str) -> None:
+    # 32 heads of a 32-wide tower: heads of 1 dimension, and the encode's 2-D rope never finished
+    text, mmproj = family_pairs[family]
+    bad = gm.Gguf.read(mmproj).set_key("clip.vision.attention.head_count", 32, VT.UINT32).write(tmp_path / "m.gguf")
+    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+            ": clip.vision.attention.head_count 32 does not split the 32-wide vision tower into heads of an even "
+            "size, which its rotary positions need")):
+        load_isolated(text, bad)
+
+
+# --------------------------------------------------------------------------------------------
 # The check process's own guards
 
 def test_a_check_that_does_not_finish_is_stopped(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,

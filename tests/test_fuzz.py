@@ -111,9 +111,10 @@ def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker
 # Sweep targets per family: LLaVA-1.6 shares LLaVA-1.5's text model (swept there).
 SWEEP_TARGETS = {"llava15": ("text", "mmproj"), "llava16": ("mmproj",), "gemma3": ("text", "mmproj"),
                  "qwen2.5vl": ("text", "mmproj"), "smolvlm": ("text", "mmproj"),
-                 "qwen3vl": ("text", "mmproj"), "qwen2vl": ("mmproj",)}
+                 "qwen3vl": ("text", "mmproj"), "qwen2vl": ("mmproj",),
+                 "pixtral": ("text", "mmproj")}
 # At least this many cases, so a sweep that silently shrinks fails.
-SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000, "qwen2.5vl": 1000, "smolvlm": 1000, "qwen3vl": 1000, "qwen2vl": 500}
+SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000, "qwen2.5vl": 1000, "smolvlm": 1000, "qwen3vl": 1000, "qwen2vl": 500, "pixtral": 1000}
 
 
 @pytest.mark.parametrize("family", list(SWEEP_TARGETS))

@@ -142,6 +142,20 @@ void check_window_attention(const GgufFile & f, const ProjectorInfo & info) {
     }
 }
 
+// Towers with rotary 2-D positions (Pixtral, Qwen-VL) rotate pairs of each head's dimensions: a
+// head of one dimension has none, and ggml's rope never finished (found by the Pixtral sweep:
+// 32 heads of a 32-wide tower).
+void check_rotary_heads(const GgufFile & f, const ProjectorInfo & info) {
+    const int64_t n_head = f.require_int("clip.vision.attention.head_count", 1, 1 << 16);
+    if (info.vision_n_embd % n_head != 0 || (info.vision_n_embd / n_head) % 2 != 0) {
+        fail(f.role(), f.path(),
+             "clip.vision.attention.head_count " + std::to_string(n_head) + " does not split the " +
+                 std::to_string(info.vision_n_embd) + "-wide vision tower into heads of an even size, which its "
+                 "rotary positions need",
+             "The file is malformed");
+    }
+}
+
 }  // namespace
 
 TextModelInfo check_text_model(const std::string & path) {
@@ -243,6 +257,9 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
     }
     if (t == "qwen2.5vl_merger") {
         check_window_attention(f, info);
+    }
+    if (t == "pixtral" || t == "qwen2vl_merger" || t == "qwen2.5vl_merger" || t == "qwen3vl_merger") {
+        check_rotary_heads(f, info);
     }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);

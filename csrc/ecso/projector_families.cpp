@@ -12,6 +12,7 @@ constexpr const char * kSupported[] = {
     "idefics3",  // SmolVLM
     "qwen3vl_merger",  // Qwen3-VL
     "qwen2vl_merger",  // Qwen2-VL
+    "pixtral",   // Pixtral, Mistral Small 3.1
 };
 
 }  // namespace
