@@ -13,6 +13,7 @@ constexpr const char * kSupported[] = {
     "qwen3vl_merger",  // Qwen3-VL
     "qwen2vl_merger",  // Qwen2-VL
     "pixtral",   // Pixtral, Mistral Small 3.1
+    "internvl",  // InternVL
 };
 
 }  // namespace

@@ -219,22 +219,27 @@ class QwenVlSpec:
     n_deepstack_layers: int = 0
 
 
-def write_qwen_vl_text(path: pathlib.Path, arch: str, spec: QwenVlSpec, seed: int) -> pathlib.Path:
-    """The text side of Qwen2-VL / Qwen2.5-VL (`qwen2vl`: Qwen2, q/k/v biases) and of Qwen3-VL
-    (`qwen3vl`: Qwen3, q/k norms, interleaved M-RoPE, deepstack inputs): GQA and M-RoPE in both."""
-    tokens, scores, types = build_vocab(QWEN_VL_CONTROL_TOKENS)
+def write_qwen_vl_text(path: pathlib.Path, arch: str, spec: QwenVlSpec, seed: int,
+                       control_tokens: Sequence[str] = QWEN_VL_CONTROL_TOKENS) -> pathlib.Path:
+    """The text side of Qwen2-VL / Qwen2.5-VL (`qwen2vl`: Qwen2, q/k/v biases, M-RoPE), of Qwen3-VL
+    (`qwen3vl`: Qwen3, q/k norms, interleaved M-RoPE, deepstack inputs) and of InternVL 3's small
+    sizes (`qwen2`: Qwen2 with plain RoPE): GQA and ChatML in all."""
+    tokens, scores, types = build_vocab(control_tokens)
     normal = legacy_normal(np.random.RandomState(seed))
     e, f = spec.n_embd, spec.n_ff
     hd = e // spec.n_head
     kv_out = spec.n_head_kv * hd
-    assert 2 * sum(spec.rope_sections) == hd, "M-RoPE sections cover the head's rotary pairs"
+    mrope = arch != "qwen2"
+    assert not mrope or 2 * sum(spec.rope_sections) == hd, "M-RoPE sections cover the head's rotary pairs"
     qwen3 = arch == "qwen3vl"
 
-    w = _writer(path, arch, "Qwen3-VL" if qwen3 else "Qwen2.5-VL", context_length=spec.context_length, n_embd=e,
+    kind = "Qwen3-VL" if qwen3 else "Qwen2.5-VL" if mrope else "InternVL"
+    w = _writer(path, arch, kind, context_length=spec.context_length, n_embd=e,
                 n_layer=spec.n_layer, n_ff=f, n_head=spec.n_head, n_head_kv=spec.n_head_kv)
     w.add_layer_norm_rms_eps(spec.rms_eps)
     w.add_rope_freq_base(spec.rope_freq_base)
-    w.add_rope_dimension_sections(list(spec.rope_sections))
+    if mrope:
+        w.add_rope_dimension_sections(list(spec.rope_sections))
     if qwen3:
         w.add_uint32(f"{arch}.n_deepstack_layers", spec.n_deepstack_layers)
     # Qwen's tokenizer adds no BOS: the template's first <|im_start|> opens the prompt.
@@ -264,6 +269,11 @@ def write_qwen_vl_text(path: pathlib.Path, arch: str, spec: QwenVlSpec, seed: in
 
 def write_qwen2vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed: int = TEXT_SEED + 3) -> pathlib.Path:
     return write_qwen_vl_text(path, "qwen2vl", spec, seed)
+
+
+def write_qwen2_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(), seed: int = TEXT_SEED + 8,
+                     control_tokens: Sequence[str] = ()) -> pathlib.Path:
+    return write_qwen_vl_text(path, "qwen2", spec, seed, control_tokens)
 
 
 def write_qwen3vl_text(path: pathlib.Path, spec: QwenVlSpec = QwenVlSpec(rope_sections=(3, 3, 2, 0), n_deepstack_layers=1),
