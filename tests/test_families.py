@@ -18,20 +18,22 @@ from ecso_edge import ConfigError, EcsoConfig, Session
 from ecso_edge.tiny_models import gemma3, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl"]
+FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv"]
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
-# SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5}
+# SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V into an
+# overview and 4 slices
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
 # (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
 # <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows)
 IMAGE_MARKERS: dict[str, tuple[str | None, str]] = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>"),
                  "qwen3vl": ("<|vision_start|>", "<|vision_end|>"), "qwen2vl": ("<|vision_start|>", "<|vision_end|>"),
                  "smolvlm": ("<row_1_col_1>", "<fake_token_around_image>"), "pixtral": (None, "[IMG_END]"),
-                 "internvl": ("<img>", "</img>")}
+                 "internvl": ("<img>", "</img>"), "minicpmv": ("<image>", "</slice>")}
 CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
          "smolvlm": "child process", "qwen3vl": "child process",
-         "qwen2vl": "child process", "pixtral": "child process", "internvl": "child process"}
+         "qwen2vl": "child process", "pixtral": "child process", "internvl": "child process",
+         "minicpmv": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
         # Gemma has no system turn: llama.cpp puts the system message at the top of the user turn
         assert head.startswith("<start_of_turn>user\n" + system)
         assert tail == "<end_of_turn>\n<start_of_turn>model\n"
-    elif family in ("qwen2.5vl", "qwen3vl", "qwen2vl", "internvl"):
+    elif family in ("qwen2.5vl", "qwen3vl", "qwen2vl", "internvl", "minicpmv"):
         assert head == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
         assert tail == "<|im_end|>\n<|im_start|>assistant\n"
     elif family == "pixtral":

@@ -14,6 +14,7 @@ constexpr const char * kSupported[] = {
     "qwen2vl_merger",  // Qwen2-VL
     "pixtral",   // Pixtral, Mistral Small 3.1
     "internvl",  // InternVL
+    "resampler",  // MiniCPM-V (2.5 to 4.5, and MiniCPM-o)
 };
 
 }  // namespace

@@ -50,9 +50,11 @@ def add_vit_keys(w: gguf.GGUFWriter, vit: VitSpec, projection_dim: int,
 
 
 def add_vit_tensors(w: gguf.GGUFWriter, vit: VitSpec, normal: Normal, weight_std: Callable[[int], float], *,
-                    class_embd: bool, patch_bias: bool, pre_ln: bool, post_ln: bool) -> None:
+                    class_embd: bool, patch_bias: bool, pre_ln: bool, post_ln: bool,
+                    position_rows: int | None = None) -> None:
     """`weight_std(fan_in)` picks the std of each matrix; LayerNorms are weight 1, bias 0.
-    numpy shapes are ggml ne reversed."""
+    `position_rows`: the position table's rows when it is not one per patch (MiniCPM-V: a 70x70
+    grid of buckets). numpy shapes are ggml ne reversed."""
     e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
 
     def matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -67,8 +69,8 @@ def add_vit_tensors(w: gguf.GGUFWriter, vit: VitSpec, normal: Normal, weight_std
                  normal((e, 3, vit.patch_size, vit.patch_size), weight_std(3 * vit.patch_size ** 2), wd))
     if patch_bias:
         w.add_tensor("v.patch_embd.bias", bias(e))
-    w.add_tensor("v.position_embd.weight", normal((vit.n_patches + (1 if class_embd else 0), e), 0.02,
-                                                  vit.position_dtype or wd))
+    rows = position_rows if position_rows is not None else vit.n_patches + (1 if class_embd else 0)
+    w.add_tensor("v.position_embd.weight", normal((rows, e), 0.02, vit.position_dtype or wd))
     if pre_ln:
         w.add_tensor("v.pre_ln.weight", np.ones(e, np.float32))
         w.add_tensor("v.pre_ln.bias", np.zeros(e, np.float32))
