@@ -10,19 +10,15 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
-#include <poll.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <dlfcn.h>
-#include <chrono>
 #include <vector>
 
+#include "ecso/child_process.hpp"
 #include "ecso/errors.hpp"
 #include "mtmd.h"
-
-extern char ** environ;
 
 namespace ecso {
 namespace {
@@ -171,89 +167,6 @@ double check_timeout_seconds() {
     return seconds;
 }
 
-struct ChildResult {
-    int spawn_error = 0;  // posix_spawn's own error code (it leaves errno alone)
-    bool started = false;
-    bool timed_out = false;
-    int status = 0;
-    std::string output;  // stdout and stderr together, the last few KB
-};
-
-ChildResult run_child(const std::vector<std::string> & argv, double timeout_seconds) {
-    ChildResult result;
-    int pipe_fds[2];
-    if (::pipe(pipe_fds) != 0) {
-        result.spawn_error = errno;
-        return result;
-    }
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDERR_FILENO);
-    posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
-    posix_spawn_file_actions_addclose(&actions, pipe_fds[1]);
-    std::vector<char *> args;
-    for (const auto & a : argv) {
-        args.push_back(const_cast<char *>(a.c_str()));
-    }
-    args.push_back(nullptr);
-    pid_t pid = -1;
-    // ggml prints a crash's backtrace through gdb when it can: seconds of noise around the one
-    // line that names the cause, so the child does without.
-    std::vector<char *> env;
-    for (char ** e = environ; *e != nullptr; ++e) {
-        env.push_back(*e);
-    }
-    std::string no_backtrace = "GGML_NO_BACKTRACE=1";
-    env.push_back(no_backtrace.data());
-    env.push_back(nullptr);
-    const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), env.data());
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(pipe_fds[1]);
-    if (rc != 0) {
-        ::close(pipe_fds[0]);
-        result.spawn_error = rc;
-        return result;
-    }
-    result.started = true;
-    constexpr size_t kKeep = 8192;
-    char buf[4096];
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
-    for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) {
-            result.timed_out = true;
-            ::kill(pid, SIGKILL);
-            break;
-        }
-        pollfd pfd{pipe_fds[0], POLLIN, 0};
-        const int ready = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1000)));
-        if (ready < 0 && errno != EINTR) {
-            break;
-        }
-        if (ready <= 0) {
-            continue;
-        }
-        const ssize_t n = ::read(pipe_fds[0], buf, sizeof(buf));
-        if (n > 0) {
-            result.output.append(buf, static_cast<size_t>(n));
-            if (result.output.size() > 2 * kKeep) {
-                result.output.erase(0, result.output.size() - kKeep);
-            }
-        } else if (n == 0 || errno != EINTR) {
-            break;
-        }
-    }
-    ::close(pipe_fds[0]);
-    while (::waitpid(pid, &result.status, 0) < 0) {
-        if (errno != EINTR) {
-            result.status = -1;  // e.g. SIGCHLD ignored by the application: the outcome is unknown
-            break;
-        }
-    }
-    return result;
-}
-
 // The line of the child's output that names the cause.
 std::string telling_line(const std::string & output) {
     std::vector<std::string> lines;
@@ -350,7 +263,9 @@ ProbeOutcome probe_projector(const std::string & text_model_path, const std::str
     if (options.use_gpu) {
         argv.push_back("--gpu");
     }
-    const ChildResult child = run_child(argv, timeout);
+    // ggml prints a crash's backtrace through gdb when it can: seconds of noise around the one
+    // line that names the cause, so the child does without.
+    const ChildResult child = run_child(argv, {"GGML_NO_BACKTRACE=1"}, timeout);
     if (!child.started) {
         throw ModelLoadError(where + "the check program '" + checker + "' could not be started (" +
                              std::strerror(child.spawn_error) + "). Check that it is executable, or reinstall ecso-edge");
