@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,15 @@ from pathlib import Path
 import pytest
 
 import ecso_edge
+
+PROJECTOR = re.escape("projector (mmproj) '")
+TEXT_MODEL = re.escape("text model '")
+
+
+def quoted(path: Path) -> str:
+    """A pattern for the message naming `path`."""
+    return re.escape(f"'{path}'")
+
 
 _LOAD_SCRIPT = """
 import json, sys

@@ -23,16 +23,10 @@ from ecso_edge import ConfigError, ContextOverflowError, EcsoConfig, ModelLoadEr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gguf_mutate as gm  # noqa: E402
-from isolated_load import load_isolated  # noqa: E402
+from isolated_load import PROJECTOR, TEXT_MODEL, load_isolated, quoted  # noqa: E402
 
 VT = gm.ValueType
-PROJECTOR = re.escape("projector (mmproj) '")
-TEXT_MODEL = re.escape("text model '")
 
-
-def _in(path: Path) -> str:
-    """A pattern for the message naming `path`."""
-    return re.escape(f"'{path}'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +71,7 @@ def test_missing_file_is_also_an_oserror(tiny_paths: tuple[Path, Path], tmp_path
 @pytest.mark.parametrize("role", ["text", "mmproj"])
 def test_directory_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path, role: str) -> None:
     text, mmproj = (tmp_path, tiny_paths[1]) if role == "text" else (tiny_paths[0], tmp_path)
-    with pytest.raises(ModelLoadError, match=_in(tmp_path) + ": not a regular file. Pass the path of a .gguf file"):
+    with pytest.raises(ModelLoadError, match=quoted(tmp_path) + ": not a regular file. Pass the path of a .gguf file"):
         ecso_edge.Model(text, mmproj, n_threads=1)
 
 
@@ -86,7 +80,7 @@ def test_empty_file_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path, ro
     empty = tmp_path / "empty.gguf"
     empty.write_bytes(b"")
     text, mmproj = (empty, tiny_paths[1]) if role == "text" else (tiny_paths[0], empty)
-    with pytest.raises(ModelLoadError, match=_in(empty) + ": the file is empty. Pass a llama.cpp GGUF file"):
+    with pytest.raises(ModelLoadError, match=quoted(empty) + ": the file is empty. Pass a llama.cpp GGUF file"):
         ecso_edge.Model(text, mmproj, n_threads=1)
 
 
@@ -100,14 +94,14 @@ def test_non_gguf_file_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path,
     bad = tmp_path / "model.gguf"
     bad.write_bytes(content)
     text, mmproj = (bad, tiny_paths[1]) if role == "text" else (tiny_paths[0], bad)
-    with pytest.raises(ModelLoadError, match=_in(bad) + r": not a GGUF file \(wrong magic bytes\). Pass a llama.cpp GGUF"):
+    with pytest.raises(ModelLoadError, match=quoted(bad) + r": not a GGUF file \(wrong magic bytes\). Pass a llama.cpp GGUF"):
         ecso_edge.Model(text, mmproj, n_threads=1)
 
 
 def test_gguf_magic_with_garbage_after_it_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path) -> None:
     bad = tmp_path / "garbage.gguf"
     bad.write_bytes(b"GGUF" + np.random.default_rng(1).bytes(4096))
-    with pytest.raises(ModelLoadError, match=_in(bad) + ": malformed GGUF header.*re-download or re-convert it"):
+    with pytest.raises(ModelLoadError, match=quoted(bad) + ": malformed GGUF header.*re-download or re-convert it"):
         ecso_edge.Model(bad, tiny_paths[1], n_threads=1)
 
 
@@ -151,7 +145,7 @@ def test_mmproj_passed_as_text_model_is_refused(tiny_paths: tuple[Path, Path]) -
 
 def test_swapped_pair_is_refused(tiny_paths: tuple[Path, Path]) -> None:
     text, mmproj = tiny_paths
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(mmproj)[1:] + ": this is a vision projector"):
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + quoted(mmproj)[1:] + ": this is a vision projector"):
         load_isolated(mmproj, text)
 
 
@@ -219,7 +213,7 @@ def test_text_model_key_of_wrong_type_is_refused(tiny_paths: tuple[Path, Path], 
     # llama.cpp checks its own key types (no abort); its reason must reach the user
     # (llama.block_count is checked by ecso-edge itself since the fuzz suite: see test_fuzz_regressions)
     bad = gm.mutated(tiny_paths[0], tmp_path / "float-ctx.gguf", set_keys={"llama.context_length": (2.0, VT.FLOAT32)})
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + ": llama.cpp could not load it.*"
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + quoted(bad)[1:] + ": llama.cpp could not load it.*"
                        "key llama.context_length has wrong type f32 but expected type u32"):
         load_isolated(bad, tiny_paths[1])
 
@@ -227,7 +221,7 @@ def test_text_model_key_of_wrong_type_is_refused(tiny_paths: tuple[Path, Path], 
 def test_text_model_with_missing_tensor_is_refused(tiny_paths: tuple[Path, Path], tmp_path: Path) -> None:
     # llama.cpp's own loader checks the text model's tensors; its reason must reach the user
     bad = gm.mutated(tiny_paths[0], tmp_path / "no-norm.gguf", drop_tensors=("output_norm.weight",))
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + ": llama.cpp could not load it.*"
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + quoted(bad)[1:] + ": llama.cpp could not load it.*"
                        "tensor 'output_norm.weight' not found"):
         load_isolated(bad, tiny_paths[1])
 
@@ -297,7 +291,7 @@ def test_projector_with_vision_encoder_false_is_refused(
     tiny_paths: tuple[Path, Path], write_mmproj: Callable[..., Path]
 ) -> None:
     bad = write_mmproj(lambda g: g.set_key("clip.has_vision_encoder", False, VT.BOOL))
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             ": the projector has no vision encoder (clip.has_vision_encoder is false)")):
         load_isolated(tiny_paths[0], bad)
 
@@ -306,7 +300,7 @@ def test_projector_without_projector_type_is_refused(
     tiny_paths: tuple[Path, Path], write_mmproj: Callable[..., Path]
 ) -> None:
     bad = write_mmproj(lambda g: g.drop_key("clip.projector_type"))
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             ": the projector type is not set (clip.projector_type is missing or empty). Re-convert the projector")):
         load_isolated(tiny_paths[0], bad)
 
@@ -362,7 +356,7 @@ def test_projector_bad_layer_norm_epsilon_is_refused(
 ) -> None:
     # ggml_norm asserts eps >= 0 when the image is encoded: refuse at load time instead
     bad = write_mmproj(lambda g: g.set_key("clip.vision.attention.layer_norm_epsilon", eps, VT.FLOAT32))
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             ": metadata key 'clip.vision.attention.layer_norm_epsilon' has the implausible value")):
         load_isolated(tiny_paths[0], bad)
 
@@ -440,7 +434,7 @@ def test_unknown_projector_type_reports_mtmd_reason(
     # a type the validator does not know goes to mtmd, which refuses it cleanly; its reason is passed on
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", "bogus", VT.STRING))
     # (?s): the quoted mtmd log may span lines
-    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + _in(bad)[1:] + r": mtmd could not load it \(.*"
+    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + quoted(bad)[1:] + r": mtmd could not load it \(.*"
                        r"unknown projector type: bogus.*\)\. Use the mmproj file"):
         load_isolated(tiny_paths[0], bad, ECSO_TRUST_PROJECTOR="1")
 
@@ -450,7 +444,7 @@ def test_projector_type_not_yet_supported_is_refused(
     tiny_paths: tuple[Path, Path], write_mmproj: Callable[..., Path], projector_type: str
 ) -> None:
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", projector_type, VT.STRING))
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             f": projector type '{projector_type}' is not one ecso-edge supports yet (supported: mlp, mlp_norm, "
             "gemma3, qwen2.5vl_merger, idefics3, qwen3vl_merger, qwen2vl_merger, pixtral, internvl, resampler). Use a projector of a supported family, or set the environment variable "
             "ECSO_TRUST_PROJECTOR=1 to run this one untested (it is still checked for crashes first)")):
@@ -464,7 +458,7 @@ def test_trusted_projector_that_crashes_mtmd_is_an_error_not_a_crash(
     # found by the fuzz suite: with LLaVA tensors, these types GGML_ASSERT in mtmd's graph builder
     # (SIGABRT). Trusted, the file is loaded in ecso-check-projector first: it dies there, not here.
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", projector_type, VT.STRING))
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             ": llama.cpp crashed loading it (SIGABRT in a check process, so this one is unharmed) (llama.cpp: ")
             + r".*GGML_ASSERT.*\)\. The file is damaged, or was written for another llama.cpp version"):
         load_isolated(tiny_paths[0], bad, ECSO_TRUST_PROJECTOR="1")
@@ -475,7 +469,7 @@ def test_gemma3_projector_with_llava_tensors_is_refused_cleanly(
 ) -> None:
     # a supported type whose own tensors are missing: mtmd's loader refuses it in the check process
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", "gemma3", VT.STRING))
-    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + _in(bad)[1:] + r": mtmd could not load it \(llama"
+    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + quoted(bad)[1:] + r": mtmd could not load it \(llama"
                        r"\.cpp: .*mm\.input_projection\.weight.*\)\. Use the mmproj file published"):
         load_isolated(tiny_paths[0], bad)
 

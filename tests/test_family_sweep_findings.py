@@ -18,15 +18,9 @@ from ecso_edge import ConfigError, ModelLoadError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gguf_mutate as gm  # noqa: E402
-from isolated_load import load_isolated  # noqa: E402
+from isolated_load import PROJECTOR, TEXT_MODEL, load_isolated, quoted  # noqa: E402
 
 VT = gm.ValueType
-PROJECTOR = re.escape("projector (mmproj) '")
-TEXT_MODEL = re.escape("text model '")
-
-
-def _in(path: Path) -> str:
-    return re.escape(f"'{path}'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,7 +52,7 @@ def test_gemma3_projector_found_by_its_sweep_is_an_error(family_pairs: dict[str,
     g = gm.Gguf.read(mmproj)
     edit(g)
     bad = g.write(tmp_path / "mmproj.gguf")
-    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + _in(bad)[1:] + ": .*" + message):
+    with pytest.raises(ModelLoadError, match="(?s)" + PROJECTOR + quoted(bad)[1:] + ": .*" + message):
         load_isolated(text, bad)
 
 
@@ -74,7 +68,7 @@ def test_gemma3_text_model_window_found_by_its_sweep_is_an_error(family_pairs: d
                                                                  message: str) -> None:
     text, mmproj = family_pairs["gemma3"]
     bad = gm.Gguf.read(text).set_key(key, value, VT.UINT32).write(tmp_path / "text.gguf")
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + f": metadata key '{key}' " + message):
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + quoted(bad)[1:] + f": metadata key '{key}' " + message):
         load_isolated(bad, mmproj)
 
 
@@ -88,7 +82,7 @@ def test_qwen25vl_rope_sections_found_by_its_sweep_are_an_error(family_pairs: di
     text, mmproj = family_pairs["qwen2.5vl"]
     bad = gm.Gguf.read(text).set_key("qwen2vl.rope.dimension_sections", sections, VT.ARRAY, VT.INT32) \
         .write(tmp_path / "text.gguf")
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + quoted(bad)[1:] + re.escape(
             ": metadata key 'qwen2vl.rope.dimension_sections' must be 4 or more sections of 0 or more rotary pairs "
             "whose sum is between 1 and the 16 rotated dimensions of a head (the sum is " + str(sum(sections)) + ")")):
         load_isolated(bad, mmproj)
@@ -99,7 +93,7 @@ def test_qwen25vl_patch_too_large_for_its_windows_is_an_error(family_pairs: dict
     # mtmd looped forever: 112 px windows of 0 merged tokens
     text, mmproj = family_pairs["qwen2.5vl"]
     bad = gm.Gguf.read(mmproj).set_key("clip.vision.patch_size", 64, VT.UINT32).write(tmp_path / "mmproj.gguf")
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             ": patch_size 64 leaves no 2x2 group of patches in the 112 px attention windows that "
             "clip.vision.n_wa_pattern turns on (at most 56 px fit)")):
         load_isolated(text, bad)
@@ -114,7 +108,7 @@ def test_qwen3vl_deepstack_layers_found_by_its_sweep_are_an_error(family_pairs: 
     # 2^31 - 1 and up overflowed the input width: ggml.c GGML_ASSERT(... <= ggml_nbytes(view_src))
     text, mmproj = family_pairs["qwen3vl"]
     bad = gm.Gguf.read(text).set_key("qwen3vl.n_deepstack_layers", value, VT.UINT32).write(tmp_path / "text.gguf")
-    with pytest.raises(ModelLoadError, match=TEXT_MODEL + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=TEXT_MODEL + quoted(bad)[1:] + re.escape(
             f": metadata key 'qwen3vl.n_deepstack_layers' has the implausible value {value}")):
         load_isolated(bad, mmproj)
 
@@ -128,7 +122,7 @@ def test_vision_heads_without_rotary_pairs_found_by_the_pixtral_sweep_are_an_err
     # 32 heads of a 32-wide tower: heads of 1 dimension, and the encode's 2-D rope never finished
     text, mmproj = family_pairs[family]
     bad = gm.Gguf.read(mmproj).set_key("clip.vision.attention.head_count", 32, VT.UINT32).write(tmp_path / "m.gguf")
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(bad)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             ": clip.vision.attention.head_count 32 does not split the 32-wide vision tower into heads of an even "
             "size, which its rotary positions need")):
         load_isolated(text, bad)
@@ -147,7 +141,7 @@ def test_a_check_that_does_not_finish_is_stopped(family_pairs: dict[str, tuple[P
     monkeypatch.setenv("ECSO_CHECK_PROJECTOR", str(stuck))
     monkeypatch.setenv("ECSO_PROJECTOR_CHECK_TIMEOUT", "0.5")
     text, mmproj = family_pairs["qwen2.5vl"]
-    with pytest.raises(ModelLoadError, match=PROJECTOR + _in(mmproj)[1:] + re.escape(
+    with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(mmproj)[1:] + re.escape(
             ": the check process loading it did not finish within 0.5 s, and was stopped. The file is likely "
             "damaged (mtmd loops on it); if it is a very large projector on a slow machine, raise "
             "ECSO_PROJECTOR_CHECK_TIMEOUT (seconds)")):

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import numpy as np
 
 from .gguf_io import Normal, fast_normal, finish, legacy_normal, read_text_n_embd
 from .text_models import Gemma3Spec, write_gemma3_text
-from .vision_tower import VitSpec, add_vit_keys, add_vit_tensors
+from .vision_tower import VitSpec, add_vit_tensors, start_projector
 
 TEXT_FILENAME = "tiny-gemma3-text.gguf"
 MMPROJ_FILENAME = "tiny-gemma3-mmproj.gguf"
@@ -30,13 +29,8 @@ TINY_MMPROJ_SEED = 20240317
 
 def write_gemma3_mmproj(path: pathlib.Path, vit: VitSpec, pool: int, n_text_embd: int, normal: Normal,
                         weight_std: float, name: str) -> pathlib.Path:
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for Gemma 3 (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if vit.weight_dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "gemma3")
-    add_vit_keys(w, vit, n_text_embd, SIGLIP_MEAN, SIGLIP_STD)
+    w = start_projector(path, vit, n_text_embd, "gemma3", name, "image encoder for Gemma 3 (random weights)",
+                        SIGLIP_MEAN, SIGLIP_STD)
     w.add_bool("clip.use_gelu", True)
     if pool != 4:  # clip.cpp's default for every Gemma 3 size
         w.add_uint32("clip.vision.projector.scale_factor", pool)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
 from .text_models import QWEN_VL_CONTROL_TOKENS, QwenVlSpec, write_qwen2_text
-from .vision_tower import VitSpec, add_vit_keys, add_vit_tensors
+from .vision_tower import VitSpec, add_vit_tensors, start_projector
 
 TEXT_FILENAME = "tiny-internvl-text.gguf"
 MMPROJ_FILENAME = "tiny-internvl-mmproj.gguf"
@@ -31,13 +30,8 @@ TINY_MMPROJ_SEED = 20240323
 def write_internvl_mmproj(path: pathlib.Path, vit: VitSpec, scale: int, max_tiles: int, n_text_embd: int,
                           normal: Normal, name: str) -> pathlib.Path:
     e, wd = vit.n_embd, vit.weight_dtype
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for InternVL (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "internvl")
-    add_vit_keys(w, vit, n_text_embd, IMAGENET_MEAN, IMAGENET_STD)
+    w = start_projector(path, vit, n_text_embd, "internvl", name, "image encoder for InternVL (random weights)",
+                        IMAGENET_MEAN, IMAGENET_STD)
     w.add_bool("clip.use_gelu", True)
     w.add_uint32("clip.vision.projector.scale_factor", scale)
     w.add_uint32("clip.vision.preproc_min_tiles", 1)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
 from .text_models import QWEN_VL_CONTROL_TOKENS, QwenVlSpec, write_qwen2_text
-from .vision_tower import VitSpec, add_vit_keys, add_vit_tensors
+from .vision_tower import RandomTensors, VitSpec, add_vit_tensors, start_projector
 
 TEXT_FILENAME = "tiny-minicpmv-text.gguf"
 MMPROJ_FILENAME = "tiny-minicpmv-mmproj.gguf"
@@ -37,22 +36,15 @@ TINY_MMPROJ_SEED = 20240324
 def write_minicpmv_mmproj(path: pathlib.Path, vit: VitSpec, n_queries: int, n_text_embd: int, normal: Normal,
                           name: str) -> pathlib.Path:
     e, wd, d = vit.n_embd, vit.weight_dtype, n_text_embd
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for MiniCPM-V 2.6 (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "resampler")
+    w = start_projector(path, vit, n_text_embd, "resampler", name, "image encoder for MiniCPM-V 2.6 (random weights)",
+                        SIGLIP_MEAN, SIGLIP_STD)
     w.add_int32("clip.minicpmv_version", MINICPMV_VERSION)
     w.add_uint32("clip.minicpmv_query_num", n_queries)
-    add_vit_keys(w, vit, n_text_embd, SIGLIP_MEAN, SIGLIP_STD)
     w.add_bool("clip.use_gelu", True)
     add_vit_tensors(w, vit, normal, lambda fan_in: fan_in ** -0.5, class_embd=False, patch_bias=True,
                     pre_ln=False, post_ln=True, position_rows=POSITION_BUCKETS * POSITION_BUCKETS)
 
-    def matrix(n_out: int, n_in: int) -> np.ndarray:
-        return normal((n_out, n_in), n_in ** -0.5, wd)
-
+    matrix = RandomTensors(normal, wd).matrix
     # the resampler: the queries attend to the tower's patches (keys with 2-D sinusoidal positions)
     w.add_tensor("resampler.query", normal((n_queries, d), 0.5))
     w.add_tensor("resampler.pos_embed_k", normal((n_queries, d), 0.02))  # loaded, not used by the graph

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
 from .text_models import TEXT_SEED, TextSpec, write_llama_text
-from .vision_tower import VitSpec, add_vit_keys
+from .vision_tower import RandomTensors, VitSpec, start_projector
 
 TEXT_FILENAME = "tiny-pixtral-text.gguf"
 MMPROJ_FILENAME = "tiny-pixtral-mmproj.gguf"
@@ -40,19 +39,12 @@ TINY_MMPROJ_SEED = 20240322
 def write_pixtral_mmproj(path: pathlib.Path, vit: VitSpec, merge: int, n_text_embd: int, normal: Normal,
                          name: str) -> pathlib.Path:
     e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for Mistral Small 3.1 / Pixtral (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "pixtral")
-    add_vit_keys(w, vit, n_text_embd, PIXTRAL_MEAN, PIXTRAL_STD)
+    w = start_projector(path, vit, n_text_embd, "pixtral", name,
+                        "image encoder for Mistral Small 3.1 / Pixtral (random weights)", PIXTRAL_MEAN, PIXTRAL_STD)
     w.add_bool("clip.use_silu", True)
     w.add_uint32("clip.vision.spatial_merge_size", merge)
 
-    def matrix(n_out: int, n_in: int) -> np.ndarray:
-        return normal((n_out, n_in), n_in ** -0.5, wd)
-
+    matrix = RandomTensors(normal, wd).matrix
     # no position table (2-D RoPE), no biases in the tower, RMS norms
     w.add_tensor("v.patch_embd.weight", normal((e, 3, vit.patch_size, vit.patch_size), (3 * vit.patch_size ** 2) ** -0.5, wd))
     w.add_tensor("v.pre_ln.weight", np.ones(e, np.float32))

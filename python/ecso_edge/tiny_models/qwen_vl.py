@@ -14,7 +14,7 @@ import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
 from .text_models import TEXT_SEED, QwenVlSpec, write_qwen2vl_text, write_qwen3vl_text
-from .vision_tower import VitSpec, add_vit_keys
+from .vision_tower import RandomTensors, VitSpec, start_projector
 
 TEXT_FILENAME = "tiny-qwen2.5vl-text.gguf"
 MMPROJ_FILENAME = "tiny-qwen2.5vl-mmproj.gguf"
@@ -42,27 +42,27 @@ QWEN3_MMPROJ_SEED = 20240320
 QWEN2_MMPROJ_SEED = 20240321
 
 
+def _add_merger_mlp(w: gguf.GGUFWriter, t: RandomTensors, e: int, n_text_embd: int) -> None:
+    """The merger's MLP over each 2x2 group of patches, concatenated (4 x e inputs)."""
+    w.add_tensor("mm.0.weight", t.matrix(4 * e, 4 * e))
+    w.add_tensor("mm.0.bias", t.bias(4 * e))
+    w.add_tensor("mm.2.weight", t.matrix(n_text_embd, 4 * e))
+    w.add_tensor("mm.2.bias", t.bias(n_text_embd))
+
+
 def write_qwen2x_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int, n_text_embd: int, normal: Normal,
                         name: str, *, qwen25: bool) -> pathlib.Path:
     """Qwen2.5-VL (`qwen25`: RMS norms, a SiLU-gated FFN, windowed blocks) or Qwen2-VL (LayerNorms,
     a quick-GELU FFN, every block global)."""
     e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description(f"image encoder for {'Qwen2.5-VL' if qwen25 else 'Qwen2-VL'} (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "qwen2.5vl_merger" if qwen25 else "qwen2vl_merger")
-    add_vit_keys(w, vit, n_text_embd, CLIP_MEAN, CLIP_STD)
+    w = start_projector(path, vit, n_text_embd, "qwen2.5vl_merger" if qwen25 else "qwen2vl_merger", name,
+                        f"image encoder for {'Qwen2.5-VL' if qwen25 else 'Qwen2-VL'} (random weights)", CLIP_MEAN, CLIP_STD)
     if qwen25:
         w.add_bool("clip.use_silu", True)
         w.add_uint32("clip.vision.n_wa_pattern", window_pattern)
 
-    def matrix(n_out: int, n_in: int) -> np.ndarray:
-        return normal((n_out, n_in), n_in ** -0.5, wd)
-
-    def bias(n: int) -> np.ndarray:
-        return normal((n,), 0.02)
+    t = RandomTensors(normal, wd)
+    matrix, bias = t.matrix, t.bias
 
     def norm(prefix: str) -> None:
         w.add_tensor(f"{prefix}.weight", np.ones(e, np.float32))
@@ -89,10 +89,7 @@ def write_qwen2x_mmproj(path: pathlib.Path, vit: VitSpec, window_pattern: int, n
         norm(f"{p}.ln2")
     # The merger: a norm per patch, then an MLP over each 2x2 group's concatenation.
     norm("v.post_ln")
-    w.add_tensor("mm.0.weight", matrix(4 * e, 4 * e))
-    w.add_tensor("mm.0.bias", bias(4 * e))
-    w.add_tensor("mm.2.weight", matrix(n_text_embd, 4 * e))
-    w.add_tensor("mm.2.bias", bias(n_text_embd))
+    _add_merger_mlp(w, t, e, n_text_embd)
     finish(w)
     return path
 
@@ -120,20 +117,12 @@ def write_qwen2vl_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathl
 def write_qwen3vl_mmproj(path: pathlib.Path, vit: VitSpec, deepstack_blocks: tuple[int, ...], n_text_embd: int,
                          normal: Normal, name: str) -> pathlib.Path:
     e, f, wd = vit.n_embd, vit.n_ff, vit.weight_dtype
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for Qwen3-VL (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "qwen3vl_merger")
-    add_vit_keys(w, vit, n_text_embd, CLIP_MEAN, CLIP_STD)
+    w = start_projector(path, vit, n_text_embd, "qwen3vl_merger", name, "image encoder for Qwen3-VL (random weights)",
+                        CLIP_MEAN, CLIP_STD)
     w.add_bool("clip.use_gelu", True)
 
-    def matrix(n_out: int, n_in: int) -> np.ndarray:
-        return normal((n_out, n_in), n_in ** -0.5, wd)
-
-    def bias(n: int) -> np.ndarray:
-        return normal((n,), 0.02)
+    t = RandomTensors(normal, wd)
+    matrix, bias = t.matrix, t.bias
 
     for name_ in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
         w.add_tensor(name_, normal((e, 3, vit.patch_size, vit.patch_size), (3 * vit.patch_size ** 2) ** -0.5, wd))
@@ -163,10 +152,7 @@ def write_qwen3vl_mmproj(path: pathlib.Path, vit: VitSpec, deepstack_blocks: tup
         w.add_tensor(f"{p}.fc2.bias", bias(n_text_embd))
     w.add_tensor("v.post_ln.weight", np.ones(e, np.float32))
     w.add_tensor("v.post_ln.bias", np.zeros(e, np.float32))
-    w.add_tensor("mm.0.weight", matrix(4 * e, 4 * e))
-    w.add_tensor("mm.0.bias", bias(4 * e))
-    w.add_tensor("mm.2.weight", matrix(n_text_embd, 4 * e))
-    w.add_tensor("mm.2.bias", bias(n_text_embd))
+    _add_merger_mlp(w, t, e, n_text_embd)
     finish(w)
     return path
 

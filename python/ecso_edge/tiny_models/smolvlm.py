@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
 from .text_models import TEXT_SEED, TextSpec, write_llama_text
-from .vision_tower import VitSpec, add_vit_keys, add_vit_tensors
+from .vision_tower import VitSpec, add_vit_tensors, start_projector
 
 TEXT_FILENAME = "tiny-smolvlm-text.gguf"
 MMPROJ_FILENAME = "tiny-smolvlm-mmproj.gguf"
@@ -42,13 +41,8 @@ TINY_MMPROJ_SEED = 20240319
 
 def write_idefics3_mmproj(path: pathlib.Path, vit: VitSpec, scale: int, longest_edge: int, n_text_embd: int,
                           normal: Normal, name: str) -> pathlib.Path:
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for SmolVLM (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if vit.weight_dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_string("clip.projector_type", "idefics3")
-    add_vit_keys(w, vit, n_text_embd, SIGLIP_MEAN, SIGLIP_STD)
+    w = start_projector(path, vit, n_text_embd, "idefics3", name, "image encoder for SmolVLM (random weights)",
+                        SIGLIP_MEAN, SIGLIP_STD)
     w.add_bool("clip.use_gelu", True)
     w.add_uint32("clip.vision.projector.scale_factor", scale)
     w.add_uint32("clip.vision.preproc_image_size", longest_edge)

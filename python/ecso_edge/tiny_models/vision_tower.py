@@ -3,6 +3,7 @@ hyperparameter keys and its tensors, in the layout of llama.cpp's converters."""
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -47,6 +48,32 @@ def add_vit_keys(w: gguf.GGUFWriter, vit: VitSpec, projection_dim: int,
     w.add_uint32("clip.vision.block_count", vit.n_block)
     w.add_array("clip.vision.image_mean", list(mean))
     w.add_array("clip.vision.image_std", list(std))
+
+
+def start_projector(path: pathlib.Path, vit: VitSpec, n_text_embd: int, projector_type: str, name: str,
+                    description: str, mean: Sequence[float], std: Sequence[float]) -> gguf.GGUFWriter:
+    """A projector's writer with the keys every family's file opens with, in this order."""
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name(name)
+    w.add_description(description)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if vit.weight_dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_string("clip.projector_type", projector_type)
+    add_vit_keys(w, vit, n_text_embd, mean, std)
+    return w
+
+
+@dataclass(frozen=True)
+class RandomTensors:
+    """Matrices scaled by their fan-in in the tower's dtype, and small f32 biases."""
+    normal: Normal
+    dtype: type[np.floating]
+
+    def matrix(self, n_out: int, n_in: int) -> np.ndarray:
+        return self.normal((n_out, n_in), n_in ** -0.5, self.dtype)
+
+    def bias(self, n: int) -> np.ndarray:
+        return self.normal((n,), 0.02)
 
 
 def add_vit_tensors(w: gguf.GGUFWriter, vit: VitSpec, normal: Normal, weight_std: Callable[[int], float], *,
