@@ -18,11 +18,11 @@ from ecso_edge import ConfigError, EcsoConfig, Session
 from ecso_edge.tiny_models import gemma3, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv"]
+FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv", "mobilevlm"]
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
 # SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V into an
 # overview and 4 slices
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5}
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "mobilevlm": 1}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
 # (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
 # <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows)
@@ -33,7 +33,7 @@ IMAGE_MARKERS: dict[str, tuple[str | None, str]] = {"gemma3": ("<start_of_image>
 CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
          "smolvlm": "child process", "qwen3vl": "child process",
          "qwen2vl": "child process", "pixtral": "child process", "internvl": "child process",
-         "minicpmv": "child process"}
+         "minicpmv": "child process", "mobilevlm": "child process"}
 
 
 @pytest.fixture(scope="module")

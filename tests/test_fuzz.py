@@ -113,9 +113,9 @@ SWEEP_TARGETS = {"llava15": ("text", "mmproj"), "llava16": ("mmproj",), "gemma3"
                  "qwen2.5vl": ("text", "mmproj"), "smolvlm": ("text", "mmproj"),
                  "qwen3vl": ("text", "mmproj"), "qwen2vl": ("mmproj",),
                  "pixtral": ("text", "mmproj"), "internvl": ("text", "mmproj"),
-                 "minicpmv": ("mmproj",)}
+                 "minicpmv": ("mmproj",), "mobilevlm": ("mmproj",)}
 # At least this many cases, so a sweep that silently shrinks fails.
-SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000, "qwen2.5vl": 1000, "smolvlm": 1000, "qwen3vl": 1000, "qwen2vl": 500, "pixtral": 1000, "internvl": 1000, "minicpmv": 500}
+SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000, "qwen2.5vl": 1000, "smolvlm": 1000, "qwen3vl": 1000, "qwen2vl": 500, "pixtral": 1000, "internvl": 1000, "minicpmv": 500, "mobilevlm": 500}
 
 
 @pytest.mark.parametrize("family", list(SWEEP_TARGETS))

@@ -15,6 +15,7 @@ constexpr const char * kSupported[] = {
     "pixtral",   // Pixtral, Mistral Small 3.1
     "internvl",  // InternVL
     "resampler",  // MiniCPM-V (2.5 to 4.5, and MiniCPM-o)
+    "ldpv2",     // MobileVLM V2
 };
 
 }  // namespace
