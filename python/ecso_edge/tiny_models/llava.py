@@ -34,22 +34,29 @@ TINY_MMPROJ_SEED = 20240315
 TINY_GRID_PINPOINTS = (32, 64, 64, 32, 64, 64)
 
 
+def start_llava_projector(path: pathlib.Path, vit: VitSpec, n_text_embd: int, projector_type: str, name: str,
+                          description: str) -> gguf.GGUFWriter:
+    """A writer with the keys of llama.cpp's legacy LLaVA converter (LLaVA, MobileVLM), in its order."""
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name(name)
+    w.add_description(description)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if vit.weight_dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_bool("clip.has_text_encoder", False)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_llava_projector", True)
+    w.add_string("clip.projector_type", projector_type)
+    add_vit_keys(w, vit, n_text_embd, CLIP_IMAGE_MEAN, CLIP_IMAGE_STD)
+    # OpenAI CLIP uses quick_gelu, so real llava-1.5 files say false here.
+    w.add_bool("clip.use_gelu", False)
+    return w
+
+
 def write_mmproj(path: pathlib.Path, vit: VitSpec, n_text_embd: int, normal: Normal,
                  weight_std: Callable[[int], float], name: str,
                  grid_pinpoints: Sequence[int] = ()) -> pathlib.Path:
     """A LLaVA mlp projector in the layout of llama.cpp's legacy converter."""
     wd = vit.weight_dtype
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for LLaVA (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if wd == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_text_encoder", False)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.has_llava_projector", True)
-    w.add_string("clip.projector_type", "mlp")
-    add_vit_keys(w, vit, n_text_embd, CLIP_IMAGE_MEAN, CLIP_IMAGE_STD)
-    # OpenAI CLIP uses quick_gelu, so real llava-1.5 files say false here.
-    w.add_bool("clip.use_gelu", False)
+    w = start_llava_projector(path, vit, n_text_embd, "mlp", name, "image encoder for LLaVA (random weights)")
     if grid_pinpoints:
         w.add_array("clip.vision.image_grid_pinpoints", list(grid_pinpoints))
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import numpy as np
 
 from .gguf_io import Normal, finish, legacy_normal
-from .llava import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD
+from .llava import start_llava_projector
 from .text_models import TEXT_SEED, TextSpec, write_llama_text
-from .vision_tower import RandomTensors, VitSpec, add_vit_keys, add_vit_tensors
+from .vision_tower import RandomTensors, VitSpec, add_vit_tensors
 
 TEXT_FILENAME = "tiny-mobilevlm-text.gguf"
 MMPROJ_FILENAME = "tiny-mobilevlm-mmproj.gguf"
@@ -26,16 +25,7 @@ TINY_MMPROJ_SEED = 20240325
 def write_ldpv2_mmproj(path: pathlib.Path, vit: VitSpec, n_text_embd: int, normal: Normal, name: str) -> pathlib.Path:
     """In the layout of llama.cpp's legacy LLaVA converter, which MobileVLM's files come from."""
     t = RandomTensors(normal, vit.weight_dtype)
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_name(name)
-    w.add_description("image encoder for MobileVLM V2 (random weights)")
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if vit.weight_dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_bool("clip.has_text_encoder", False)
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.has_llava_projector", True)
-    w.add_string("clip.projector_type", "ldpv2")
-    add_vit_keys(w, vit, n_text_embd, CLIP_IMAGE_MEAN, CLIP_IMAGE_STD)
-    w.add_bool("clip.use_gelu", False)
+    w = start_llava_projector(path, vit, n_text_embd, "ldpv2", name, "image encoder for MobileVLM V2 (random weights)")
     w.add_tensor("mm.model.mlp.0.weight", t.matrix(n_text_embd, vit.n_embd))
     w.add_tensor("mm.model.mlp.0.bias", t.bias(n_text_embd))
     w.add_tensor("mm.model.mlp.2.weight", t.matrix(n_text_embd, n_text_embd))
