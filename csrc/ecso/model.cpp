@@ -7,6 +7,7 @@
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
+#include "ecso/prompt.hpp"
 #include "ecso/projector_families.hpp"
 #include "ecso/projector_probe.hpp"
 #include "ecso/system_info.hpp"
@@ -73,30 +74,17 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
 // mtmd frames some families' image chunks with text tokens it looks up by their text in the text
 // model's vocabulary (SmolVLM: <fake_token_around_image>, <global-img>, "\n\n"); one that is missing
 // becomes the id -1 in the prompt, which crashed the process (found pairing a LLaVA text model with a
-// SmolVLM projector). A small image's layout is tokenized once here, without an encode.
+// SmolVLM projector). Prompt::build refuses such a prompt: building one for a small image here,
+// without an encode, refuses the pair at load.
 void Model::check_image_layout_tokens() const {
-    const std::vector<unsigned char> pixels(64 * 64 * 3, 128);
-    mtmd::bitmap_ptr bitmap(mtmd_bitmap_init(64, 64, pixels.data()));
-    mtmd::input_chunks_ptr chunks(mtmd_input_chunks_init());
-    const std::string marker = mtmd_default_marker();
-    const mtmd_input_text text{marker.c_str(), marker.size(), false, false};
-    const mtmd_bitmap * bitmaps[] = {bitmap.get()};
-    if (!bitmap || !chunks || mtmd_tokenize(mtmd_.get(), chunks.get(), &text, bitmaps, 1) != 0) {
-        return;  // an image mtmd cannot take is reported with the request that sends one
-    }
-    const int32_t n_vocab = llama_vocab_n_tokens(vocab_);
-    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); ++i) {
-        const mtmd_input_chunk * chunk = mtmd_input_chunks_get(chunks.get(), i);
-        if (mtmd_input_chunk_get_type(chunk) != MTMD_INPUT_CHUNK_TYPE_TEXT) {
-            continue;
-        }
-        size_t n = 0;
-        const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
-        for (size_t k = 0; k < n; ++k) {
-            if (tokens[k] < 0 || tokens[k] >= n_vocab) {
-                throw ModelLoadError(missing_layout_token_message(*this));
-            }
-        }
+    const RgbImage probe{64, 64, std::vector<uint8_t>(64 * 64 * 3, 128)};
+    const PromptImage image{&probe, image_content_id(probe), false};
+    try {
+        Prompt::build(*this, ChatFrame{}, "", &image, "");
+    } catch (const ImageError &) {
+        // an image mtmd cannot take is reported with the request that sends one
+    } catch (const RuntimeFailure &) {
+        // so is a prompt mtmd cannot tokenize
     }
 }
 

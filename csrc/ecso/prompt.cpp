@@ -65,6 +65,7 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
     }
 
     const size_t n_chunks = mtmd_input_chunks_size(prompt.chunks_.get());
+    const int32_t n_vocab = llama_vocab_n_tokens(model.vocab());
     size_t media_chunks = 0;
     for (size_t i = 0; i < n_chunks; ++i) {
         const mtmd_input_chunk * chunk = mtmd_input_chunks_get(prompt.chunks_.get(), i);
@@ -72,7 +73,7 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
             size_t n = 0;
             const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
             for (size_t k = 0; k < n; ++k) {
-                if (tokens[k] < 0 || tokens[k] >= llama_vocab_n_tokens(model.vocab())) {
+                if (tokens[k] < 0 || tokens[k] >= n_vocab) {
                     throw ModelLoadError(missing_layout_token_message(model));  // Model checks this at load
                 }
                 prompt.items_.push_back({tokens[k], nullptr, std::string(), 1, 1});
