@@ -1,5 +1,6 @@
-"""Random-weight text models of the tiny pairs: `llama` (LLaVA's Vicuna), `gemma3` (with
-sliding-window attention), `qwen2vl` (Qwen2-VL / Qwen2.5-VL) and `qwen3vl` (Qwen3-VL), with M-RoPE."""
+"""Random-weight text models of the tiny pairs: `llama` (LLaVA's Vicuna, SmolVLM, Mistral,
+MobileVLM), `gemma3` (with sliding-window attention), `qwen2vl` and `qwen3vl` (Qwen-VL, with M-RoPE)
+and `qwen2` (InternVL, MiniCPM-V)."""
 
 from __future__ import annotations
 
