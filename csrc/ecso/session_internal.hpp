@@ -1,11 +1,16 @@
-// Internals shared by the session's two translation units (the plan in session.cpp, the decoding
-// engine in session_engine.cpp); not part of the public header.
+// Internals shared by the decoding engine and the request plans (single_turn_plan.cpp,
+// conversation_plan.cpp); not part of the public header.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <string>
 
 #include "ecso/call_options.hpp"
+#include "ecso/config.hpp"
+#include "ecso/errors.hpp"
+#include "ecso/image.hpp"
 #include "ecso/utf8.hpp"
 
 namespace ecso {
@@ -15,6 +20,35 @@ using Clock = std::chrono::steady_clock;
 inline double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+
+// ImageError for an image the core cannot take: empty, over `max_pixels`, or a buffer of the
+// wrong size.
+inline void check_image(const RgbImage & image, uint64_t max_pixels) {
+    if (image.width == 0 || image.height == 0) {
+        throw ImageError("the image is empty (" + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                         " pixels)");
+    }
+    const uint64_t pixels = static_cast<uint64_t>(image.width) * image.height;
+    if (pixels > max_pixels) {
+        throw ImageError("the image has " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                         " pixels, over the limit of " + std::to_string(max_pixels) +
+                         "; downscale it or raise EcsoConfig.max_image_pixels");
+    }
+    if (image.pixels.size() != pixels * 3) {
+        throw ImageError("the pixel buffer has " + std::to_string(image.pixels.size()) + " bytes but " +
+                         std::to_string(image.width) + "x" + std::to_string(image.height) + " RGB needs " +
+                         std::to_string(pixels * 3));
+    }
+}
+
+// Tokens the judge may generate: 0 under the logits rule, which reads the prompt's logits.
+inline int32_t judge_token_limit(const EcsoConfig & config) {
+    return config.verdict_rule == VerdictRule::Logits ? 0 : config.max_tokens_judge;
+}
+
+// Positions the judge's quote leaves for its verdict: the paper's verdict is a token or two, and
+// 16 is the default max_tokens_judge. The judge's generation is capped by the room it then has.
+inline int32_t judge_reserve(int32_t judge_tokens) { return std::max(1, std::min(judge_tokens, 16)); }
 
 // Replays recorded text pieces (or streams live ones) so that the sink sees the stripped text.
 class SinkWriter {

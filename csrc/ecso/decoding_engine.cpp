@@ -1,20 +1,128 @@
-// The decoding engine of EcsoSession (see session.hpp): a step's prompt into the KV cache from the
-// longest reusable prefix, media chunks through the embedding cache, generation with the sampler,
-// and the shadow judge's sequence fed beside step 1.
+// The decoding engine (see decoding_engine.hpp): the context and its call plumbing, a step's
+// prompt into the KV cache from the longest reusable prefix, media chunks through the embedding
+// cache, generation with the sampler, and the shadow judge's sequence fed beside step 1.
+#include "ecso/decoding_engine.hpp"
+
 #include <algorithm>
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
 #include "ecso/prompts.hpp"
 #include "ecso/sampling.hpp"
-#include "ecso/session.hpp"
 #include "ecso/session_internal.hpp"
 #include "ecso/utf8.hpp"
 #include "mtmd-helper.h"
 
 namespace ecso {
 
-StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
+static_assert(DecodingEngine::kNumSequences <= static_cast<int>(kMinBatch),
+              "a batch needs a row per sequence: raise kMinBatch with the sequences");
+
+DecodingEngine::ActiveCall::ActiveCall(DecodingEngine & engine, const CallOptions & call) : engine_(engine) {
+    std::shared_ptr<CancelToken> token = call.cancel ? call.cancel : std::make_shared<CancelToken>();
+    engine_.active_cancel_.store(token.get());
+    engine_.active_progress_ = call.on_progress ? &call.on_progress : nullptr;
+    std::lock_guard<std::mutex> lock(engine_.active_mutex_);
+    engine_.active_token_ = std::move(token);
+}
+
+DecodingEngine::ActiveCall::~ActiveCall() {
+    std::lock_guard<std::mutex> lock(engine_.active_mutex_);
+    engine_.active_cancel_.store(nullptr);
+    engine_.active_progress_ = nullptr;
+    engine_.active_token_.reset();
+}
+
+DecodingEngine::DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config)
+    : model_(std::move(model)), config_(config) {
+    const ModelOptions & opts = model_->options();
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = opts.n_ctx;
+    cparams.n_batch = std::min(opts.n_batch, opts.n_ctx);
+    cparams.n_ubatch = cparams.n_batch;
+    cparams.n_seq_max = kNumSequences;
+    // One cell pool for all sequences: seq_cp then shares cells, and partial copies are allowed.
+    cparams.kv_unified = true;
+    // Sliding-window layers (Gemma 3) may overwrite a cell once it is outside the window of the
+    // one sequence holding it, and a later step that shares that prefix would then attend without
+    // it. A full-size window cache never overwrites a cell a step can still share; at the default
+    // n_ctx it costs nothing, since n_swa * 4 sequences already reach n_ctx (docs/model-families.md).
+    cparams.swa_full = llama_model_n_swa(model_->llama()) > 0;
+    cparams.n_threads = model_->n_threads();
+    cparams.n_threads_batch = model_->n_threads_batch();
+    cparams.flash_attn_type = model_->flash_attn_type();
+    cparams.abort_callback = &DecodingEngine::abort_requested;
+    cparams.abort_callback_data = this;
+    cparams.no_perf = true;
+    clear_log_errors();
+    ctx_.reset(llama_init_from_model(model_->llama(), cparams));
+    if (!ctx_) {
+        throw RuntimeFailure("llama.cpp could not create a context of " + std::to_string(opts.n_ctx) + " tokens" +
+                             last_log_suffix() + ". Lower n_ctx or free memory");
+    }
+    kv_ = std::make_unique<KvSequences>(ctx_.get(), kNumSequences);
+    if (config_.verdict_rule == VerdictRule::Logits) {
+        yes_no_ = YesNoTokens::find(*model_);
+    }
+    batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
+}
+
+void DecodingEngine::cancel() {
+    std::lock_guard<std::mutex> lock(active_mutex_);
+    if (active_token_) {
+        active_token_->cancel();
+    }
+}
+
+bool DecodingEngine::abort_requested(void * engine) {
+    // Called from llama.cpp's compute threads: read the token only.
+    const CancelToken * token = static_cast<DecodingEngine *>(engine)->active_cancel_.load();
+    return token != nullptr && token->cancelled();
+}
+
+void DecodingEngine::throw_if_cancelled(const char * step) const {
+    const CancelToken * token = active_cancel_.load();
+    if (token != nullptr && token->cancelled()) {
+        throw CancelledError(std::string("cancelled during step '") + step + "'");
+    }
+}
+
+void DecodingEngine::report(const char * step, const char * phase, int32_t done, int32_t total) const {
+    if (active_progress_ != nullptr) {
+        (*active_progress_)(Progress{step, phase, done, total});
+    }
+}
+
+double DecodingEngine::p_yes() const {
+    return yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
+}
+
+void DecodingEngine::check_prompt_fits(const char * step, const Prompt & prompt) const {
+    const int32_t n_ubatch = static_cast<int32_t>(llama_n_ubatch(ctx_.get()));
+    for (const auto & item : prompt.items()) {
+        // Non-causal image attention (Gemma 3) needs every image token in one ubatch: split over
+        // two, the first half never sees the second (llama.cpp's own helper aborts here).
+        if (item.is_media() && item.media != nullptr && mtmd_decode_use_non_causal(model_->mtmd(), item.media)) {
+            const auto n_tokens = static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(item.media));
+            if (n_tokens > n_ubatch) {
+                throw ConfigError("the image is " + std::to_string(n_tokens) + " tokens, and this model (projector '" +
+                                  model_->projector_info().projector_type +
+                                  "') attends to all of them at once, so they must be evaluated in one batch; n_batch "
+                                  "is " + std::to_string(n_ubatch) + ". Load the model with Model(..., n_batch=" +
+                                  std::to_string(n_tokens) + ") or more");
+            }
+        }
+    }
+    const int32_t n = static_cast<int32_t>(n_ctx());
+    if (prompt.n_cells() >= n) {
+        throw ContextOverflowError(std::string("the '") + step + "' prompt needs " + std::to_string(prompt.n_cells()) +
+                                   " tokens (" + std::to_string(prompt.image_tokens()) +
+                                   " of them for images) but the context holds " + std::to_string(n) +
+                                   ". Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
+    }
+}
+
+StepRecord DecodingEngine::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
                                  const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow,
                                  int32_t quote_limit) {
     throw_if_cancelled(name);
@@ -50,7 +158,7 @@ StepRecord EcsoSession::run_step(const char * name, int seq, const Prompt & prom
     return rec;
 }
 
-void EcsoSession::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
+void DecodingEngine::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
     shadow.quote_limit = quote_limit;
     shadow.quoting = quote_limit > 0;
     const auto & items = shadow.head->items();
@@ -70,7 +178,7 @@ void EcsoSession::open_shadow(ShadowJudge & shadow, int32_t quote_limit) {
     }
 }
 
-StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest,
+StepRecord DecodingEngine::finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest,
                                       int32_t max_tokens) {
     throw_if_cancelled("judge");
     const auto t0 = Clock::now();
@@ -108,7 +216,7 @@ StepRecord EcsoSession::finish_shadow(ShadowJudge & shadow, const std::vector<ll
     return rec;
 }
 
-void EcsoSession::decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what) {
+void DecodingEngine::decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what) {
     size_t i = 0;
     while (i < tokens.size()) {
         batch_->clear();
@@ -123,7 +231,7 @@ void EcsoSession::decode_text(const std::vector<llama_token> & tokens, int32_t p
     }
 }
 
-void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq,
+void DecodingEngine::evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq,
                                   StepRecord & rec) {
     const auto & items = prompt.items();
     int32_t pos = first_pos;
@@ -157,7 +265,7 @@ void EcsoSession::evaluate_prompt(const Prompt & prompt, size_t first_item, int3
     rec.tokens_prefilled = cells;
 }
 
-void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec) {
+void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec) {
     // One entry per media chunk: an image sliced into tiles (LLaVA-1.6, SmolVLM, ...) is several
     // chunks of one bitmap, and each has its own embeddings (Prompt names them apart).
     auto cached = config_.reuse_kv ? embd_cache_.find(item.media_id) : embd_cache_.end();
@@ -201,7 +309,7 @@ void EcsoSession::evaluate_media(const PromptItem & item, int32_t pos, int seq, 
     }
 }
 
-void EcsoSession::generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
+void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
                            const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow) {
     Sampler sampler(*model_, config_.sampling, model_->options().seed);
     Utf8Decoder decoder;

@@ -1,0 +1,126 @@
+// DecodingEngine: what every request plan runs on. It owns the llama_context, whose unified KV
+// cache holds a sequence per step, and evaluates a step's prompt from the longest reusable prefix
+// another sequence holds (media chunks through the embedding cache), generates with the sampler,
+// feeds the shadow judge beside step 1, and serves the call in progress (its cancel token, its
+// progress sink). The plans (single_turn_plan, conversation_plan) say which steps run in which
+// order; the engine knows nothing of ECSO's steps beyond their names.
+//
+// Not thread-safe: EcsoSession serialises the calls; only cancel() may come from any thread.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ecso/call_options.hpp"
+#include "ecso/cancel_token.hpp"
+#include "ecso/config.hpp"
+#include "ecso/kv_sequences.hpp"
+#include "ecso/model.hpp"
+#include "ecso/prompt.hpp"
+#include "ecso/result.hpp"
+#include "ecso/token_batch.hpp"
+#include "ecso/verdict.hpp"
+#include "llama-cpp.h"
+
+namespace ecso {
+
+class DecodingEngine {
+public:
+    // Throws RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory) and
+    // ConfigError when verdict_rule Logits finds no yes/no tokens.
+    DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config);
+    DecodingEngine(const DecodingEngine &) = delete;
+    DecodingEngine & operator=(const DecodingEngine &) = delete;
+
+    static constexpr int kSeqAnswer = 0;
+    static constexpr int kSeqJudge = 1;
+    static constexpr int kSeqCaption = 2;
+    static constexpr int kSeqTextOnly = 3;
+    static constexpr int kNumSequences = 4;
+
+    // Installs a call's token and progress sink for the duration of the call.
+    class ActiveCall {
+    public:
+        ActiveCall(DecodingEngine & engine, const CallOptions & call);
+        ~ActiveCall();
+        ActiveCall(const ActiveCall &) = delete;
+        ActiveCall & operator=(const ActiveCall &) = delete;
+
+    private:
+        DecodingEngine & engine_;
+    };
+
+    // The judge's sequence while shadow judging: fed during step 1's decode batches.
+    struct ShadowJudge {
+        const Prompt * head = nullptr;   // [template head, image, judge text before {response}]
+        std::vector<llama_token> input;  // the judge's input tokens so far (-1 for the image)
+        std::vector<llama_token> queue;  // tokens waiting to enter the judge's sequence
+        size_t fed = 0;                  // queue[0, fed) are in the KV cache
+        int32_t pos = 0;                 // the judge's next position
+        int32_t reused = 0;              // tokens shared with step 1
+        size_t shared_items = 0;         // prompt items shared with step 1
+        size_t response_chars = 0;       // characters of the answer quoted so far
+        bool quoting = true;             // still within response_cut_chars and the context
+        int32_t quote_limit = 0;         // answer tokens the judge's context has room for
+        int32_t quoted = 0;              // answer tokens queued so far
+    };
+
+    // Evaluates `prompt` into sequence `seq` (from the longest reusable prefix when reuse_kv is
+    // on, from an empty cache otherwise) and generates up to `max_tokens`.
+    StepRecord run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
+                        const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr,
+                        int32_t quote_limit = 0);
+    StepRecord finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest, int32_t max_tokens);
+
+    // ContextOverflowError when `prompt` leaves no token to generate from, ConfigError when an
+    // image that must be evaluated in one batch exceeds n_batch.
+    void check_prompt_fits(const char * step, const Prompt & prompt) const;
+    void throw_if_cancelled(const char * step) const;
+    void cancel();  // the call in progress, if any (from any thread)
+
+    // The judge's P(yes) from the logits of the last evaluated prompt (verdict_rule Logits).
+    double p_yes() const;
+
+    uint32_t n_ctx() const { return llama_n_ctx(ctx_.get()); }
+    const Model & model() const { return *model_; }
+    const EcsoConfig & config() const { return config_; }
+    KvSequences & kv() { return *kv_; }
+    llama_context * ctx() { return ctx_.get(); }
+
+    // Encoder output by PromptItem::media_id, so no step re-encodes an image when reuse is on.
+    // The single-turn plan empties it per request; the conversation plan keeps it across turns.
+    std::map<std::string, std::vector<float>> & embeddings() { return embd_cache_; }
+
+private:
+    void open_shadow(ShadowJudge & shadow, int32_t quote_limit);
+    void evaluate_prompt(const Prompt & prompt, size_t first_item, int32_t first_pos, int seq, StepRecord & rec);
+    void evaluate_media(const PromptItem & item, int32_t pos, int seq, StepRecord & rec);
+    // `extra_cells`: the KV cells the prompt fills beyond its positions (an M-RoPE image's), so
+    // that a full context stops generation rather than failing a decode.
+    void generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
+                  const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr);
+    void decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what);
+    void report(const char * step, const char * phase, int32_t done, int32_t total) const;
+    static bool abort_requested(void * engine);
+
+    std::shared_ptr<const Model> model_;
+    EcsoConfig config_;
+    llama_context_ptr ctx_;
+    std::unique_ptr<KvSequences> kv_;
+    std::unique_ptr<TokenBatch> batch_;
+    // The call in progress: its token (shared, so cancel() can hold it past the call's end) and,
+    // for the abort callback on llama.cpp's threads, a plain pointer to it.
+    std::mutex active_mutex_;
+    std::shared_ptr<CancelToken> active_token_;
+    std::atomic<const CancelToken *> active_cancel_{nullptr};
+    const ProgressSink * active_progress_ = nullptr;  // touched by the calling thread only
+    std::optional<YesNoTokens> yes_no_;               // for verdict_rule Logits
+    std::map<std::string, std::vector<float>> embd_cache_;
+};
+
+}  // namespace ecso

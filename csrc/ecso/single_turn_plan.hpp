@@ -1,0 +1,48 @@
+// The paper's plan for one image and one query (EcsoSession::run, answer, judge). Step 1 encodes
+// the image once; steps 2 and 3 start from a copy of the [template head, image] prefix step 1
+// evaluated; step 4 starts from the shared template head.
+//
+// Every step's generation is capped by the room its context has left, and a request whose steps
+// cannot all fit is refused before step 1 (see run()): a run whose first step fits returns.
+#pragma once
+
+#include <string>
+
+#include "ecso/call_options.hpp"
+#include "ecso/chat_frame.hpp"
+#include "ecso/decoding_engine.hpp"
+#include "ecso/image.hpp"
+#include "ecso/prompt.hpp"
+#include "ecso/result.hpp"
+
+namespace ecso {
+
+class SingleTurnPlan {
+public:
+    SingleTurnPlan(DecodingEngine & engine, const ChatFrame & frame)
+        : engine_(engine), config_(engine.config()), model_(engine.model()), frame_(frame) {}
+
+    // The ECSO request (`protect`) or step 1 alone. The caller holds the call (ActiveCall).
+    EcsoResult run(const RgbImage & image, const std::string & query, const CallOptions & call, bool protect);
+    // Step 2 alone on a given response.
+    EcsoResult judge(const RgbImage & image, const std::string & query, const std::string & response);
+
+private:
+    // The judge's prompt with an empty quote: what the judge needs before any of the answer.
+    Prompt judge_prompt_without_quote(const std::string & query, const RgbImage & image) const;
+    // Refuses, before step 1, a request whose later steps could not fit the context at all.
+    void check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
+                         const Prompt * text_only_empty) const;
+    // The judge's prompt quoting as much of `response` as response_cut_chars and the context allow.
+    Prompt judge_prompt(const std::string & query, const std::string & response, const RgbImage & image,
+                        bool placeholder, int32_t judge_tokens) const;
+    Prompt image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const;
+
+    DecodingEngine & engine_;
+    const EcsoConfig & config_;
+    const Model & model_;
+    const ChatFrame & frame_;
+    std::string image_id_;  // content hash of the current request's image
+};
+
+}  // namespace ecso
