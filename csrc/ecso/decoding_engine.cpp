@@ -248,7 +248,7 @@ void DecodingEngine::evaluate_prompt(const Prompt & prompt, size_t first_item, i
         }
         batch_->clear();
         size_t j = i;
-        while (j < items.size() && !items[j].is_media() && !batch_->full() && !(j > i && j == prompt.head_items())) {
+        while (j < items.size() && !items[j].is_media() && !batch_->full() && !(j > i && prompt.is_boundary(j))) {
             // logits only for the prompt's last token: the first generated token samples from it
             batch_->add(items[j].token, pos, seq, j + 1 == items.size());
             ++pos;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
@@ -11,92 +12,94 @@ namespace ecso {
 
 Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::string & before_image,
                      const PromptImage * image, const std::string & after_image, bool with_tail) {
-    struct TextPart {
-        std::string text;
-        bool parse_special;
-    };
-    std::vector<mtmd_input_text> texts;
-    std::vector<mtmd_input_part> parts;
-    const std::vector<TextPart> before = {{frame.head, true}, {before_image, false}};
-    const std::vector<TextPart> after = {{after_image, false}, {with_tail ? frame.tail : std::string(), true}};
-    texts.reserve(4);
-    parts.reserve(5);
-
-    auto add_text = [&](const TextPart & p) {
-        if (p.text.empty()) {
-            return;
-        }
-        texts.push_back({p.text.c_str(), p.text.size(), false, p.parse_special});
-        parts.push_back({&texts.back(), nullptr});
-    };
-    for (const auto & p : before) {
-        add_text(p);
-    }
-    mtmd::bitmap_ptr bitmap;
+    std::vector<PromptPart> parts;
+    parts.push_back({frame.head, true, nullptr, false});
+    // The user's content starts a batch: later steps share the head with step 1.
+    parts.push_back({before_image, false, nullptr, true});
     if (image != nullptr) {
-        const RgbImage & img = *image->image;
-        bitmap.reset(mtmd_bitmap_init(img.width, img.height, image->placeholder ? nullptr : img.pixels.data()));
+        parts.push_back({std::string(), false, image, false});
+    }
+    parts.push_back({after_image, false, nullptr, false});
+    if (with_tail) {
+        parts.push_back({frame.tail, true, nullptr, false});
+    }
+    return build_parts(model, parts);
+}
+
+Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & parts) {
+    Prompt prompt;
+    const llama_vocab * vocab = model.vocab();
+    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    if (llama_vocab_get_add_bos(vocab)) {
+        prompt.items_.push_back({llama_vocab_bos(vocab), nullptr, std::string(), 1, 1});
+    }
+    // A sliced image is several chunks sharing the bitmap's id: the ordinal tells them apart, for
+    // the embedding cache and prefix matching alike (same image, same slicing). It counts per
+    // image, so an image's chunks have the same names in every prompt that holds it.
+    std::map<std::string, size_t> ordinals;
+    for (const PromptPart & part : parts) {
+        if (part.boundary && (prompt.boundaries_.empty() || prompt.boundaries_.back() != prompt.items_.size())) {
+            prompt.boundaries_.push_back(prompt.items_.size());
+        }
+        if (part.image == nullptr) {
+            if (part.text.empty()) {
+                continue;
+            }
+            for (llama_token t : model.tokenize(part.text, false, part.parse_special)) {
+                if (t < 0 || t >= n_vocab) {
+                    throw ModelLoadError(missing_layout_token_message(model));  // Model checks this at load
+                }
+                prompt.items_.push_back({t, nullptr, std::string(), 1, 1});
+            }
+            continue;
+        }
+        const RgbImage & img = *part.image->image;
+        mtmd::bitmap_ptr bitmap(
+            mtmd_bitmap_init(img.width, img.height, part.image->placeholder ? nullptr : img.pixels.data()));
         if (!bitmap) {
             throw ImageError("mtmd could not create a bitmap of " + std::to_string(img.width) + "x" +
                              std::to_string(img.height) + " pixels");
         }
-        mtmd_bitmap_set_id(bitmap.get(), image->id.c_str());
-        parts.push_back({nullptr, bitmap.get()});
-    }
-    for (const auto & p : after) {
-        add_text(p);
-    }
-
-    std::vector<const mtmd_input_part *> part_ptrs;
-    for (const auto & p : parts) {
-        part_ptrs.push_back(&p);
-    }
-    Prompt prompt;
-    prompt.chunks_.reset(mtmd_input_chunks_init());
-    clear_log_errors();
-    const int32_t status =
-        mtmd_tokenize_from_parts(model.mtmd(), prompt.chunks_.get(), part_ptrs.data(), part_ptrs.size(), true);
-    if (status == 2) {
-        throw ImageError("the projector could not preprocess the image" + last_log_suffix());
-    }
-    if (status != 0) {
-        throw RuntimeFailure("mtmd could not tokenize the prompt (status " + std::to_string(status) + ")" +
-                             last_log_suffix());
-    }
-
-    const size_t n_chunks = mtmd_input_chunks_size(prompt.chunks_.get());
-    const int32_t n_vocab = llama_vocab_n_tokens(model.vocab());
-    size_t media_chunks = 0;
-    for (size_t i = 0; i < n_chunks; ++i) {
-        const mtmd_input_chunk * chunk = mtmd_input_chunks_get(prompt.chunks_.get(), i);
-        if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-            size_t n = 0;
-            const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
-            for (size_t k = 0; k < n; ++k) {
-                if (tokens[k] < 0 || tokens[k] >= n_vocab) {
-                    throw ModelLoadError(missing_layout_token_message(model));  // Model checks this at load
-                }
-                prompt.items_.push_back({tokens[k], nullptr, std::string(), 1, 1});
-            }
-        } else {
-            // A sliced image is several chunks sharing the bitmap's id: the ordinal tells them
-            // apart, for the embedding cache and prefix matching alike (same image, same slicing).
-            const char * id = mtmd_input_chunk_get_id(chunk);
-            prompt.items_.push_back({-1, chunk, (id ? std::string(id) : std::string()) + "#" + std::to_string(media_chunks++),
-                                     static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk)),
-                                     static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(chunk))});
+        mtmd_bitmap_set_id(bitmap.get(), part.image->id.c_str());
+        const mtmd_input_part bitmap_part{nullptr, bitmap.get()};
+        const mtmd_input_part * part_ptr = &bitmap_part;
+        mtmd::input_chunks_ptr chunks(mtmd_input_chunks_init());
+        clear_log_errors();
+        const int32_t status = mtmd_tokenize_from_parts(model.mtmd(), chunks.get(), &part_ptr, 1, false);
+        if (status == 2) {
+            throw ImageError("the projector could not preprocess the image" + last_log_suffix());
         }
+        if (status != 0) {
+            throw RuntimeFailure("mtmd could not tokenize the prompt (status " + std::to_string(status) + ")" +
+                                 last_log_suffix());
+        }
+        for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); ++i) {
+            const mtmd_input_chunk * chunk = mtmd_input_chunks_get(chunks.get(), i);
+            if (mtmd_input_chunk_get_type(chunk) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+                size_t n = 0;
+                const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
+                for (size_t k = 0; k < n; ++k) {
+                    if (tokens[k] < 0 || tokens[k] >= n_vocab) {
+                        throw ModelLoadError(missing_layout_token_message(model));
+                    }
+                    prompt.items_.push_back({tokens[k], nullptr, std::string(), 1, 1});
+                }
+            } else {
+                const char * id = mtmd_input_chunk_get_id(chunk);
+                const std::string name = id ? std::string(id) : std::string();
+                prompt.items_.push_back({-1, chunk, name + "#" + std::to_string(ordinals[name]++),
+                                         static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk)),
+                                         static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(chunk))});
+            }
+        }
+        prompt.chunks_.push_back(std::move(chunks));
     }
-    // mtmd tokenizes each part on its own and prepends BOS: the head is its first items.
-    std::vector<llama_token> head = model.tokenize(frame.head, false, true);
-    if (llama_vocab_get_add_bos(model.vocab())) {
-        head.insert(head.begin(), llama_vocab_bos(model.vocab()));
+    if (llama_vocab_get_add_eos(vocab)) {
+        prompt.items_.push_back({llama_vocab_eos(vocab), nullptr, std::string(), 1, 1});
     }
-    bool head_matches = head.size() < prompt.items_.size();
-    for (size_t i = 0; head_matches && i < head.size(); ++i) {
-        head_matches = prompt.items_[i].token == head[i];
+    if (!prompt.boundaries_.empty() && prompt.boundaries_.back() >= prompt.items_.size()) {
+        prompt.boundaries_.pop_back();  // a boundary past the last item splits nothing
     }
-    prompt.head_items_ = head_matches ? head.size() : 0;
     return prompt;
 }
 
@@ -104,7 +107,8 @@ bool Prompt::is_boundary(size_t item) const {
     if (item == 0 || item >= items_.size()) {
         return item == 0;
     }
-    return item == head_items_ || items_[item].is_media() || items_[item - 1].is_media();
+    return items_[item].is_media() || items_[item - 1].is_media() ||
+           std::binary_search(boundaries_.begin(), boundaries_.end(), item);
 }
 
 size_t Prompt::reuse_boundary(size_t shared_items) const {

@@ -35,8 +35,23 @@ struct PromptImage {
     bool placeholder = false;  // size-only: the step will reuse cached KV or embeddings
 };
 
+// One piece of a prompt: text (chat-template text is parsed for special tokens, a message's own
+// text is not) or an image. `boundary`: a batch starts here, so a prompt that shares everything
+// before it with a cached sequence can reuse that much (see is_boundary).
+struct PromptPart {
+    std::string text;
+    bool parse_special = false;
+    const PromptImage * image = nullptr;  // set: an image part (text unused)
+    bool boundary = false;
+};
+
 class Prompt {
 public:
+    // Tokenizes each part on its own (text with llama.cpp's tokenizer, an image through mtmd)
+    // and joins them, BOS first when the vocabulary adds one: what mtmd_tokenize_from_parts makes
+    // of the same parts, except that adjacent images are never merged into one video frame pair.
+    static Prompt build_parts(const Model & model, const std::vector<PromptPart> & parts);
+
     // Tokenizes head + user content + tail through mtmd, so media markers inside user text stay
     // text (no injected image slots) and chat-template special tokens are parsed only in the frame.
     // With an image, `before_image` and `after_image` are the user text on each side of it.
@@ -50,11 +65,11 @@ public:
     // M-RoPE image (Qwen-VL), whose tokens share positions.
     int32_t n_cells() const;
 
-    // Canonical batch boundaries. Prompt evaluation splits batches at the end of the chat
-    // template head and around media, and every step reuses the cache only up to one of these
-    // boundaries. A shared prefix then holds exactly the values a fresh evaluation computes, and
-    // the rest is evaluated in the same batches as from an empty cache: results are bit-identical.
-    size_t head_items() const { return head_items_; }
+    // Canonical batch boundaries. Prompt evaluation splits batches at the parts marked as
+    // boundaries (the end of the chat template head; in a conversation, every part) and around
+    // media, and every step reuses the cache only up to one of these boundaries. A shared prefix
+    // then holds exactly the values a fresh evaluation computes, and the rest is evaluated in the
+    // same batches as from an empty cache: results are bit-identical.
     bool is_boundary(size_t item) const;
     // The largest boundary that does not exceed `shared_items` (0 when there is none).
     size_t reuse_boundary(size_t shared_items) const;
@@ -64,9 +79,9 @@ public:
     std::vector<llama_token> input_tokens() const;
 
 private:
-    mtmd::input_chunks_ptr chunks_;
+    std::vector<mtmd::input_chunks_ptr> chunks_;  // one list per image part
     std::vector<PromptItem> items_;
-    size_t head_items_ = 0;  // BOS + the chat template head
+    std::vector<size_t> boundaries_;  // items where a part marked `boundary` starts, ascending
 };
 
 // FNV-1a hash of the pixels and size, as a hex id for mtmd bitmaps and prefix matching.
