@@ -37,6 +37,8 @@ const Field kFields[] = {
     {"max_tokens_caption", "None or an int in 1..2147483647"},
     {"max_tokens_text_only", "None or an int in 1..2147483647"},
     {"max_image_pixels", "an int in 1..18446744073709551615"},
+    {"judge_text_only", "True or False"}, {"keep_conversations", "an int in 0..1000"},
+    {"conversation_cache_mib", "an int in 0..1073741824"},
 };
 
 py::dict to_dict(const py::object & self) {
@@ -208,7 +210,13 @@ decoding, and KV-cache reuse on.
         .def_readwrite("max_tokens_caption", &EcsoConfig::max_tokens_caption, "Step 3 limit; None: run's max_tokens.")
         .def_readwrite("max_tokens_text_only", &EcsoConfig::max_tokens_text_only,
                        "Step 4 limit; None: run's max_tokens.")
-        .def_readwrite("max_image_pixels", &EcsoConfig::max_image_pixels, "Larger images raise ImageError.");
+        .def_readwrite("max_image_pixels", &EcsoConfig::max_image_pixels, "Larger images raise ImageError.")
+        .def_readwrite("judge_text_only", &EcsoConfig::judge_text_only,
+                       "chat(): judge conversations that hold no image too (default: answered directly).")
+        .def_readwrite("keep_conversations", &EcsoConfig::keep_conversations,
+                       "chat(): how many conversations' KV cells the session keeps between calls (0: none).")
+        .def_readwrite("conversation_cache_mib", &EcsoConfig::conversation_cache_mib,
+                       "chat(): the host memory (MiB) the kept conversations and their image encodings may use.");
 
     cls.def(
         "__setattr__",

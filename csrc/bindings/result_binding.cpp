@@ -72,6 +72,8 @@ void register_result(py::module_ & m) {
         .def_readonly("initial_answer", &ecso::EcsoResult::initial_answer, "Step 1's answer, with the image.")
         .def_readonly("verdict_text", &ecso::EcsoResult::verdict_text, "The judge's raw output ('' for answer()).")
         .def_readonly("caption", &ecso::EcsoResult::caption, "Step 3's query-aware caption; None on the safe path.")
+        .def_readonly("captions", &ecso::EcsoResult::captions,
+                      "Step 3's caption of each image, in order of appearance; empty on the safe path.")
         .def_readonly("unsafe", &ecso::EcsoResult::unsafe, "The first answer was judged (or forced) harmful.")
         .def_readonly("verdict_forced", &ecso::EcsoResult::verdict_forced)
         .def_readonly("judged_unsafe", &ecso::EcsoResult::judged_unsafe,
@@ -89,6 +91,7 @@ void register_result(py::module_ & m) {
             d["initial_answer"] = r.initial_answer;
             d["verdict_text"] = r.verdict_text;
             d["caption"] = r.caption;
+            d["captions"] = r.captions;
             d["unsafe"] = r.unsafe;
             d["verdict_forced"] = r.verdict_forced;
             d["judged_unsafe"] = r.judged_unsafe;

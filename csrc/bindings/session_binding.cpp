@@ -128,6 +128,29 @@ ecso::EcsoResult request(ecso::EcsoSession & session, Mode mode, const py::buffe
     });
 }
 
+// (role, [text | (pixels, width, height), ...]) per message, as ecso_edge.session builds them. The
+// pixels are copied before the GIL is released.
+ecso::Conversation conversation_from(const py::list & messages) {
+    ecso::Conversation out;
+    for (size_t i = 0; i < messages.size(); ++i) {
+        const auto message = messages[i].cast<py::tuple>();
+        ecso::ChatMessage m;
+        m.role = message[0].cast<std::string>();
+        for (const py::handle part : message[1].cast<py::list>()) {
+            if (py::isinstance<py::tuple>(part)) {
+                const auto image = part.cast<py::tuple>();
+                m.content.push_back({std::string(), std::make_shared<ecso::RgbImage>(copy_pixels(
+                                                        image[0].cast<py::buffer>(), image[1].cast<uint32_t>(),
+                                                        image[2].cast<uint32_t>()))});
+            } else {
+                m.content.push_back({part.cast<std::string>(), nullptr});
+            }
+        }
+        out.push_back(std::move(m));
+    }
+    return out;
+}
+
 const char * const kRunDoc = R"pbdoc(
 The ECSO request: answer, judge, and on the unsafe path caption and eyes-closed answer.
 `pixels` is width*height*3 bytes of RGB. `on_text(piece)` receives the FINAL answer as it is
@@ -183,6 +206,41 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
             py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::arg("response"),
             py::kw_only(), py::arg("on_progress") = py::none(), py::arg("cancel") = py::none(),
             "Step 2 alone on a given response: the judge's verdict (verdict_override does not apply).")
+        .def(
+            "chat",
+            [](ecso::EcsoSession & s, const py::list & messages, int32_t max_tokens, const py::object & on_text,
+               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel, bool protect) {
+                const ecso::Conversation conversation = conversation_from(messages);
+                PythonCall call(max_tokens, on_text, on_progress, std::move(cancel));
+                return call.run([&]() { return s.chat(conversation, call.options, protect); });
+            },
+            py::arg("messages"), py::kw_only(), py::arg("max_tokens"), py::arg("on_text") = py::none(),
+            py::arg("on_progress") = py::none(), py::arg("cancel") = py::none(), py::arg("protect") = true,
+            "ECSO over a conversation: messages are (role, [text | (pixels, width, height), ...]). `protect` "
+            "False answers directly.")
+        .def(
+            "cache_stats",
+            [](ecso::EcsoSession & s) {
+                const ecso::ConversationCache::Stats st = [&] {
+                    py::gil_scoped_release release;  // waits for a call in progress
+                    return s.cache_stats();
+                }();
+                py::dict d;
+                d["conversations"] = st.conversations;
+                d["state_bytes"] = st.state_bytes;
+                d["images"] = st.images;
+                d["embedding_bytes"] = st.embedding_bytes;
+                d["captions"] = st.captions;
+                return d;
+            },
+            "What chat() keeps between calls: conversations and images, with their bytes, and captions.")
+        .def(
+            "clear_cache",
+            [](ecso::EcsoSession & s) {
+                py::gil_scoped_release release;
+                s.clear_cache();
+            },
+            "Drops what chat() keeps between calls.")
         .def("cancel", &ecso::EcsoSession::cancel,
              "Cancels the call in progress (from any thread): it raises CancelledError. Does nothing when no "
              "call runs; to cancel a call that may not have started yet, cancel its own CancelToken.")

@@ -57,6 +57,7 @@ ChatFrame ChatFrame::build(const Model & model, const EcsoConfig & config) {
                                                           : "'" + frame.template_name + "'") +
                           ". Set EcsoConfig.chat_template to one of llama.cpp's built-in names: " + builtin_names());
     }
+    frame.source = tmpl;
     const std::string text(buf.data(), static_cast<size_t>(n));
     const size_t at = text.find(kSentinel);
     if (at == std::string::npos || text.find(kSentinel, at + 1) != std::string::npos) {

@@ -11,6 +11,7 @@ namespace ecso {
 
 struct ChatFrame {
     std::string template_name;  // what was applied: the model's own template or a built-in name
+    std::string source;         // what llama_chat_apply_template takes (a name or the template text)
     std::string head;           // e.g. "<system line>\n\nUSER: " for vicuna
     std::string tail;           // e.g. "\nASSISTANT:" for vicuna
 

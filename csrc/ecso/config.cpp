@@ -48,6 +48,14 @@ void EcsoConfig::validate() const {
     if (max_image_pixels == 0) {
         throw ConfigError("max_image_pixels must be at least 1");
     }
+    if (keep_conversations < 0 || keep_conversations > 1000) {
+        throw ConfigError("keep_conversations must be from 0 (keep none) to 1000 (got " +
+                          std::to_string(keep_conversations) + ")");
+    }
+    if (conversation_cache_mib > (uint64_t{1} << 30)) {
+        throw ConfigError("conversation_cache_mib must be at most 1073741824 (got " +
+                          std::to_string(conversation_cache_mib) + ")");
+    }
 }
 
 }  // namespace ecso

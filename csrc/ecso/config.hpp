@@ -76,6 +76,13 @@ struct EcsoConfig {
     std::optional<int32_t> max_tokens_caption;
     std::optional<int32_t> max_tokens_text_only;
     uint64_t max_image_pixels = 50000000;  // larger images are refused before preprocessing
+    // Conversations (EcsoSession::chat). With no image anywhere, the answer is returned unjudged
+    // unless judge_text_only is set (docs/conversations.md).
+    bool judge_text_only = false;
+    // Between chat calls the session keeps the KV cells of up to keep_conversations conversations
+    // (and the encoder output of their images) in host memory, within conversation_cache_mib.
+    int32_t keep_conversations = 4;
+    uint64_t conversation_cache_mib = 1024;
 
     // Throws ConfigError naming the first invalid field.
     void validate() const;

@@ -216,6 +216,26 @@ StepRecord DecodingEngine::finish_shadow(ShadowJudge & shadow, const std::vector
     return rec;
 }
 
+void DecodingEngine::complete_answer(int seq, const StepRecord & rec) {
+    if (rec.stop_reason != "length" || rec.tokens.empty()) {
+        return;
+    }
+    int32_t pos = 0;
+    int32_t cells = 0;
+    for (const PromptItem & item : kv_->held(seq)) {
+        pos += item.n_pos;
+        cells += item.n_cells;
+    }
+    if (cells + 1 > static_cast<int32_t>(n_ctx())) {
+        return;
+    }
+    throw_if_cancelled(rec.name.c_str());
+    batch_->clear();
+    batch_->add(rec.tokens.back(), pos, seq, false);
+    check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
+    kv_->append(seq, {rec.tokens.back(), nullptr, std::string(), 1, 1});
+}
+
 void DecodingEngine::decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what) {
     size_t i = 0;
     while (i < tokens.size()) {

@@ -75,6 +75,10 @@ public:
     StepRecord run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
                         const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr,
                         int32_t quote_limit = 0);
+    // Evaluates the last token `rec` generated into `seq` when a token limit stopped generation
+    // before it was (it is never needed there), so the cells hold the whole answer and the next
+    // turn, which quotes it, can reuse them all.
+    void complete_answer(int seq, const StepRecord & rec);
     StepRecord finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest, int32_t max_tokens);
 
     // ContextOverflowError when `prompt` leaves no token to generate from, ConfigError when an

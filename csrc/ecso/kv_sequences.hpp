@@ -40,6 +40,11 @@ public:
     // Keeps the first `n_items` items of `seq` and frees the rest of its cells.
     void truncate(int seq, size_t n_items);
 
+    // What `seq` holds, item by item (media pointers cleared).
+    const std::vector<PromptItem> & held(int seq) const { return contents_[static_cast<size_t>(seq)]; }
+    // Records that `seq` now holds `items`, put there by a state restore.
+    void adopt(int seq, std::vector<PromptItem> items) { contents_[static_cast<size_t>(seq)] = std::move(items); }
+
     void drop(int seq);   // frees the sequence's cells that no other sequence uses
     void clear();         // empties the whole cache
 

@@ -71,6 +71,8 @@ public:
     // then holds exactly the values a fresh evaluation computes, and the rest is evaluated in the
     // same batches as from an empty cache: results are bit-identical.
     bool is_boundary(size_t item) const;
+    // The last part boundary (in a conversation: where the assistant prefix starts), 0 if none.
+    size_t last_boundary() const { return boundaries_.empty() ? 0 : boundaries_.back(); }
     // The largest boundary that does not exceed `shared_items` (0 when there is none).
     size_t reuse_boundary(size_t shared_items) const;
     int32_t image_tokens() const;      // tokens of the image, 0 without one

@@ -33,7 +33,8 @@ struct EcsoResult {
     std::string answer;          // what the user gets
     std::string initial_answer;  // step 1
     std::string verdict_text;    // step 2's raw text ("" when answer() ran step 1 only)
-    std::optional<std::string> caption;  // step 3, only on the unsafe path
+    std::optional<std::string> caption;  // step 3, only on the unsafe path (chat: step 4's hints)
+    std::vector<std::string> captions;   // step 3 per image, in order of appearance (unsafe path)
     bool unsafe = false;         // the verdict (forced or judged) said harmful
     bool verdict_forced = false; // EcsoConfig::verdict_override decided the branch
     bool judged_unsafe = false;  // what the judge itself decided (equals `unsafe` unless forced)

@@ -2,6 +2,7 @@
 // each call's plan under the session's lock with the call's token installed.
 #include "ecso/session.hpp"
 
+#include "ecso/conversation_plan.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/single_turn_plan.hpp"
 
@@ -38,6 +39,22 @@ EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query,
     std::lock_guard<std::mutex> lock(run_mutex_);
     DecodingEngine::ActiveCall active(*engine_, call);
     return SingleTurnPlan(*engine_, frame_).judge(image, query, response);
+}
+
+EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & call, bool protect) {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    DecodingEngine::ActiveCall active(*engine_, call);
+    return ConversationPlan(*engine_, frame_, conversations_).run(messages, call, protect);
+}
+
+ConversationCache::Stats EcsoSession::cache_stats() {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    return conversations_.stats(engine_->embeddings());
+}
+
+void EcsoSession::clear_cache() {
+    std::lock_guard<std::mutex> lock(run_mutex_);
+    conversations_.clear(engine_->embeddings());
 }
 
 }  // namespace ecso

@@ -15,6 +15,8 @@
 #include "ecso/call_options.hpp"
 #include "ecso/chat_frame.hpp"
 #include "ecso/config.hpp"
+#include "ecso/conversation.hpp"
+#include "ecso/conversation_cache.hpp"
 #include "ecso/decoding_engine.hpp"
 #include "ecso/image.hpp"
 #include "ecso/model.hpp"
@@ -45,6 +47,15 @@ public:
     EcsoResult judge(const RgbImage & image, const std::string & query, const std::string & response,
                      const CallOptions & call = {});
 
+    // ECSO over a whole conversation (conversation_plan.hpp), streamed like run(). `protect`
+    // false answers it directly (step 1 alone). The conversation's KV cells and image encodings
+    // are kept for its next turn, within the config's bounds.
+    EcsoResult chat(const Conversation & messages, const CallOptions & call, bool protect = true);
+
+    // What the session keeps between chat calls, and a way to drop it.
+    ConversationCache::Stats cache_stats();
+    void clear_cache();
+
     // Cancels the call in progress (its token); does nothing when no call runs, so it can never
     // stop a later call. To cancel a call that may not have started yet, cancel its own token.
     void cancel();
@@ -59,6 +70,7 @@ private:
     EcsoConfig config_;
     ChatFrame frame_;
     std::unique_ptr<DecodingEngine> engine_;
+    ConversationCache conversations_;
     std::mutex run_mutex_;
 };
 

@@ -237,6 +237,7 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
     result.steps.push_back(engine_.run_step("caption", DecodingEngine::kSeqCaption, *p3, caption_cap, no_sink, nullptr));
     engine_.kv().drop(DecodingEngine::kSeqCaption);
     result.caption = result.steps.back().text;
+    result.captions = {*result.caption};
 
     // Step 4: eyes closed, text only; streamed live. A caption whose text re-tokenizes longer
     // than it was generated is cut until one answer token fits.

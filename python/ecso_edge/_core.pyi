@@ -27,6 +27,9 @@ class EcsoConfig:
     max_tokens_caption: Optional[int]
     max_tokens_text_only: Optional[int]
     max_image_pixels: int
+    judge_text_only: bool
+    keep_conversations: int
+    conversation_cache_mib: int
     def __init__(self, **kwargs: Any) -> None: ...
     @staticmethod
     def field_names() -> list[str]: ...

@@ -1,0 +1,197 @@
+// Saved answer sequences, image encodings and captions between chat calls (see
+// conversation_cache.hpp).
+#include "ecso/conversation_cache.hpp"
+
+#include <algorithm>
+
+namespace ecso {
+namespace {
+
+// Captions are short texts; this many bound their memory without a byte count.
+constexpr size_t kMaxCaptions = 1024;
+
+uint64_t embedding_bytes(const std::vector<float> & e) { return e.size() * sizeof(float); }
+
+}  // namespace
+
+std::string ConversationCache::image_of(const std::string & media_id) { return media_id.substr(0, media_id.find('#')); }
+
+void ConversationCache::set_limits(int32_t max_conversations, uint64_t max_bytes) {
+    max_conversations_ = max_conversations;
+    max_bytes_ = max_bytes;
+}
+
+size_t ConversationCache::restore_best(llama_context * ctx, KvSequences & kv, int seq, const Prompt & prompt) {
+    kv.clear();
+    continued_ = saved_.end();
+    const auto & items = prompt.items();
+    auto best = saved_.end();
+    size_t best_shared = 0;
+    for (auto it = saved_.begin(); it != saved_.end(); ++it) {
+        size_t n = 0;
+        while (n < it->items.size() && n < items.size() && it->items[n].same_as(items[n])) {
+            ++n;
+        }
+        const size_t shared = prompt.reuse_boundary(n);
+        if (shared > best_shared) {
+            best = it;
+            best_shared = shared;
+        }
+    }
+    if (best == saved_.end()) {
+        return 0;
+    }
+    const size_t read = llama_state_seq_set_data(ctx, best->state.data(), best->state.size(), seq);
+    if (read == 0) {
+        kv.clear();  // a failed restore leaves nothing to trust
+        return 0;
+    }
+    kv.adopt(seq, best->items);
+    best->used = ++tick_;
+    if (best_shared >= best->turn_end) {
+        continued_ = best;
+    }
+    return best->items.size();
+}
+
+void ConversationCache::save(llama_context * ctx, const llama_model * model, const KvSequences & kv, int seq,
+                             size_t turn_end) {
+    if (continued_ != saved_.end()) {
+        saved_.erase(continued_);  // this call is its next turn: the new entry (or none) replaces it
+        continued_ = saved_.end();
+    }
+    if (max_conversations_ == 0) {
+        return;
+    }
+    const std::vector<PromptItem> & items = kv.held(seq);
+    if (items.empty()) {
+        return;
+    }
+    // A window cache saves only the cells inside the window of the sequence's last position; a
+    // later turn that shares less than all of it would find the cells it needs missing.
+    const int32_t n_swa = llama_model_n_swa(model);
+    if (n_swa > 0 && llama_memory_seq_pos_max(llama_get_memory(ctx), seq) >= n_swa) {
+        return;
+    }
+    const size_t size = llama_state_seq_get_size(ctx, seq);
+    if (size == 0 || size > max_bytes_ * 1024 * 1024) {
+        return;
+    }
+    Saved entry;
+    entry.state.resize(size);
+    if (llama_state_seq_get_data(ctx, entry.state.data(), size, seq) != size) {
+        return;
+    }
+    entry.items = items;
+    entry.turn_end = turn_end;
+    entry.used = ++tick_;
+    // The entries this one extends are the same conversation at an earlier turn.
+    saved_.remove_if([&](const Saved & old) {
+        return old.items.size() <= entry.items.size() &&
+               std::equal(old.items.begin(), old.items.end(), entry.items.begin(),
+                          [](const PromptItem & a, const PromptItem & b) { return a.same_as(b); });
+    });
+    saved_.push_front(std::move(entry));
+}
+
+std::optional<std::string> ConversationCache::caption(const std::string & image_id, const std::string & query) const {
+    const auto it = captions_.find({image_id, query});
+    if (it == captions_.end()) {
+        return std::nullopt;
+    }
+    return it->second;
+}
+
+void ConversationCache::remember_caption(const std::string & image_id, const std::string & query,
+                                         const std::string & caption) {
+    const auto key = std::make_pair(image_id, query);
+    if (captions_.insert_or_assign(key, caption).second) {
+        caption_order_.push_back(key);
+    }
+    while (captions_.size() > kMaxCaptions) {
+        captions_.erase(caption_order_.front());
+        caption_order_.pop_front();
+    }
+}
+
+void ConversationCache::touch_images(const std::vector<std::string> & image_ids) {
+    ++tick_;
+    for (const auto & id : image_ids) {
+        image_used_[id] = tick_;
+    }
+}
+
+void ConversationCache::trim(Embeddings & embeddings) {
+    while (saved_.size() > static_cast<size_t>(max_conversations_)) {
+        auto oldest = std::min_element(saved_.begin(), saved_.end(),
+                                       [](const Saved & a, const Saved & b) { return a.used < b.used; });
+        if (oldest == continued_) {
+            continued_ = saved_.end();
+        }
+        saved_.erase(oldest);
+    }
+    const uint64_t limit = max_bytes_ * 1024 * 1024;
+    for (;;) {
+        const Stats now = stats(embeddings);
+        if (now.state_bytes + now.embedding_bytes <= limit) {
+            break;
+        }
+        // The least recently used of: a saved sequence, an image's encodings.
+        auto oldest_saved = std::min_element(saved_.begin(), saved_.end(),
+                                             [](const Saved & a, const Saved & b) { return a.used < b.used; });
+        std::string oldest_image;
+        uint64_t image_tick = UINT64_MAX;
+        for (const auto & [media_id, embd] : embeddings) {
+            const std::string image = image_of(media_id);
+            const auto used = image_used_.find(image);
+            const uint64_t tick = used == image_used_.end() ? 0 : used->second;
+            if (tick < image_tick) {
+                image_tick = tick;
+                oldest_image = image;
+            }
+        }
+        if (oldest_saved != saved_.end() && (image_tick == UINT64_MAX || oldest_saved->used <= image_tick)) {
+            if (oldest_saved == continued_) {
+                continued_ = saved_.end();
+            }
+            saved_.erase(oldest_saved);
+        } else if (image_tick != UINT64_MAX) {
+            for (auto it = embeddings.begin(); it != embeddings.end();) {
+                it = image_of(it->first) == oldest_image ? embeddings.erase(it) : std::next(it);
+            }
+            image_used_.erase(oldest_image);
+        } else {
+            break;
+        }
+    }
+}
+
+ConversationCache::Stats ConversationCache::stats(const Embeddings & embeddings) const {
+    Stats s;
+    s.conversations = static_cast<int32_t>(saved_.size());
+    for (const Saved & entry : saved_) {
+        s.state_bytes += entry.state.size();
+    }
+    std::string last;
+    for (const auto & [media_id, embd] : embeddings) {
+        s.embedding_bytes += embedding_bytes(embd);
+        const std::string image = image_of(media_id);
+        if (image != last) {
+            s.images += 1;
+            last = image;
+        }
+    }
+    s.captions = static_cast<int32_t>(captions_.size());
+    return s;
+}
+
+void ConversationCache::clear(Embeddings & embeddings) {
+    saved_.clear();
+    continued_ = saved_.end();
+    image_used_.clear();
+    captions_.clear();
+    caption_order_.clear();
+    embeddings.clear();
+}
+
+}  // namespace ecso

@@ -1,0 +1,83 @@
+// What the conversation plan keeps between chat calls, within the bounds the config sets: the KV
+// cells of each conversation's last answer sequence (prompt and answer, saved to host memory with
+// llama_state_seq_get_data, as llama-server's prompt cache does), the encoder output of their
+// images (the engine's embedding map, whose size this bounds), and the captions already made.
+//
+// Why a host copy and not the cells in place: the judge and the captions of a turn start from
+// the answer's prefix, and the cache lays their cells out exactly as an empty cache would only
+// once the answer's own cells are freed. A restore into an emptied cache puts the saved cells
+// back at the cells a fresh evaluation fills, so a reused turn stays bit-identical.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ecso/kv_sequences.hpp"
+#include "ecso/prompt.hpp"
+#include "llama.h"
+
+namespace ecso {
+
+class ConversationCache {
+public:
+    struct Stats {
+        int32_t conversations = 0;     // saved answer sequences
+        uint64_t state_bytes = 0;      // their KV cells
+        int32_t images = 0;            // images whose encoder output is kept
+        uint64_t embedding_bytes = 0;  // that output
+        int32_t captions = 0;
+    };
+    using Embeddings = std::map<std::string, std::vector<float>>;  // the engine's, by media id
+
+    void set_limits(int32_t max_conversations, uint64_t max_bytes);
+
+    // Empties the cache and restores into `seq` the saved sequence sharing the most whole parts
+    // with `prompt`. Returns the items restored (0: nothing saved matches).
+    size_t restore_best(llama_context * ctx, KvSequences & kv, int seq, const Prompt & prompt);
+
+    // Saves what `seq` holds (a conversation's prompt and answer); `turn_end`: the item where the
+    // prompt's last message ends. The entry restored for this call is replaced when the call
+    // shared all of its messages (it is the same conversation, a turn earlier), and so is any
+    // entry the new one extends; a conversation keeps one entry. Not saved when it is over the
+    // byte bound, or when a sliding-window layer has already dropped cells a shorter prefix
+    // would need.
+    void save(llama_context * ctx, const llama_model * model, const KvSequences & kv, int seq, size_t turn_end);
+
+    // The caption of image `image_id` for `query`, when one was made.
+    std::optional<std::string> caption(const std::string & image_id, const std::string & query) const;
+    void remember_caption(const std::string & image_id, const std::string & query, const std::string & caption);
+
+    // Marks the images (content ids) the current call uses as the most recently used.
+    void touch_images(const std::vector<std::string> & image_ids);
+
+    // Evicts the least recently used saved sequences and image encodings until both bounds hold.
+    void trim(Embeddings & embeddings);
+
+    Stats stats(const Embeddings & embeddings) const;
+    void clear(Embeddings & embeddings);
+
+private:
+    struct Saved {
+        std::vector<PromptItem> items;
+        std::vector<uint8_t> state;
+        size_t turn_end = 0;  // the items up to the end of its prompt's last message
+        uint64_t used = 0;
+    };
+    static std::string image_of(const std::string & media_id);
+
+    std::list<Saved> saved_;
+    std::list<Saved>::iterator continued_ = saved_.end();  // restored for this call, and continued
+    std::map<std::string, uint64_t> image_used_;  // image id -> tick of its last use
+    std::map<std::pair<std::string, std::string>, std::string> captions_;
+    std::list<std::pair<std::string, std::string>> caption_order_;  // oldest first
+    int32_t max_conversations_ = 0;
+    uint64_t max_bytes_ = 0;
+    uint64_t tick_ = 0;
+};
+
+}  // namespace ecso
