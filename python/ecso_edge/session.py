@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from . import _core
 from ._core import CancelToken
@@ -21,6 +21,7 @@ from .arguments import (
 )
 from .errors import ConfigError
 from .images import ImageInput, load_rgb
+from .messages import to_core_messages
 from .shipped import tiny_pair
 
 __all__ = ["Model", "Session", "EcsoStream", "CancelToken"]
@@ -261,7 +262,66 @@ class Session:
                on_progress: Optional[ProgressCallback] = None) -> "EcsoStream":
         """Iterator form of ``run(on_token=...)``: yields text pieces of the final answer;
         ``.result`` holds the EcsoResult once iteration ends."""
-        return EcsoStream(self, image, query, _max_tokens(max_tokens), callable_arg("on_progress", on_progress))
+        max_tokens = _max_tokens(max_tokens)
+        on_progress = callable_arg("on_progress", on_progress)
+        pixels = load_rgb(image, max_pixels=self._core.config.max_image_pixels)
+        query_text = _text(query, "query")
+        return EcsoStream(lambda on_text, cancel: self._core.run(
+            pixels.data, pixels.width, pixels.height, query_text, max_tokens=max_tokens, on_text=on_text,
+            on_progress=on_progress, cancel=cancel))
+
+    def chat(
+        self,
+        messages: Sequence[Any],
+        *,
+        max_tokens: int = 512,
+        on_token: Optional[Callable[[str], object]] = None,
+        on_progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        protect: bool = True,
+    ) -> _core.EcsoResult:
+        """ECSO over a whole conversation: OpenAI-style ``messages`` (roles ``system``, ``user``,
+        ``assistant``; content a string or a list of text and image parts, see
+        ``ecso_edge.messages``). The last message is the user's. Step 1 answers the conversation
+        with every image where it was sent; the judge reads the last user message and the answer
+        with every image; on the unsafe path each image is captioned for that message
+        (``r.captions``) and the conversation is answered again with no image at all. A
+        conversation without images is answered directly (``EcsoConfig.judge_text_only`` judges
+        it too). ``protect=False`` gives the direct answer.
+
+        The session keeps each conversation's KV cells and image encodings between calls
+        (``keep_conversations``, ``conversation_cache_mib``), so the next turn evaluates only what
+        is new: ``r.stats["steps"]["answer"]["tokens_reused"]`` and ``r.stats["image_encodes"]``
+        show it. See docs/conversations.md."""
+        max_tokens = _max_tokens(max_tokens)
+        on_token = callable_arg("on_token", on_token)
+        on_progress = callable_arg("on_progress", on_progress)
+        cancel = _cancel(cancel)
+        protect = bool_arg("protect", protect)
+        core_messages = to_core_messages(messages, max_pixels=self._core.config.max_image_pixels)
+        return self._core.chat(core_messages, max_tokens=max_tokens, on_text=on_token, on_progress=on_progress,
+                               cancel=cancel, protect=protect)
+
+    def stream_chat(self, messages: Sequence[Any], *, max_tokens: int = 512,
+                    on_progress: Optional[ProgressCallback] = None, protect: bool = True) -> "EcsoStream":
+        """Iterator form of ``chat(on_token=...)``: yields pieces of the final answer; ``.result``
+        holds the EcsoResult once iteration ends."""
+        max_tokens = _max_tokens(max_tokens)
+        on_progress = callable_arg("on_progress", on_progress)
+        protect = bool_arg("protect", protect)
+        core_messages = to_core_messages(messages, max_pixels=self._core.config.max_image_pixels)
+        return EcsoStream(lambda on_text, cancel: self._core.chat(
+            core_messages, max_tokens=max_tokens, on_text=on_text, on_progress=on_progress, cancel=cancel,
+            protect=protect))
+
+    def cache_info(self) -> dict[str, int]:
+        """What ``chat`` keeps between calls: ``conversations`` and ``state_bytes`` (their KV
+        cells), ``images`` and ``embedding_bytes`` (their encoder output), ``captions``."""
+        return self._core.cache_stats()
+
+    def clear_cache(self) -> None:
+        """Forget every kept conversation, image encoding and caption."""
+        self._core.clear_cache()
 
     def cancel(self) -> None:
         """Stop the call in progress, if any (safe from any thread). A call that has not started
@@ -273,36 +333,24 @@ _DONE = object()
 
 
 class EcsoStream:
-    """Runs ``Session.run`` on a worker thread and yields its streamed pieces.
+    """Runs a streamed call (``Session.run`` or ``Session.chat``) on a worker thread and yields its
+    pieces.
 
     Leaving the loop early (``break``, ``close()``, garbage collection) cancels the request.
     """
 
-    def __init__(self, session: Session, image: ImageInput, query: str, max_tokens: int,
-                 on_progress: Optional[ProgressCallback] = None) -> None:
-        self._session = session
+    def __init__(self, work: Callable[[Callable[[str], None], CancelToken], _core.EcsoResult]) -> None:
         self._queue: "queue.Queue[object]" = queue.Queue()
         self.result: Optional[_core.EcsoResult] = None
         self._error: Optional[BaseException] = None
-        # This stream's own token: a close() before the worker's run has begun still stops it.
+        # This stream's own token: a close() before the worker's call has begun still stops it.
         self._cancel = CancelToken()
-        pixels = load_rgb(image, max_pixels=session._core.config.max_image_pixels)
-        self._thread = threading.Thread(
-            target=self._work, args=(pixels, _text(query, "query"), max_tokens, on_progress), name="ecso-stream",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._work, args=(work,), name="ecso-stream", daemon=True)
         self._thread.start()
 
-    def _work(self, pixels: object, query: Union[str, bytes], max_tokens: int,
-              on_progress: Optional[ProgressCallback]) -> None:
-        from .images import RgbPixels
-
-        assert isinstance(pixels, RgbPixels)
+    def _work(self, work: Callable[[Callable[[str], None], CancelToken], _core.EcsoResult]) -> None:
         try:
-            self.result = self._session._core.run(
-                pixels.data, pixels.width, pixels.height, query, max_tokens=max_tokens, on_text=self._queue.put,
-                on_progress=on_progress, cancel=self._cancel,
-            )
+            self.result = work(self._queue.put, self._cancel)
         except BaseException as e:  # re-raised on the consumer's thread
             self._error = e
         finally:
