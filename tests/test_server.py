@@ -125,7 +125,7 @@ def wait_for(server: ServerProcess, condition: Any, timeout_s: float = 60.0) -> 
 
 def test_plain_completion_is_the_sessions_answer(server: ServerProcess, tiny_model: ecso_edge.Model,
                                                  pixels: np.ndarray, image_uri: str) -> None:
-    expected = Session(tiny_model).run(pixels, QUERY, max_tokens=MAX_TOKENS)
+    expected = Session(tiny_model).chat(messages(image_uri), max_tokens=MAX_TOKENS)
     c = client(server).chat.completions.create(model="tiny-llava", messages=messages(image_uri))
     assert c.object == "chat.completion" and c.id.startswith("chatcmpl-")
     assert c.model == "tiny-llava"
@@ -149,7 +149,7 @@ def test_plain_completion_is_the_sessions_answer(server: ServerProcess, tiny_mod
 
 def test_first_answer_on_request_and_the_unsafe_path(unsafe_server: ServerProcess, tiny_model: ecso_edge.Model,
                                                      pixels: np.ndarray, image_uri: str) -> None:
-    expected = Session(tiny_model, EcsoConfig(verdict_override=True)).run(pixels, QUERY, max_tokens=16)
+    expected = Session(tiny_model, EcsoConfig(verdict_override=True)).chat(messages(image_uri), max_tokens=16)
     c = client(unsafe_server).chat.completions.create(
         model="x", messages=messages(image_uri), max_tokens=16, extra_body={"ecso": {"first_answer": True}}
     )
@@ -167,8 +167,8 @@ def test_first_answer_on_request_and_the_unsafe_path(unsafe_server: ServerProces
 def test_streamed_chunks_join_to_the_answer(server: ServerProcess, unsafe_server: ServerProcess,
                                             tiny_model: ecso_edge.Model, pixels: np.ndarray, image_uri: str,
                                             unsafe: bool) -> None:
-    expected = Session(tiny_model, EcsoConfig(verdict_override=unsafe if unsafe else None)).run(
-        pixels, QUERY, max_tokens=16)
+    expected = Session(tiny_model, EcsoConfig(verdict_override=unsafe if unsafe else None)).chat(
+        messages(image_uri), max_tokens=16)
     chunks = list(client(unsafe_server if unsafe else server).chat.completions.create(
         model="x", messages=messages(image_uri), max_tokens=16, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -184,8 +184,8 @@ def test_streamed_chunks_join_to_the_answer(server: ServerProcess, unsafe_server
 
 def test_temperature_and_seed_per_request(server: ServerProcess, tiny_model: ecso_edge.Model,
                                           pixels: np.ndarray, image_uri: str) -> None:
-    sampled = Session(tiny_model, EcsoConfig(temperature=0.9, seed=7)).run(pixels, QUERY, max_tokens=MAX_TOKENS)
-    greedy = Session(tiny_model).run(pixels, QUERY, max_tokens=MAX_TOKENS)
+    sampled = Session(tiny_model, EcsoConfig(temperature=0.9, seed=7)).chat(messages(image_uri), max_tokens=MAX_TOKENS)
+    greedy = Session(tiny_model).chat(messages(image_uri), max_tokens=MAX_TOKENS)
     c = client(server)
     for _ in range(2):
         r = c.chat.completions.create(model="x", messages=messages(image_uri), temperature=0.9, seed=7)
@@ -254,13 +254,21 @@ def test_refused_image_urls(server: ServerProcess, url: str, match: str) -> None
         client(server).chat.completions.create(model="x", messages=messages(url))
 
 
-def test_text_only_and_malformed_requests_are_400(server: ServerProcess, image_uri: str) -> None:
+def test_malformed_requests_are_400(server: ServerProcess, image_uri: str) -> None:
     c = client(server)
-    with pytest.raises(openai.BadRequestError, match="ECSO needs an image"):
-        c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hello"}])
-    with pytest.raises(openai.BadRequestError, match="exactly one"):
-        two = messages(image_uri)
-        two[0]["content"].append({"type": "image_url", "image_url": {"url": image_uri}})
+    for bad, match in (
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "last message"),
+        ([{"role": "tool", "content": "42", "tool_call_id": "x"}], "tools are not supported"),
+        ([{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}], "missing or null"),
+        ([{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": image_uri}}]},
+          {"role": "user", "content": "hi"}], "images go in user messages"),
+        ([{"role": "user", "content": [{"type": "text", "text": "  "}]}], "last user message is empty"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=match):
+            c.chat.completions.create(model="x", messages=bad)
+    two = messages(image_uri)
+    two[0]["content"].insert(1, {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}})
+    with pytest.raises(openai.BadRequestError, match=r"messages\[0\]\.content\[1\]: the image data URI"):
         c.chat.completions.create(model="x", messages=two)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         c.chat.completions.create(model="x", messages=messages(image_uri), max_tokens=0)
@@ -296,7 +304,8 @@ def test_remote_images_only_when_allowed(logs: Path, pixels: np.ndarray, tmp_pat
         for server in _server(logs, "--allow-remote-images"):
             c = client(server)
             r = c.chat.completions.create(model="x", messages=messages(base + "/cat.png"), max_tokens=8)
-            assert r.choices[0].message.content == Session(tiny_model).run(pixels, QUERY, max_tokens=8).answer
+            assert r.choices[0].message.content == Session(tiny_model).chat(
+                messages(data_uri(png_bytes(pixels))), max_tokens=8).answer
             with pytest.raises(openai.BadRequestError, match="HTTP 404"):
                 c.chat.completions.create(model="x", messages=messages(base + "/missing.png"), max_tokens=8)
             with pytest.raises(openai.BadRequestError, match="local file paths"):

@@ -39,7 +39,9 @@ class Recorder:
 
 
 def make_job(rec: Recorder, name: str, image: np.ndarray, max_tokens: int = 6, **sampling: Any) -> EcsoJob:
-    job = EcsoJob(image, f"{name}: {QUERY}", max_tokens, rec.sink_for(name), dict(sampling), id=name)
+    rgb = np.ascontiguousarray(image)
+    messages = [("user", [(rgb.tobytes(), rgb.shape[1], rgb.shape[0]), f"{name}: {QUERY}"])]
+    job = EcsoJob(messages, max_tokens, rec.sink_for(name), dict(sampling), id=name)
     return job
 
 
@@ -90,10 +92,11 @@ def test_cancelled_queued_job_is_dropped_and_sampling_does_not_leak(tiny_model: 
         assert rec.done.wait(120), rec.finished
         assert rec.finished == ["blocker", "sampled", "greedy", "after"]
         assert dropped.state == "dropped" and queue.stats()["dropped"] == 1
-        expect_sampled = Session(tiny_model, base.replace(temperature=0.9, seed=3)).run(
-            image, sampled.query, max_tokens=6)
+        expect_sampled = Session(tiny_model, base.replace(temperature=0.9, seed=3))._core.chat(
+            sampled.messages, max_tokens=6)
         assert rec.results["sampled"][1].answer == expect_sampled.answer
         for name, job in (("greedy", greedy), ("after", after)):
-            assert rec.results[name][1].answer == Session(tiny_model, base).run(image, job.query, max_tokens=6).answer
+            expected = Session(tiny_model, base)._core.chat(job.messages, max_tokens=6)
+            assert rec.results[name][1].answer == expected.answer
     finally:
         queue.close()

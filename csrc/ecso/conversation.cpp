@@ -10,8 +10,10 @@ namespace ecso {
 namespace {
 
 // Stands in for message i; letters only, so that every built-in template passes it unchanged.
+const char * const kSentinelPrefix = "ECSOEDGEMESSAGE";
+
 std::string sentinel(size_t i) {
-    std::string s = "ECSOEDGEMESSAGE";
+    std::string s = kSentinelPrefix;
     do {
         s += static_cast<char>('A' + i % 26);
         i /= 26;
@@ -111,7 +113,9 @@ std::vector<PromptPart> render_conversation(const ChatFrame & frame, const std::
     size_t at = 0;
     for (size_t i = 0; i < messages.size(); ++i) {
         const size_t found = text.find(sentinels[i], at);
-        if (found == std::string::npos || text.find(sentinels[i], found + 1) != std::string::npos) {
+        // the text before it holds no other message: each is placed once, in order (one scan of
+        // the text in all, so a conversation of many messages renders in linear time)
+        if (found == std::string::npos || text.substr(at, found - at).find(kSentinelPrefix) != std::string::npos) {
             throw ConfigError("the chat template '" + frame.template_name + "' does not place message " +
                               std::to_string(i) + " (role '" + messages[i].role +
                               "') exactly once, in order; choose another chat_template");
@@ -123,6 +127,10 @@ std::vector<PromptPart> render_conversation(const ChatFrame & frame, const std::
         }
         parts.insert(parts.end(), content.begin(), content.end());
         at = found + sentinels[i].size();
+    }
+    if (text.find(kSentinelPrefix, at) != std::string::npos) {
+        throw ConfigError("the chat template '" + frame.template_name +
+                          "' places a message more than once; choose another chat_template");
     }
     parts.push_back({text.substr(at), true, nullptr, true});
     return parts;

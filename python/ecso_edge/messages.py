@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence, Union
 from .errors import ConfigError, ImageError
 from .images import load_rgb
 
-__all__ = ["CoreMessage", "to_core_messages", "decode_data_uri"]
+__all__ = ["CoreMessage", "CorePart", "to_core_messages", "decode_data_uri"]
 
 CorePart = Union[str, tuple[bytes, int, int]]
 CoreMessage = tuple[str, list[CorePart]]
@@ -101,7 +101,7 @@ def to_core_messages(messages: Sequence[Any], *, max_pixels: int) -> list[CoreMe
         if not isinstance(message, dict):
             raise ConfigError(f"{where} must be a dict with 'role' and 'content', not {type(message).__name__}")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise ConfigError(f"{where} has the role {_shown(role)}; roles are 'system', 'user' and 'assistant'")
         content = message.get("content")
         if content is None:

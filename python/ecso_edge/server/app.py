@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Optional
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
@@ -26,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from .._core import EcsoConfig, EcsoResult, StepRecord
 from ..errors import CancelledError, ConfigError, ContextOverflowError, ImageError
 from ..images import load_rgb
+from ..messages import CoreMessage, CorePart
 from ..session import Model
 from .openai_schema import INT32_MAX, ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
 from .request_queue import EcsoJob, QueueFull, RequestQueue
@@ -148,21 +148,14 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> Fast
         check_key(request)
         body = await _read_body(request, options.max_request_bytes)
         chat = parse_chat_request(parse_json_body(body))
-        image = await run_in_threadpool(
-            resolve_image, chat.image_url, allow_remote=options.allow_remote_images,
-            max_bytes=options.max_request_bytes,
-        )
-        try:
-            pixels = await run_in_threadpool(_decode, image, config.max_image_pixels)
-        except ImageError as e:
-            raise RequestError(400, str(e), param="image_url", code="invalid_image") from e
+        conversation = await run_in_threadpool(_conversation, chat, options, config.max_image_pixels)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
 
         def sink(kind: str, value: object) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
-        job = EcsoJob(pixels, chat.query, chat.max_tokens or options.default_max_tokens, sink, _sampling(chat),
+        job = EcsoJob(conversation, chat.max_tokens or options.default_max_tokens, sink, _sampling(chat),
                       stream=chat.stream)
         queue.submit(job)
         waiter = _EventWaiter(request, events, queue, job)
@@ -207,10 +200,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(image: bytes, max_pixels: int) -> "np.ndarray[Any, np.dtype[np.uint8]]":
-    """Decode now, in the handler, so a bad image is answered 400 without waiting in the queue."""
-    rgb = load_rgb(image, max_pixels=max_pixels)
-    return np.frombuffer(rgb.data, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
+def _conversation(chat: ChatRequest, options: ServerOptions, max_pixels: int) -> list[CoreMessage]:
+    """The request's messages as the core takes them, every image fetched and decoded now, in the
+    handler, so a bad image is answered 400 (naming its part) without waiting in the queue."""
+    out: list[CoreMessage] = []
+    for message in chat.messages:
+        parts: list[CorePart] = []
+        for part in message.parts:
+            if isinstance(part, str):
+                parts.append(part)
+                continue
+            try:
+                data = resolve_image(part.url, allow_remote=options.allow_remote_images,
+                                     max_bytes=options.max_request_bytes)
+                rgb = load_rgb(data, max_pixels=max_pixels)
+            except RequestError as e:
+                raise RequestError(e.status, f"{part.param}: {e.message}", param=part.param, code=e.code) from None
+            except ImageError as e:
+                raise RequestError(400, f"{part.param}: {e}", param=part.param, code="invalid_image") from None
+            parts.append((rgb.data, rgb.width, rgb.height))
+        out.append((message.role, parts))
+    return out
 
 
 def _sampling(chat: ChatRequest) -> dict[str, Any]:
@@ -304,6 +314,7 @@ class _ReplyContext:
             "unsafe": r.unsafe,
             "verdict_text": r.verdict_text,
             "caption": r.caption,
+            "captions": list(r.captions),
             "judged": r.judged,
             "verdict_forced": r.verdict_forced,
             "query": self.chat.query,
@@ -320,11 +331,15 @@ class _ReplyContext:
         wanted = "text_only" if r.unsafe else "answer"
         return next((step for step in r.steps if step.name == wanted), None)
 
-    def usage(self, r: EcsoResult) -> dict[str, int]:
-        prompt = int(r.steps[0].stats.get("prompt_tokens", 0)) if r.steps else 0
+    def usage(self, r: EcsoResult) -> dict[str, Any]:
+        """OpenAI's usage of the conversation's prompt (step 1's) and of the answer the user gets;
+        `cached_tokens`: the prompt's tokens reused from the KV cache (an earlier turn's)."""
+        first = r.steps[0].stats if r.steps else {}
+        prompt = int(first.get("prompt_tokens", 0))
         step = self.answer_step(r)
         completion = len(step.tokens) if step is not None else 0
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": int(first.get("tokens_reused", 0))}}
 
     def finish_reason(self, r: EcsoResult) -> str:
         step = self.answer_step(r)

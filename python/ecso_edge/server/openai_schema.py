@@ -1,25 +1,28 @@
 """The OpenAI chat-completions request as the ECSO server reads it: parsing and validation of the
-JSON body, extraction of the last user turn (its text and its one image), data-URI decoding and the
-optional fetch of remote images. Every refusal is a `RequestError` carrying the HTTP status to
+JSON body, the conversation it carries (system, user and assistant messages; text and image parts),
+data-URI decoding and the optional fetch of remote images. Every refusal is a `RequestError` carrying the HTTP status to
 answer with: whatever a client sends, a fault of the request is a 4xx, never a 500."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
+
+from ..errors import ImageError
+from ..messages import decode_data_uri as _decode_data_uri
 
 __all__ = [
     "RequestError",
     "ChatRequest",
+    "ChatMessage",
+    "ImageRef",
     "MAX_JSON_DEPTH",
     "MAX_INT_DIGITS",
     "INT32_MAX",
@@ -147,17 +150,45 @@ def parse_json_body(body: bytes) -> Any:
 
 
 @dataclass(frozen=True)
-class ChatRequest:
-    """What one chat-completions request asks of ECSO."""
+class ImageRef:
+    """An image part: its URL (a data URI, or an http(s) URL when the server allows remote
+    images) and where it sat in the request, for the error that names it."""
 
-    query: str
-    image_url: str  # a data URI, or an http(s) URL when the server allows remote images
+    url: str
+    param: str  # "messages[i].content[k]"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" (OpenAI's "developer" too), "user" or "assistant"
+    parts: tuple[Union[str, ImageRef], ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p for p in self.parts if isinstance(p, str))
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What one chat-completions request asks of ECSO: the whole conversation, answered after its
+    last (user) message."""
+
+    messages: tuple[ChatMessage, ...]
     max_tokens: Optional[int]
     temperature: Optional[float]
     top_p: Optional[float]
     seed: Optional[int]
     stream: bool
     include_first_answer: bool  # the `ecso.first_answer` extension: return step 1's text too
+
+    @property
+    def query(self) -> str:
+        """The last user message's text: what the judge quotes as QUERY."""
+        return self.messages[-1].text
+
+    @property
+    def images(self) -> list[ImageRef]:
+        return [p for m in self.messages for p in m.parts if isinstance(p, ImageRef)]
 
 
 # Fields a client may send that ECSO cannot honour; silently ignoring them would change meaning.
@@ -170,8 +201,8 @@ _PENALTIES = ("presence_penalty", "frequency_penalty")
 def parse_chat_request(body: Any) -> ChatRequest:
     """Validate an OpenAI chat-completions body; raises `RequestError` (400) saying what is wrong.
 
-    ECSO answers one single-turn question about one image, as in the paper: the text and the image
-    of the LAST user message are used; system messages and earlier turns are ignored. Numbers are
+    The whole conversation is used: system (and "developer") messages, earlier turns, every image
+    where it was sent; it is answered after its last message, which must be the user's. Numbers are
     checked for type and range (booleans are not numbers, integers are not floats), so nothing out
     of range reaches the core."""
     if not isinstance(body, dict):
@@ -189,34 +220,14 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if _optional_int(body, "n", 1, INT32_MAX) not in (None, 1):
         raise RequestError(400, "only n=1 is supported (one ECSO answer per request)", param="n")
 
-    user = None
-    for index in range(len(messages) - 1, -1, -1):
-        message = messages[index]
-        if not isinstance(message, dict) or "role" not in message:
-            raise RequestError(400, f"messages[{index}] must be an object with a 'role'", param=f"messages[{index}]")
-        if message["role"] == "user":
-            user = (index, message)
-            break
-    if user is None:
-        raise RequestError(400, "no message with role 'user' in 'messages'", param="messages")
-    query, images = _read_user_content(*user)
-    if not images:
-        raise RequestError(
-            400,
-            "ECSO needs an image: the last user message has no 'image_url' part "
-            "(text-only chat is not served; send the image as a data URI in an image_url content part)",
-            param=f"messages[{user[0]}].content",
-            code="image_required",
-        )
-    if len(images) > 1:
-        raise RequestError(
-            400,
-            f"the last user message has {len(images)} images; ECSO answers about exactly one",
-            param=f"messages[{user[0]}].content",
-        )
-    if not query.strip():
-        raise RequestError(400, "the last user message has no text: ask a question about the image",
-                           param=f"messages[{user[0]}].content")
+    conversation = tuple(_read_message(index, message) for index, message in enumerate(messages))
+    last = conversation[-1]
+    if last.role != "user":
+        raise RequestError(400, f"the last message (messages[{len(messages) - 1}]) has the role '{last.role}'; "
+                                "a conversation is answered after a user message", param=f"messages[{len(messages) - 1}]")
+    if not last.parts or not (last.text.strip() or any(isinstance(p, ImageRef) for p in last.parts)):
+        raise RequestError(400, "the last user message is empty: send a question (and any images)",
+                           param=f"messages[{len(messages) - 1}].content")
 
     max_tokens = _optional_int(body, "max_tokens", 1, INT32_MAX)
     max_completion_tokens = _optional_int(body, "max_completion_tokens", 1, INT32_MAX)
@@ -243,8 +254,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise RequestError(400, f"'ecso.first_answer' must be true or false, got {_shown(first_answer)}",
                            param="ecso.first_answer")
     return ChatRequest(
-        query=query,
-        image_url=images[0],
+        messages=conversation,
         max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -254,32 +264,60 @@ def parse_chat_request(body: Any) -> ChatRequest:
     )
 
 
-def _read_user_content(index: int, message: dict[str, Any]) -> tuple[str, list[str]]:
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _read_message(index: int, message: Any) -> ChatMessage:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict) or "role" not in message:
+        raise RequestError(400, f"{where} must be an object with a 'role'", param=where)
+    role = message["role"]
+    if role in ("tool", "function"):
+        raise RequestError(400, f"{where} has the role {_shown(role)}: tools are not supported by the ECSO server",
+                           param=where)
+    if not isinstance(role, str) or role not in _ROLES:
+        raise RequestError(400, f"{where} has the role {_shown(role)}; roles are 'system', 'developer', 'user' "
+                                "and 'assistant'", param=where)
+    role = _ROLES[role]
     content = message.get("content")
-    where = f"messages[{index}].content"
+    where = f"{where}.content"
+    if content is None:
+        raise RequestError(400, f"{where} is missing or null (tool calls are not supported)", param=where)
     if isinstance(content, str):
-        return content, []
+        return ChatMessage(role, (_unicode(content, where),))
     if not isinstance(content, list):
         raise RequestError(400, f"{where} must be a string or a list of content parts", param=where)
-    texts: list[str] = []
-    images: list[str] = []
+    parts: list[Union[str, ImageRef]] = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image_url":
+        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
+            parts.append(_unicode(part[kind], f"{where}[{i}]"))
+        elif kind == "image_url" and role == "user":
             image_url = part.get("image_url")
             url = image_url.get("url") if isinstance(image_url, dict) else image_url
             if not isinstance(url, str) or not url:
                 raise RequestError(400, f"{where}[{i}].image_url must carry a 'url' string", param=f"{where}[{i}]")
-            images.append(url)
+            parts.append(ImageRef(url, f"{where}[{i}]"))
+        elif kind == "image_url":
+            raise RequestError(400, f"{where}[{i}] is an image in a '{role}' message; images go in user messages",
+                               param=f"{where}[{i}]")
         else:
             got = f"a 'text' part whose text is {_shown(part.get('text'))}" if kind == "text" else _shown(kind)
             raise RequestError(
                 400, f"{where}[{i}] must be a 'text' part with a string or an 'image_url' part, got {got}",
                 param=f"{where}[{i}]",
             )
-    return "\n".join(texts), images
+    return ChatMessage(role, tuple(parts))
+
+
+def _unicode(text: str, where: str) -> str:
+    """`text`, refused when it has no UTF-8 form (JSON can escape a lone surrogate: "\\udcff")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(400, f"{where} is not valid Unicode: character {e.start} is a lone surrogate",
+                           param=where) from None
+    return text
 
 
 def _shown(value: object) -> str:
@@ -316,22 +354,13 @@ def _optional_number(body: dict[str, Any], name: str, low: float, high: float) -
 def decode_data_uri(url: str, max_bytes: int) -> bytes:
     """The bytes of a base64 `data:` URI (`data:image/png;base64,...`); RequestError 400 if malformed,
     413 if the decoded image exceeds `max_bytes`."""
-    header, comma, payload = url.partition(",")
-    if not comma or not header.startswith("data:"):
-        raise RequestError(400, "the image data URI has no ',' after its header", param="image_url")
-    if not header.endswith(";base64"):
-        raise RequestError(400, "the image data URI must be base64-encoded ('data:image/...;base64,...')",
-                           param="image_url")
-    if len(payload) * 3 // 4 > max_bytes:
+    if len(url.partition(",")[2]) * 3 // 4 > max_bytes:
         raise RequestError(413, f"the image is larger than the server's limit of {max_bytes} bytes",
                            param="image_url", code="image_too_large")
     try:
-        data = base64.b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise RequestError(400, f"the image data URI is not valid base64 ({e})", param="image_url") from e
-    if not data:
-        raise RequestError(400, "the image data URI is empty", param="image_url")
-    return data
+        return _decode_data_uri(url)
+    except ImageError as e:
+        raise RequestError(400, str(e), param="image_url") from None
 
 
 def fetch_remote_image(url: str, max_bytes: int, timeout_s: float = 20.0) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from .._core import EcsoConfig, EcsoResult
 from ..errors import CancelledError
+from ..messages import CoreMessage
 from ..session import CancelToken, Model, Session
 
 __all__ = ["QueueFull", "EcsoJob", "RequestQueue"]
@@ -36,10 +37,10 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class EcsoJob:
-    """One ECSO request: decoded RGB pixels (HxWx3 uint8 array), the query, and where its events go."""
+    """One ECSO request: the conversation as the core takes it (images decoded), and where its
+    events go."""
 
-    pixels: Any
-    query: str
+    messages: list[CoreMessage]
     max_tokens: int
     sink: EventSink
     sampling: dict[str, Any] = field(default_factory=dict)  # EcsoConfig fields set by this request
@@ -65,7 +66,8 @@ class RequestQueue:
 
     `max_queue` bounds the jobs WAITING behind the one in progress. Sampling fields a job sets
     (temperature, top_p, seed) are applied by swapping the worker's Session for one with that
-    config: a new llama context over the same loaded Model, never a model reload."""
+    config: a new llama context over the same loaded Model, never a model reload (and a new
+    conversation cache: a chat app that keeps its sampling keeps its cache)."""
 
     def __init__(self, model: Model, config: EcsoConfig, max_queue: int) -> None:
         if max_queue < 0:
@@ -170,8 +172,9 @@ class RequestQueue:
                 def on_token(piece: str, job: EcsoJob = job) -> None:
                     _emit(job, "piece", piece)
 
-                result: EcsoResult = session.run(job.pixels, job.query, max_tokens=job.max_tokens,
-                                                 on_token=on_token if job.stream else None, cancel=job.cancel_token)
+                result: EcsoResult = session._core.chat(job.messages, max_tokens=job.max_tokens,
+                                                        on_text=on_token if job.stream else None,
+                                                        cancel=job.cancel_token)
                 kind, value = "done", result
             except BaseException as e:  # the worker must outlive any one request
                 kind, value = "error", e
