@@ -1,4 +1,5 @@
-"""The `ecso-edge` command: demo, run, make-tiny-model, selftest, system-info."""
+"""The `ecso-edge` command: demo, run, chat, data-engine, eval, make-typo, make-tiny-model, selftest,
+system-info, serve."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import numpy as np
 
 from . import _core
 from .errors import ConfigError, EcsoError
+from .images import load_rgb
 from .session import Model, Session
 from .shipped import selftest_program, tiny_pair
 
@@ -160,6 +163,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .chat_cli import HELP, ChatLoop
+
+    if bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
+    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    config = _config_from_json(_json_object(args.config)) if args.config else _core.EcsoConfig()
+    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        # Ctrl-C stops an answer even when the shell started us with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"ecso-edge chat on {os.path.basename(text)} (ECSO protects every answer)\n{HELP}\n", flush=True)
+    loop = ChatLoop(Session(model, config), max_tokens=args.max_tokens, system=args.system)
+    for path in args.image or []:
+        load_rgb(path, max_pixels=config.max_image_pixels)  # a bad --image fails the command, with its reason
+        loop.attach(path)
+    return loop.run(sys.stdin, interactive)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """--config's JSON object of EcsoConfig fields."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config must be a JSON object of EcsoConfig fields ({e})") from e
+    if not isinstance(fields, dict):
+        raise ConfigError("--config must be a JSON object of EcsoConfig fields, e.g. '{\"verdict_rule\": \"prefix\"}'")
+    return fields
+
+
 def _cmd_data_engine(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -267,12 +301,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.model) != bool(args.mmproj):
         raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is served)")
     text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
-    try:
-        fields = json.loads(args.config) if args.config else {}
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config must be a JSON object of EcsoConfig fields ({e})") from e
-    if not isinstance(fields, dict):
-        raise ConfigError("--config must be a JSON object of EcsoConfig fields, e.g. '{\"verdict_rule\": \"prefix\"}'")
+    fields = _json_object(args.config) if args.config else {}
     options = ServerOptions(
         model_name=args.alias or Path(text).stem,
         api_key=args.api_key or os.environ.get("ECSO_EDGE_API_KEY") or None,
@@ -326,6 +355,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("chat", help="a terminal chat with ECSO protecting every answer (/image PATH attaches an image)")
+    c.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
+    c.add_argument("--mmproj", default=None, help="vision projector GGUF")
+    c.add_argument("--image", action="append", default=None, help="attach an image to the first message (repeatable)")
+    c.add_argument("--system", default=None, help="the conversation's system message (default: the config's)")
+    c.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_override\": true}'")
+    c.add_argument("--max-tokens", type=_TOKENS, default=512)
+    c.add_argument("--n-ctx", type=_N_CTX, default=4096)
+    c.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
+    c.add_argument("--threads", type=_THREADS, default=None)
+    c.set_defaults(func=_cmd_chat)
 
     de = sub.add_parser("data-engine", help="ECSO over a dataset: LLaVA SFT data plus a JSONL trace, resumable")
     de.add_argument("--input", required=True, help="JSONL/JSON (id, image, query), VLGuard or MM-SafetyBench file")
