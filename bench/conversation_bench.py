@@ -174,13 +174,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                  "ecso_no_reuse": session("ecso_no_reuse", reuse_kv=False)}
     naive = NaiveConversation(str(text), str(mmproj), config=EcsoConfig(), n_ctx=args.n_ctx, n_threads=args.threads)
     contenders["naive"] = lambda: lambda messages: naive.turn(messages, TOKENS)
-    server = LlamaServer(args.llama_server, text, mmproj, args.n_ctx, args.threads) if args.llama_server else None
-    if server is not None:
-        contenders["llama_server"] = lambda: server.turn
+    servers: list[LlamaServer] = []
+
+    def llama_server() -> Turn:
+        # a fresh server per conversation: its prompt cache starts cold, as ecso-edge's does
+        for old in servers:
+            old.close()
+        servers[:] = [LlamaServer(args.llama_server, text, mmproj, args.n_ctx, args.threads)]
+        return servers[0].turn
+
+    if args.llama_server:
+        contenders["llama_server"] = llama_server
     try:
         per_turn = run(contenders, args.turns, args.reps, png)
     finally:
-        if server is not None:
+        for server in servers:
             server.close()
     identical = all(a["tokens"] == b["tokens"] for a, b in zip(per_turn["ecso_edge"], per_turn["ecso_no_reuse"]))
     later = slice(1, args.turns)

@@ -38,7 +38,7 @@ const Field kFields[] = {
     {"max_tokens_text_only", "None or an int in 1..2147483647"},
     {"max_image_pixels", "an int in 1..18446744073709551615"},
     {"judge_text_only", "True or False"}, {"keep_conversations", "an int in 0..1000"},
-    {"conversation_cache_mib", "an int in 0..1073741824"},
+    {"conversation_cache_mib", "an int in 0..1073741824"}, {"reuse_answer_cells", "True or False"},
 };
 
 py::dict to_dict(const py::object & self) {
@@ -216,7 +216,10 @@ decoding, and KV-cache reuse on.
         .def_readwrite("keep_conversations", &EcsoConfig::keep_conversations,
                        "chat(): how many conversations' KV cells the session keeps between calls (0: none).")
         .def_readwrite("conversation_cache_mib", &EcsoConfig::conversation_cache_mib,
-                       "chat(): the host memory (MiB) the kept conversations and their image encodings may use.");
+                       "chat(): the host memory (MiB) the kept conversations and their image encodings may use.")
+        .def_readwrite("reuse_answer_cells", &EcsoConfig::reuse_answer_cells,
+                       "chat(): reuse the previous answer's generated cells too (bit-identical to a cold evaluation "
+                       "only where one-token decodes equal batched prefills; docs/conversations.md).");
 
     cls.def(
         "__setattr__",

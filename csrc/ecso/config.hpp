@@ -83,6 +83,10 @@ struct EcsoConfig {
     // (and the encoder output of their images) in host memory, within conversation_cache_mib.
     int32_t keep_conversations = 4;
     uint64_t conversation_cache_mib = 1024;
+    // Also reuse the previous answer's generated cells. Those were decoded one token at a time and
+    // a fresh evaluation prefills them in one batch: equal only where the backend computes both
+    // alike (measured: CPU with one thread yes, two threads no), so off by default.
+    bool reuse_answer_cells = false;
 
     // Throws ConfigError naming the first invalid field.
     void validate() const;

@@ -230,9 +230,19 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
     result.initial_answer = result.steps.back().text;
     result.answer = result.initial_answer;
     if (reuse) {
-        engine_.complete_answer(DecodingEngine::kSeqAnswer, result.steps.back());
+        if (config_.reuse_answer_cells) {
+            engine_.complete_answer(DecodingEngine::kSeqAnswer, result.steps.back());
+        } else {
+            // Generated cells differ from prefilled ones on some backends: keep the prompt's only,
+            // so the next turn reuses what a fresh evaluation computes in the same batches.
+            kv.truncate(DecodingEngine::kSeqAnswer, p1.items().size());
+        }
         cache_.save(engine_.ctx(), model_.llama(), kv, DecodingEngine::kSeqAnswer, p1.last_boundary());
         cache_.trim(embeddings);
+        // The restored copy has served step 1 (which holds all it shared): freed, no cell past
+        // the judge's shared prefix stays taken, and the judge's cells go where they go in an
+        // empty cache.
+        kv.drop(DecodingEngine::kSeqTextOnly);
     }
     auto finish = [&]() {
         if (reuse) {

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <map>
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
@@ -33,10 +32,6 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
     if (llama_vocab_get_add_bos(vocab)) {
         prompt.items_.push_back({llama_vocab_bos(vocab), nullptr, std::string(), 1, 1});
     }
-    // A sliced image is several chunks sharing the bitmap's id: the ordinal tells them apart, for
-    // the embedding cache and prefix matching alike (same image, same slicing). It counts per
-    // image, so an image's chunks have the same names in every prompt that holds it.
-    std::map<std::string, size_t> ordinals;
     for (const PromptPart & part : parts) {
         if (part.boundary && (prompt.boundaries_.empty() || prompt.boundaries_.back() != prompt.items_.size())) {
             prompt.boundaries_.push_back(prompt.items_.size());
@@ -64,6 +59,10 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
         const mtmd_input_part bitmap_part{nullptr, bitmap.get()};
         const mtmd_input_part * part_ptr = &bitmap_part;
         mtmd::input_chunks_ptr chunks(mtmd_input_chunks_init());
+        // A sliced image is several chunks sharing the bitmap's id: the ordinal tells them apart,
+        // for the embedding cache and prefix matching alike (same image, same slicing). It counts
+        // within the image part, so an image's chunks have the same names wherever it is sent.
+        size_t ordinal = 0;
         clear_log_errors();
         const int32_t status = mtmd_tokenize_from_parts(model.mtmd(), chunks.get(), &part_ptr, 1, false);
         if (status == 2) {
@@ -87,7 +86,7 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
             } else {
                 const char * id = mtmd_input_chunk_get_id(chunk);
                 const std::string name = id ? std::string(id) : std::string();
-                prompt.items_.push_back({-1, chunk, name + "#" + std::to_string(ordinals[name]++),
+                prompt.items_.push_back({-1, chunk, name + "#" + std::to_string(ordinal++),
                                          static_cast<int32_t>(mtmd_input_chunk_get_n_pos(chunk)),
                                          static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(chunk))});
             }

@@ -30,6 +30,7 @@ class EcsoConfig:
     judge_text_only: bool
     keep_conversations: int
     conversation_cache_mib: int
+    reuse_answer_cells: bool
     def __init__(self, **kwargs: Any) -> None: ...
     @staticmethod
     def field_names() -> list[str]: ...
