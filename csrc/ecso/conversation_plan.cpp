@@ -41,13 +41,14 @@ std::vector<RenderMessage> ConversationPlan::system_messages(const Conversation 
     return out;
 }
 
-Prompt ConversationPlan::answer_prompt(const Conversation & messages) const {
-    std::vector<RenderMessage> render;
+std::vector<RenderMessage> ConversationPlan::config_system(const Conversation & messages) const {
     const bool own_system = std::any_of(messages.begin(), messages.end(),
                                         [](const ChatMessage & m) { return m.role == "system"; });
-    if (!own_system) {
-        render = system_messages(messages);
-    }
+    return own_system ? std::vector<RenderMessage>() : system_messages(messages);
+}
+
+Prompt ConversationPlan::answer_prompt(const Conversation & messages) const {
+    std::vector<RenderMessage> render = config_system(messages);
     size_t image = 0;
     for (const ChatMessage & m : messages) {
         RenderMessage r{m.role, {}};
@@ -88,32 +89,12 @@ Prompt ConversationPlan::judge_prompt(const Conversation & messages, const std::
                                           {{"query", query}, {"response", prompts::cut_chars(response, chars)}}));
     };
     const int32_t room = static_cast<int32_t>(engine_.n_ctx()) - judge_reserve(judge_tokens);
-    Prompt prompt = build(config_.response_cut_chars);
-    if (prompt.n_cells() <= room) {
-        return prompt;
-    }
-    // The largest cut that fits (the empty quote does: checked before step 1).
-    size_t lo = 0;
-    size_t hi = std::min(config_.response_cut_chars, prompts::count_chars(response));
-    while (lo < hi) {
-        const size_t mid = lo + (hi - lo + 1) / 2;
-        if (build(mid).n_cells() <= room) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return build(lo);
+    return largest_fitting_quote(build, config_.response_cut_chars, prompts::count_chars(response), room);
 }
 
 Prompt ConversationPlan::text_only_prompt(const Conversation & messages, const std::string & query,
                                           const std::vector<std::string> & captions) const {
-    std::vector<RenderMessage> render;
-    const bool own_system = std::any_of(messages.begin(), messages.end(),
-                                        [](const ChatMessage & m) { return m.role == "system"; });
-    if (!own_system) {
-        render = system_messages(messages);
-    }
+    std::vector<RenderMessage> render = config_system(messages);
     size_t image = 0;
     for (size_t i = 0; i < messages.size(); ++i) {
         const ChatMessage & m = messages[i];

@@ -42,6 +42,9 @@ private:
     // The system messages every step's prompt starts with: the conversation's own, or the
     // config's system prompt when it has none.
     std::vector<RenderMessage> system_messages(const Conversation & messages) const;
+    // What a rendering of the whole conversation starts with: the config's system prompt when the
+    // conversation has no system message, else nothing (its own are in it).
+    std::vector<RenderMessage> config_system(const Conversation & messages) const;
     // The conversation as step 1 sees it (images where they were sent).
     Prompt answer_prompt(const Conversation & messages) const;
     // A single-turn prompt after the system messages: `text` with images, placed as configured.

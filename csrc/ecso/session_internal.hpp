@@ -50,6 +50,30 @@ inline int32_t judge_token_limit(const EcsoConfig & config) {
 // 16 is the default max_tokens_judge. The judge's generation is capped by the room it then has.
 inline int32_t judge_reserve(int32_t judge_tokens) { return std::max(1, std::min(judge_tokens, 16)); }
 
+// The judge's prompt quoting as much of the response as `cut_chars` and `room` (KV cells) allow:
+// `build(chars)` makes the prompt quoting the first `chars` characters of a `response_chars`-long
+// response. When the context cannot hold the whole quote, the largest cut that fits (the empty
+// quote fits: the request was refused before step 1 otherwise). The same cut on every path keeps
+// reuse exact.
+template <class Build>
+auto largest_fitting_quote(Build build, size_t cut_chars, size_t response_chars, int32_t room) {
+    auto prompt = build(cut_chars);
+    if (prompt.n_cells() <= room) {
+        return prompt;
+    }
+    size_t lo = 0;
+    size_t hi = std::min(cut_chars, response_chars);
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo + 1) / 2;
+        if (build(mid).n_cells() <= room) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return build(lo);
+}
+
 // Replays recorded text pieces (or streams live ones) so that the sink sees the stripped text.
 class SinkWriter {
 public:

@@ -20,23 +20,7 @@ Prompt SingleTurnPlan::judge_prompt(const std::string & query, const std::string
         return image_prompt(text, image, placeholder);
     };
     const int32_t room = static_cast<int32_t>(engine_.n_ctx()) - judge_reserve(judge_tokens);
-    Prompt prompt = build(config_.response_cut_chars);
-    if (prompt.n_cells() <= room) {
-        return prompt;
-    }
-    // The context cannot hold the quote: the largest cut that fits (the empty quote fits: the
-    // request was refused before step 1 otherwise). The same cut on every path keeps reuse exact.
-    size_t lo = 0;
-    size_t hi = std::min(config_.response_cut_chars, prompts::count_chars(response));
-    while (lo < hi) {
-        const size_t mid = lo + (hi - lo + 1) / 2;
-        if (build(mid).n_cells() <= room) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return build(lo);
+    return largest_fitting_quote(build, config_.response_cut_chars, prompts::count_chars(response), room);
 }
 
 Prompt SingleTurnPlan::judge_prompt_without_quote(const std::string & query, const RgbImage & image) const {
