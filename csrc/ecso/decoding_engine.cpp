@@ -4,6 +4,7 @@
 #include "ecso/decoding_engine.hpp"
 
 #include <algorithm>
+#include <set>
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
@@ -115,9 +116,17 @@ void DecodingEngine::check_prompt_fits(const char * step, const Prompt & prompt)
     }
     const int32_t n = static_cast<int32_t>(n_ctx());
     if (prompt.n_cells() >= n) {
+        std::set<std::string> ids;  // one per image, however many chunks it was sliced into
+        for (const PromptItem & item : prompt.items()) {
+            if (item.is_media()) {
+                ids.insert(item.media_id.substr(0, item.media_id.find('#')));
+            }
+        }
+        const size_t images = ids.size();
         throw ContextOverflowError(std::string("the '") + step + "' prompt needs " + std::to_string(prompt.n_cells()) +
                                    " tokens (" + std::to_string(prompt.image_tokens()) +
-                                   " of them for images) but the context holds " + std::to_string(n) +
+                                   " of them for " + (images > 1 ? "the images" : "the image") +
+                                   ") but the context holds " + std::to_string(n) +
                                    ". Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
     }
 }
