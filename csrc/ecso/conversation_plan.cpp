@@ -168,6 +168,10 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
     result.image_tokens = p1.image_tokens();
     result.template_prefix_tokens = p1.positions_before_image();
     engine_.check_prompt_fits("answer", p1);
+    // Built once, here, and used again in steps 3 and 4 (each build preprocesses its image).
+    const std::string caption_text = prompts::fill(config_.caption_template, {{"query", query}});
+    std::vector<Prompt> caption_prompts;
+    int32_t text_only_empty_cells = 0;
     if (judged) {
         // Sized before step 1: a request whose later steps could not fit is refused now.
         struct Need {
@@ -178,13 +182,13 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
                                                                         {{"query", query}, {"response", ""}}))
                                                      .n_cells() + judge_reserve(judge_tokens)}};
         if (config_.verdict_override.value_or(true)) {
-            const std::string caption_text = prompts::fill(config_.caption_template, {{"query", query}});
             for (const Image * image : distinct_) {
-                needs.push_back({"caption", image_prompt(messages, {image}, caption_text).n_cells() + 1});
+                caption_prompts.push_back(image_prompt(messages, {image}, caption_text));
+                needs.push_back({"caption", caption_prompts.back().n_cells() + 1});
             }
-            needs.push_back({"text_only",
-                             text_only_prompt(messages, query, std::vector<std::string>(distinct_.size())).n_cells() +
-                                 1 + static_cast<int32_t>(distinct_.size())});
+            text_only_empty_cells =
+                text_only_prompt(messages, query, std::vector<std::string>(distinct_.size())).n_cells();
+            needs.push_back({"text_only", text_only_empty_cells + 1 + static_cast<int32_t>(distinct_.size())});
         }
         for (const Need & need : needs) {
             if (need.tokens > n) {
@@ -261,18 +265,16 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
     // step 4 has; when all cannot fit, the final answer keeps about half of it.
     const int32_t want_caption = config_.max_tokens_caption.value_or(max_tokens);
     const int32_t want_final = config_.max_tokens_text_only.value_or(max_tokens);
-    const int32_t room4 =
-        n - text_only_prompt(messages, query, std::vector<std::string>(distinct_.size())).n_cells();
+    const int32_t room4 = n - text_only_empty_cells;
     const int32_t final_share = std::min(want_final, std::max(1, room4 / 2));
     const int32_t per_caption =
         std::max<int32_t>(1, (room4 - final_share) / std::max<int32_t>(1, static_cast<int32_t>(distinct_.size())));
-    const std::string caption_text = prompts::fill(config_.caption_template, {{"query", query}});
     for (size_t k = 0; k < distinct_.size(); ++k) {
         const std::string & id = distinct_[k]->prompt.id;
         std::optional<std::string> made = reuse ? cache_.caption(id, query) : std::nullopt;
         if (!made) {
             const std::string name = distinct_.size() == 1 ? "caption" : "caption_" + std::to_string(k + 1);
-            const Prompt p3 = image_prompt(messages, {distinct_[k]}, caption_text);
+            const Prompt & p3 = caption_prompts[k];
             result.steps.push_back(engine_.run_step(name.c_str(), DecodingEngine::kSeqCaption, p3,
                                                     std::min({want_caption, n - p3.n_cells(), per_caption}), no_sink,
                                                     nullptr));
