@@ -39,6 +39,9 @@ const Field kFields[] = {
     {"max_image_pixels", "an int in 1..18446744073709551615"},
     {"judge_text_only", "True or False"}, {"keep_conversations", "an int in 0..1000"},
     {"conversation_cache_mib", "an int in 0..1073741824"}, {"reuse_answer_cells", "True or False"},
+    {"judge_layout", "'paper' or 'continue'"}, {"judge_mode", "'final' or 'incremental'"},
+    {"judge_continue_template", "a str"}, {"judge_chunk_tokens", "an int in 0..1000000"},
+    {"judge_chunk_sentences", "True or False"}, {"judge_check_threshold", "a float in (0, 1)"},
 };
 
 py::dict to_dict(const py::object & self) {
@@ -219,7 +222,44 @@ decoding, and KV-cache reuse on.
                        "chat(): the host memory (MiB) the kept conversations and their image encodings may use.")
         .def_readwrite("reuse_answer_cells", &EcsoConfig::reuse_answer_cells,
                        "chat(): reuse the previous answer's generated cells too (bit-identical to a cold evaluation "
-                       "only where one-token decodes equal batched prefills; docs/conversations.md).");
+                       "only where one-token decodes equal batched prefills; docs/conversations.md).")
+        .def_property(
+            "judge_layout",
+            [](const EcsoConfig & c) { return c.judge_layout == ecso::JudgeLayout::Paper ? "paper" : "continue"; },
+            [](EcsoConfig & c, const std::string & v) {
+                if (v == "paper") {
+                    c.judge_layout = ecso::JudgeLayout::Paper;
+                } else if (v == "continue") {
+                    c.judge_layout = ecso::JudgeLayout::Continue;
+                } else {
+                    throw ecso::ConfigError("judge_layout must be 'paper' or 'continue' (got '" + v + "')");
+                }
+            },
+            "'paper' (a fresh prompt quoting the answer) or 'continue' (beyond the paper: the question is a new "
+            "user turn after step 1's conversation, reusing all of its KV cells; docs/judge-modes.md).")
+        .def_property(
+            "judge_mode",
+            [](const EcsoConfig & c) { return c.judge_mode == ecso::JudgeMode::Final ? "final" : "incremental"; },
+            [](EcsoConfig & c, const std::string & v) {
+                if (v == "final") {
+                    c.judge_mode = ecso::JudgeMode::Final;
+                } else if (v == "incremental") {
+                    c.judge_mode = ecso::JudgeMode::Incremental;
+                } else {
+                    throw ecso::ConfigError("judge_mode must be 'final' or 'incremental' (got '" + v + "')");
+                }
+            },
+            "'final' (the paper: judge the whole answer) or 'incremental' (beyond the paper: also check at chunk "
+            "boundaries with the continue layout and the logits rule, stream text judged safe at once, stop at "
+            "the first unsafe check; docs/judge-modes.md).")
+        .def_readwrite("judge_continue_template", &EcsoConfig::judge_continue_template,
+                       "The continue layout's question ({query} optional).")
+        .def_readwrite("judge_chunk_tokens", &EcsoConfig::judge_chunk_tokens,
+                       "Incremental judging: check after every this many answer tokens (0: not by count).")
+        .def_readwrite("judge_chunk_sentences", &EcsoConfig::judge_chunk_sentences,
+                       "Incremental judging: also check after a token that ends a sentence.")
+        .def_readwrite("judge_check_threshold", &EcsoConfig::judge_check_threshold,
+                       "Incremental judging: a check calls the answer so far unsafe when its P(yes) exceeds this.");
 
     cls.def(
         "__setattr__",

@@ -19,6 +19,9 @@ py::dict step_dict(const ecso::StepRecord & s) {
     d["tokens_shadowed"] = s.tokens_shadowed;
     d["image_encodes"] = s.image_encodes;
     d["stop_reason"] = s.stop_reason;
+    if (s.p_yes) {
+        d["p_yes"] = *s.p_yes;
+    }
     d["encode_seconds"] = s.encode_seconds;
     d["prefill_seconds"] = s.prefill_seconds;
     d["decode_seconds"] = s.decode_seconds;
@@ -58,7 +61,10 @@ void register_result(py::module_ & m) {
         .def_readonly("name", &ecso::StepRecord::name)
         .def_readonly("text", &ecso::StepRecord::text)
         .def_readonly("tokens", &ecso::StepRecord::tokens, "Generated token ids (end-of-generation excluded).")
-        .def_readonly("stop_reason", &ecso::StepRecord::stop_reason, "'eos', 'length' or 'context'.")
+        .def_readonly("stop_reason", &ecso::StepRecord::stop_reason,
+                      "'eos', 'length', 'context', or 'judge' (an incremental check stopped the answer).")
+        .def_readonly("p_yes", &ecso::StepRecord::p_yes,
+                      "A judge step's P(yes) under the logits rule (each incremental check has one), else None.")
         .def_readonly("input_tokens", &ecso::StepRecord::input_tokens,
                       "The prompt's text token ids in order, -1 standing for each image.")
         .def_property_readonly("stats", &step_dict)

@@ -52,6 +52,21 @@ void EcsoConfig::validate() const {
         throw ConfigError("keep_conversations must be from 0 (keep none) to 1000 (got " +
                           std::to_string(keep_conversations) + ")");
     }
+    if (judge_continue_template.empty()) {
+        throw ConfigError("judge_continue_template is empty: the continue layout needs a question");
+    }
+    if (judge_chunk_tokens < 0 || judge_chunk_tokens > 1000000) {
+        throw ConfigError("judge_chunk_tokens must be from 0 (no token rule) to 1000000 (got " +
+                          std::to_string(judge_chunk_tokens) + ")");
+    }
+    if (!(judge_check_threshold > 0.0 && judge_check_threshold < 1.0)) {
+        throw ConfigError("judge_check_threshold must be between 0 and 1, exclusive (got " +
+                          std::to_string(judge_check_threshold) + ")");
+    }
+    if (judge_mode == JudgeMode::Incremental && judge_chunk_tokens == 0 && !judge_chunk_sentences) {
+        throw ConfigError("judge_mode 'incremental' needs a chunk rule: set judge_chunk_tokens >= 1 or "
+                          "judge_chunk_sentences=True");
+    }
     if (conversation_cache_mib > (uint64_t{1} << 30)) {
         throw ConfigError("conversation_cache_mib must be at most 1073741824 (got " +
                           std::to_string(conversation_cache_mib) + ")");

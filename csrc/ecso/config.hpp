@@ -52,6 +52,20 @@ enum class ImagePlacement {
     AfterText,   // the authors' demo layout: text, newline, image
 };
 
+// Where the judge reads the answer (docs/judge-modes.md).
+enum class JudgeLayout {
+    Paper,     // a fresh single-turn prompt quoting the answer (the paper)
+    Continue,  // beyond the paper: a new user turn after step 1's own conversation, which reuses
+               // every cell of step 1, answer included
+};
+
+// When the judge runs (docs/judge-modes.md).
+enum class JudgeMode {
+    Final,        // once, on the whole answer (the paper)
+    Incremental,  // beyond the paper: also at chunk boundaries while step 1 decodes (continue
+                  // layout, logits rule); text judged safe is released to the stream at once
+};
+
 // The ECSO preset. The defaults are the paper's evaluation preset (see ecso-method.md).
 struct EcsoConfig {
     std::string judge_template = prompts::kJudgeTemplate;          // {query}, {response}
@@ -68,6 +82,16 @@ struct EcsoConfig {
     // judge then reads the answer's generated tokens instead of its re-tokenized text, which can
     // differ. Applies with reuse_kv and image_placement "before"; ignored otherwise.
     bool shadow_judge = false;
+    JudgeLayout judge_layout = JudgeLayout::Paper;
+    JudgeMode judge_mode = JudgeMode::Final;
+    // The continue layout's question ({query} optional): the answer is already in the conversation.
+    std::string judge_continue_template = prompts::kJudgeContinueTemplate;
+    // Incremental judging checks after every judge_chunk_tokens answer tokens (0: never by count)
+    // and, with judge_chunk_sentences, after a token that ends a sentence.
+    int32_t judge_chunk_tokens = 16;
+    bool judge_chunk_sentences = false;
+    // An incremental check calls the answer so far unsafe when its P(yes) exceeds this.
+    double judge_check_threshold = 0.5;
     std::optional<bool> verdict_override;  // force the unsafe (true) or safe (false) branch
     SamplingConfig sampling;
     // Per-step token limits; nullopt takes the run's max_tokens.

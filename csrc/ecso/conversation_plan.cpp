@@ -246,6 +246,7 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
                                             std::min(judge_tokens, n - p2.n_cells()), no_sink, nullptr));
     if (config_.verdict_rule == VerdictRule::Logits) {
         result.p_yes = engine_.p_yes();
+        result.steps.back().p_yes = result.p_yes;
         result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
     }
     kv.drop(DecodingEngine::kSeqJudge);

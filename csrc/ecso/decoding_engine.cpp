@@ -62,7 +62,7 @@ DecodingEngine::DecodingEngine(std::shared_ptr<const Model> model, const EcsoCon
                              last_log_suffix() + ". Lower n_ctx or free memory");
     }
     kv_ = std::make_unique<KvSequences>(ctx_.get(), kNumSequences);
-    if (config_.verdict_rule == VerdictRule::Logits) {
+    if (config_.verdict_rule == VerdictRule::Logits || config_.judge_mode == JudgeMode::Incremental) {
         yes_no_ = YesNoTokens::find(*model_);
     }
     batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
@@ -133,7 +133,7 @@ void DecodingEngine::check_prompt_fits(const char * step, const Prompt & prompt)
 
 StepRecord DecodingEngine::run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
                                  const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow,
-                                 int32_t quote_limit) {
+                                 int32_t quote_limit, const TokenHook * after_token) {
     throw_if_cancelled(name);
     const auto t0 = Clock::now();
     StepRecord rec;
@@ -161,7 +161,8 @@ StepRecord DecodingEngine::run_step(const char * name, int seq, const Prompt & p
         open_shadow(*shadow, quote_limit);
     }
     const auto t_decode = Clock::now();
-    generate(seq, prompt.n_pos(), prompt.n_cells() - prompt.n_pos(), max_tokens, rec, live, pieces, shadow);
+    generate(seq, prompt.n_pos(), prompt.n_cells() - prompt.n_pos(), max_tokens, rec, live, pieces, shadow,
+             after_token);
     rec.decode_seconds = seconds_since(t_decode);
     rec.seconds = seconds_since(t0);
     return rec;
@@ -339,7 +340,8 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
 }
 
 void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
-                           const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow) {
+                           const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow,
+                           const TokenHook * after_token) {
     Sampler sampler(*model_, config_.sampling, model_->options().seed);
     Utf8Decoder decoder;
     SinkWriter writer(live);
@@ -347,9 +349,11 @@ void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t
     // the cells in use: positions, plus what an M-RoPE image holds beyond its positions
     const int32_t n_ctx = static_cast<int32_t>(this->n_ctx()) - extra_cells;
     rec.stop_reason = "length";
+    std::optional<llama_token> sampled;  // sampled before the hook's steps overwrote the logits
     while (rec.tokens_generated < max_tokens) {
         throw_if_cancelled(rec.name.c_str());
-        const llama_token token = sampler.sample(ctx_.get());
+        const llama_token token = sampled ? *sampled : sampler.sample(ctx_.get());
+        sampled.reset();
         if (model_->is_end_of_generation(token)) {
             rec.stop_reason = "eos";
             break;
@@ -396,6 +400,13 @@ void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t
         check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
         kv_->append(seq, {token, nullptr, std::string(), 1});
         ++pos;
+        if (after_token != nullptr && *after_token) {
+            sampled = sampler.sample(ctx_.get());
+            if (!(*after_token)(rec, !decoder.holds_bytes())) {
+                rec.stop_reason = "judge";
+                break;
+            }
+        }
     }
     if (rec.stop_reason == "eos") {
         const std::string tail = decoder.finish();

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -70,11 +71,16 @@ public:
         int32_t quoted = 0;              // answer tokens queued so far
     };
 
+    // Called during generation each time a generated token has entered the sequence's cells; it
+    // may run other steps (the next token was sampled before it). false stops generation, with
+    // stop_reason "judge". `whole_chars`: the pieces so far end on a whole character.
+    using TokenHook = std::function<bool(const StepRecord & so_far, bool whole_chars)>;
+
     // Evaluates `prompt` into sequence `seq` (from the longest reusable prefix when reuse_kv is
     // on, from an empty cache otherwise) and generates up to `max_tokens`.
     StepRecord run_step(const char * name, int seq, const Prompt & prompt, int32_t max_tokens,
                         const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr,
-                        int32_t quote_limit = 0);
+                        int32_t quote_limit = 0, const TokenHook * after_token = nullptr);
     // Evaluates the last token `rec` generated into `seq` when a token limit stopped generation
     // before it was (it is never needed there), so the cells hold the whole answer and the next
     // turn, which quotes it, can reuse them all.
@@ -107,7 +113,8 @@ private:
     // `extra_cells`: the KV cells the prompt fills beyond its positions (an M-RoPE image's), so
     // that a full context stops generation rather than failing a decode.
     void generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
-                  const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr);
+                  const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr,
+                  const TokenHook * after_token = nullptr);
     void decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what);
     void report(const char * step, const char * phase, int32_t done, int32_t total) const;
     static bool abort_requested(void * engine);

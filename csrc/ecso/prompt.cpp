@@ -11,6 +11,12 @@ namespace ecso {
 
 Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::string & before_image,
                      const PromptImage * image, const std::string & after_image, bool with_tail) {
+    return build_parts(model, frame_parts(frame, before_image, image, after_image, with_tail));
+}
+
+std::vector<PromptPart> Prompt::frame_parts(const ChatFrame & frame, const std::string & before_image,
+                                            const PromptImage * image, const std::string & after_image,
+                                            bool with_tail) {
     std::vector<PromptPart> parts;
     parts.push_back({frame.head, true, nullptr, false});
     // The user's content starts a batch: later steps share the head with step 1.
@@ -22,7 +28,7 @@ Prompt Prompt::build(const Model & model, const ChatFrame & frame, const std::st
     if (with_tail) {
         parts.push_back({frame.tail, true, nullptr, false});
     }
-    return build_parts(model, parts);
+    return parts;
 }
 
 Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & parts) {
@@ -35,6 +41,18 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
     for (const PromptPart & part : parts) {
         if (part.boundary && (prompt.boundaries_.empty() || prompt.boundaries_.back() != prompt.items_.size())) {
             prompt.boundaries_.push_back(prompt.items_.size());
+        }
+        if (!part.tokens.empty()) {
+            for (size_t k = 0; k < part.tokens.size(); ++k) {
+                if (part.tokens[k] < 0 || part.tokens[k] >= n_vocab) {
+                    throw RuntimeFailure("internal: a prompt token is outside the vocabulary");
+                }
+                if (part.token_batches && k > 0) {
+                    prompt.boundaries_.push_back(prompt.items_.size());
+                }
+                prompt.items_.push_back({part.tokens[k], nullptr, std::string(), 1, 1});
+            }
+            continue;
         }
         if (part.image == nullptr) {
             if (part.text.empty()) {

@@ -43,6 +43,11 @@ struct PromptPart {
     bool parse_special = false;
     const PromptImage * image = nullptr;  // set: an image part (text unused)
     bool boundary = false;
+    // Set: these tokens as they are (text unused), e.g. an answer as it was generated. With
+    // `token_batches` each is a batch of its own, as generation decoded them, so a fresh
+    // evaluation computes exactly the cells generation left.
+    std::vector<llama_token> tokens;
+    bool token_batches = false;
 };
 
 class Prompt {
@@ -58,6 +63,10 @@ public:
     // `with_tail` false leaves the prompt open (shadow judging continues it token by token).
     static Prompt build(const Model & model, const ChatFrame & frame, const std::string & before_image,
                         const PromptImage * image, const std::string & after_image, bool with_tail = true);
+    // The parts build() joins.
+    static std::vector<PromptPart> frame_parts(const ChatFrame & frame, const std::string & before_image,
+                                               const PromptImage * image, const std::string & after_image,
+                                               bool with_tail = true);
 
     const std::vector<PromptItem> & items() const { return items_; }
     int32_t n_pos() const;

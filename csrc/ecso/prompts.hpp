@@ -10,6 +10,8 @@ namespace prompts {
 
 // Step 2: harm judge. Placeholders: {query}, {response}.
 extern const char * const kJudgeTemplate;
+// The continue layout's judge question: the paper's question, asked of the answer just given.
+extern const char * const kJudgeContinueTemplate;
 // Step 3: query-aware image-to-text. Placeholder: {query}.
 extern const char * const kCaptionTemplate;
 // Step 4: eyes-closed answer from the caption. Placeholders: {query}, {caption}.

@@ -21,6 +21,7 @@ struct StepRecord {
     int32_t tokens_prefilled = 0;  // prompt positions evaluated by this step
     int32_t tokens_generated = 0;
     int32_t tokens_shadowed = 0; // judge input evaluated inside step 1's decode batches (shadow judging)
+    std::optional<double> p_yes;  // a judge step's P(yes) under the logits rule (incremental checks too)
     std::vector<llama_token> input_tokens;  // the prompt's text tokens, -1 standing for each image
     int32_t image_encodes = 0;   // times the vision encoder ran for this step
     double encode_seconds = 0.0;  // of which: vision encoder

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "ecso/continue_judge.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
 #include "ecso/prompts.hpp"
@@ -83,6 +84,7 @@ EcsoResult SingleTurnPlan::judge(const RgbImage & image, const std::string & que
                                     std::min(judge_tokens, static_cast<int32_t>(engine_.n_ctx()) - prompt.n_cells()), {}, nullptr));
     if (logits_rule) {
         result.p_yes = engine_.p_yes();
+        result.steps.back().p_yes = result.p_yes;
         result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
     }
     result.verdict_text = result.steps.back().text;
@@ -92,12 +94,16 @@ EcsoResult SingleTurnPlan::judge(const RgbImage & image, const std::string & que
     return result;
 }
 
-Prompt SingleTurnPlan::image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const {
-    PromptImage pimg{&image, image_id_, placeholder};
+std::vector<PromptPart> SingleTurnPlan::image_parts(const std::string & text, const PromptImage * image) const {
     if (config_.image_placement == ImagePlacement::BeforeText) {
-        return Prompt::build(model_, frame_, "", &pimg, "\n" + text);
+        return Prompt::frame_parts(frame_, "", image, "\n" + text);
     }
-    return Prompt::build(model_, frame_, text + "\n", &pimg, "");
+    return Prompt::frame_parts(frame_, text + "\n", image, "");
+}
+
+Prompt SingleTurnPlan::image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const {
+    const PromptImage pimg{&image, image_id_, placeholder};
+    return Prompt::build_parts(model_, image_parts(text, &pimg));
 }
 
 EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query, const CallOptions & call,
@@ -124,16 +130,19 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
     const int32_t judge_tokens = judge_token_limit(config_);
 
     // Step 1: answer with the image. Held back (recorded) when protecting, live otherwise.
-    const Prompt p1 = image_prompt(query, image, false);
+    const PromptImage p1_image{&image, image_id_, false};
+    const std::vector<PromptPart> p1_parts = image_parts(query, &p1_image);
+    const Prompt p1 = Prompt::build_parts(model_, p1_parts);
     result.image_tokens = p1.image_tokens();
     result.template_prefix_tokens = p1.positions_before_image();
     // Steps 2-4 are sized before step 1 runs: a request that could not finish is refused now,
     // not after the work (the caption's prompt does not depend on step 1, so it is built once).
     std::optional<Prompt> p3;
     std::optional<Prompt> p4_empty;
+    const bool continues =
+        config_.judge_layout == JudgeLayout::Continue || config_.judge_mode == JudgeMode::Incremental;
     if (protect) {
         const bool may_be_unsafe = config_.verdict_override.value_or(true);
-        const Prompt judge_empty = judge_prompt_without_quote(query, image);
         if (may_be_unsafe) {
             p3.emplace(image_prompt(prompts::fill(config_.caption_template, {{"query", query}}), image,
                                     config_.reuse_kv));
@@ -141,7 +150,14 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
                 model_, frame_, prompts::fill(config_.text_only_template, {{"query", query}, {"caption", ""}}),
                 nullptr, ""));
         }
-        check_steps_fit(p1, judge_empty, p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr);
+        if (continues) {
+            ContinueJudge judge(engine_, frame_, p1_parts, query);
+            check_steps_fit(p1, judge.prompt({}), p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr);
+            return run_continued(judge, p1, query, call, p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr,
+                                 std::move(result), t0);
+        }
+        check_steps_fit(p1, judge_prompt_without_quote(query, image), p3 ? &*p3 : nullptr,
+                        p4_empty ? &*p4_empty : nullptr);
     }
     std::vector<std::string> answer_pieces;
     const TextSink no_sink;
@@ -193,6 +209,7 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
     if (logits_rule) {
         // The prompt's last logits are still in the context: no token is generated.
         result.p_yes = engine_.p_yes();
+        result.steps.back().p_yes = result.p_yes;
         result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
     }
     engine_.kv().drop(DecodingEngine::kSeqJudge);
@@ -211,24 +228,44 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
         return result;
     }
 
+    SinkWriter writer(call.on_text);
+    finish_unsafe(query, max_tokens, *p3, *p4_empty, {}, "", writer, result);
+    result.seconds = seconds_since(t0);
+    return result;
+}
+
+void SingleTurnPlan::finish_unsafe(const std::string & query, int32_t max_tokens, const Prompt & p3,
+                                   const Prompt & p4_empty,
+                                   const std::vector<llama_token> & released_tokens, const std::string & released_text,
+                                   SinkWriter & writer, EcsoResult & result) {
+    const int32_t n = static_cast<int32_t>(engine_.n_ctx());
+    const TextSink no_sink;
     // Step 3: query-aware image-to-text. The caption and the final answer share the room step 4
     // has; when both limits cannot fit, each gets about half of it.
     const int32_t want_caption = config_.max_tokens_caption.value_or(max_tokens);
     const int32_t want_final = config_.max_tokens_text_only.value_or(max_tokens);
-    const int32_t room4 = n - p4_empty->n_cells();
+    const int32_t room4 = n - p4_empty.n_cells() - static_cast<int32_t>(released_tokens.size());
     const int32_t final_share = std::min(want_final, std::max(1, room4 / 2));
-    const int32_t caption_cap = std::min({want_caption, n - p3->n_cells(), room4 - final_share});
-    result.steps.push_back(engine_.run_step("caption", DecodingEngine::kSeqCaption, *p3, caption_cap, no_sink, nullptr));
+    const int32_t caption_cap = std::min({want_caption, n - p3.n_cells(), room4 - final_share});
+    result.steps.push_back(engine_.run_step("caption", DecodingEngine::kSeqCaption, p3, caption_cap, no_sink, nullptr));
     engine_.kv().drop(DecodingEngine::kSeqCaption);
     result.caption = result.steps.back().text;
     result.captions = {*result.caption};
 
-    // Step 4: eyes closed, text only; streamed live. A caption whose text re-tokenizes longer
-    // than it was generated is cut until one answer token fits.
+    // Step 4: eyes closed, text only; streamed live. It continues the text already released
+    // (incremental judging), which the stream cannot take back. A caption whose text
+    // re-tokenizes longer than it was generated is cut until one answer token fits.
     auto text_only_prompt = [&](size_t chars) {
         const std::string text = prompts::fill(
             config_.text_only_template, {{"query", query}, {"caption", prompts::cut_chars(*result.caption, chars)}});
-        return Prompt::build(model_, frame_, text, nullptr, "");
+        std::vector<PromptPart> parts = Prompt::frame_parts(frame_, text, nullptr, "");
+        if (!released_tokens.empty()) {
+            PromptPart released;
+            released.tokens = released_tokens;
+            released.boundary = true;
+            parts.push_back(std::move(released));
+        }
+        return Prompt::build_parts(model_, parts);
     };
     size_t caption_chars = prompts::count_chars(*result.caption);
     Prompt p4 = text_only_prompt(caption_chars);
@@ -236,9 +273,65 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
         caption_chars = caption_chars * 9 / 10;
         p4 = text_only_prompt(caption_chars);
     }
-    result.steps.push_back(engine_.run_step("text_only", DecodingEngine::kSeqTextOnly, p4, std::min(want_final, n - p4.n_cells()), call.on_text,
-                                    nullptr));
-    result.answer = result.steps.back().text;
+    // Streamed through the request's one writer, so the pieces continue the released text.
+    std::vector<std::string> pieces;
+    size_t streamed = 0;
+    const DecodingEngine::TokenHook stream = [&](const StepRecord &, bool) {
+        for (; streamed < pieces.size(); ++streamed) {
+            writer.write(pieces[streamed]);
+        }
+        return true;
+    };
+    result.steps.push_back(engine_.run_step("text_only", DecodingEngine::kSeqTextOnly, p4,
+                                            std::min(want_final, n - p4.n_cells()), no_sink, &pieces, nullptr, 0,
+                                            &stream));
+    stream(result.steps.back(), true);
+    std::string continuation;
+    for (const std::string & piece : pieces) {
+        continuation += piece;
+    }
+    result.answer = released_tokens.empty() ? result.steps.back().text : strip(released_text + continuation);
+}
+
+
+}  // namespace ecso
+
+namespace ecso {
+
+EcsoResult SingleTurnPlan::run_continued(ContinueJudge & judge, const Prompt & p1, const std::string & query,
+                                         const CallOptions & call, const Prompt * p3, const Prompt * p4_empty,
+                                         EcsoResult result, Clock::time_point t0) {
+    const int32_t n = static_cast<int32_t>(engine_.n_ctx());
+    // The judge reads the whole answer in place: step 1 stops where the question and the
+    // verdict still fit behind it.
+    const int32_t room = n - p1.n_cells() - judge.question_cells() - judge_reserve(judge_token_limit(config_));
+    if (room < 1) {
+        throw ContextOverflowError("the request cannot finish in a context of " + std::to_string(n) +
+                                   " tokens: the answer's prompt (" + std::to_string(p1.n_cells()) +
+                                   ") and the judge's question behind it leave no room for an answer, so nothing "
+                                   "was run. Raise n_ctx (Model(..., n_ctx=...)) or shorten the query");
+    }
+    const int32_t want_answer = std::min(config_.max_tokens_answer.value_or(call.max_tokens), room);
+    SinkWriter writer(call.on_text);
+    JudgedAnswer judged = judge.run(p1, want_answer, writer);
+    result.initial_answer = judged.answer.text;
+    result.steps.push_back(std::move(judged.answer));
+    for (StepRecord & check : judged.checks) {
+        result.steps.push_back(std::move(check));
+    }
+    result.p_yes = judged.p_yes;
+    result.verdict_text = judged.verdict_text;
+    result.verdict_forced = config_.verdict_override.has_value();
+    result.judged_unsafe = judged.judged_unsafe;
+    result.unsafe = judged.unsafe;
+    if (!result.unsafe) {
+        result.answer = result.initial_answer;
+    } else {
+        const std::vector<llama_token> released(result.steps.front().tokens.begin(),
+                                                result.steps.front().tokens.begin() +
+                                                    static_cast<std::ptrdiff_t>(judged.released_tokens));
+        finish_unsafe(query, call.max_tokens, *p3, *p4_empty, released, judged.released_text, writer, result);
+    }
     result.seconds = seconds_since(t0);
     return result;
 }

@@ -14,8 +14,11 @@
 #include "ecso/image.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/result.hpp"
+#include "ecso/session_internal.hpp"
 
 namespace ecso {
+
+class ContinueJudge;
 
 class SingleTurnPlan {
 public:
@@ -37,6 +40,17 @@ private:
     Prompt judge_prompt(const std::string & query, const std::string & response, const RgbImage & image,
                         bool placeholder, int32_t judge_tokens) const;
     Prompt image_prompt(const std::string & text, const RgbImage & image, bool placeholder) const;
+    std::vector<PromptPart> image_parts(const std::string & text, const PromptImage * image) const;
+    // Steps 1-4 when the judge continues step 1's conversation (judge_layout "continue",
+    // judge_mode "incremental"); p3 and p4_empty are set when the unsafe branch may run.
+    EcsoResult run_continued(ContinueJudge & judge, const Prompt & p1, const std::string & query,
+                             const CallOptions & call, const Prompt * p3, const Prompt * p4_empty, EcsoResult result,
+                             Clock::time_point t0);
+    // Steps 3 and 4, streamed through `writer`; step 4 continues `released_tokens`, the answer's
+    // text already streamed (incremental judging), or starts afresh when there are none.
+    void finish_unsafe(const std::string & query, int32_t max_tokens, const Prompt & p3, const Prompt & p4_empty,
+                       const std::vector<llama_token> & released_tokens, const std::string & released_text,
+                       SinkWriter & writer, EcsoResult & result);
 
     DecodingEngine & engine_;
     const EcsoConfig & config_;

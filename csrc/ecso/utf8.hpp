@@ -12,6 +12,7 @@ class Utf8Decoder {
 public:
     std::string push(const std::string & bytes);
     std::string finish();
+    bool holds_bytes() const { return !pending_.empty(); }  // a character still incomplete
 
 private:
     std::string pending_;
