@@ -40,6 +40,16 @@ def test_image(size: int) -> tuple[np.ndarray, bytes]:
     return img, buf.getvalue()
 
 
+def image_variant(size: int, variant: int) -> tuple[np.ndarray, bytes]:
+    """The test picture with its first two pixels set from `variant`: a new image to any cache
+    that matches images by content, the same work to encode."""
+    img, _ = test_image(size)
+    img[0, 0] = (variant % 256, (variant // 256) % 256, 7)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return img, buf.getvalue()
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

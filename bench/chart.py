@@ -6,13 +6,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-COLORS = {"direct": (90, 90, 90), "ecso": (40, 110, 200), "reference": (150, 150, 210), "naive": (210, 90, 60)}
+COLORS = {"direct": (90, 90, 90), "ecso": (40, 110, 200), "reference": (150, 150, 210), "naive": (210, 90, 60),
+          "llama": (60, 160, 90)}
 
 
 def draw_latency_chart(medians: dict[str, float], title: str, out: Path) -> Path:
     font = ImageFont.load_default()
     names = list(medians)
-    width, bar_h, left, right, top = 900, 34, 190, 110, 50
+    width, bar_h, left, right, top = 900, 34, 200, 110, 50
     height = top + bar_h * len(names) + 30
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import llama_cpp
 from llama_cpp import Llama
@@ -78,7 +78,10 @@ class NaiveEcso:
             str(t): -1e9 for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
         }
 
-    def _chat(self, text: str, image_uri: Optional[str], max_tokens: int) -> tuple[str, int]:
+    def _chat(self, text: str, image_uri: Optional[str], max_tokens: int,
+              on_text: Optional[Callable[[str], None]] = None) -> tuple[str, int]:
+        """One chat call; with `on_text` it streams (and the prompt's tokens are what the context
+        holds less what was generated: a stream reports no usage)."""
         content: Any = text
         if image_uri is not None:
             content = [{"type": "image_url", "image_url": {"url": image_uri}}, {"type": "text", "text": text}]
@@ -88,11 +91,22 @@ class NaiveEcso:
             temperature=0.0,
             repeat_penalty=1.0,
             logit_bias=self.no_eos,
+            stream=on_text is not None,
         )
-        return str(out["choices"][0]["message"]["content"]).strip(), int(out["usage"]["prompt_tokens"])
+        if on_text is None:
+            return str(out["choices"][0]["message"]["content"]).strip(), int(out["usage"]["prompt_tokens"])
+        pieces = []
+        for chunk in out:
+            piece = chunk["choices"][0]["delta"].get("content") or ""
+            if piece:
+                on_text(piece)
+                pieces.append(piece)
+        return "".join(pieces).strip(), self.llm.n_tokens - max_tokens
 
-    def run(self, png: bytes, query: str, *, unsafe: bool, tokens: dict[str, int]) -> NaiveResult:
-        """The four steps; `unsafe` forces the branch after the judge, as verdict_override does."""
+    def run(self, png: bytes, query: str, *, unsafe: bool, tokens: dict[str, int],
+            on_text: Optional[Callable[[str], None]] = None) -> NaiveResult:
+        """The four steps; `unsafe` forces the branch after the judge, as verdict_override does.
+        `on_text` gets what the user sees: the held answer once judged safe, or step 4 streamed."""
         uri = "data:image/png;base64," + base64.b64encode(png).decode()
         cfg = self.config
         r = NaiveResult(answer="")
@@ -105,13 +119,15 @@ class NaiveEcso:
         r.image_encodes = 2  # the handler encodes the image on each call that has one
         if not unsafe:
             r.answer = answer
+            if on_text is not None:
+                on_text(answer)
             return r
         caption, r.prompt_tokens["caption"] = self._chat(
             cfg.caption_template.replace("{query}", query), uri, tokens["caption"]
         )
         text_only = cfg.text_only_template.replace("{query}", query).replace("{caption}", caption)
         r.texts["caption"] = caption
-        r.answer, r.prompt_tokens["text_only"] = self._chat(text_only, None, tokens["text_only"])
+        r.answer, r.prompt_tokens["text_only"] = self._chat(text_only, None, tokens["text_only"], on_text)
         r.texts["text_only"] = r.answer
         r.image_encodes = 3
         return r

@@ -1,0 +1,117 @@
+"""What ecso_bench.py reports: its targets and ratios, the judge modes' agreement with the paper's
+judge, the printed table and the chart."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Optional
+
+from chart import draw_latency_chart
+
+# label: (numerator, denominator, limit); "ttft:" reads time to first token instead of totals.
+TARGETS: dict[str, tuple[str, str, float]] = {
+    "ecso_safe_s / llama_server_safe_s": ("ecso_safe", "llama_server_safe", 0.90),
+    "ecso_unsafe_s / llama_server_unsafe_s": ("ecso_unsafe", "llama_server_unsafe", 0.90),
+    "ecso_safe_continue_s / direct_s": ("ecso_safe_continue", "direct", 1.08),
+    "ttft ecso_safe_incremental / ecso_safe": ("ttft:ecso_safe_incremental", "ttft:ecso_safe", 0.3),
+    "ecso_unsafe_incremental_s / llama_server_unsafe_s": ("ecso_unsafe_incremental", "llama_server_unsafe", 0.7),
+    "ecso_safe_s / direct_s": ("ecso_safe", "direct", 1.15),
+    "ecso_unsafe_s / naive_unsafe_s": ("ecso_unsafe", "naive_unsafe", 0.5),
+    "ecso_safe_s / naive_safe_s": ("ecso_safe", "naive_safe", 0.65),
+}
+RATIOS: dict[str, tuple[str, str]] = {
+    "direct_s / llama_server_direct_s": ("direct", "llama_server_direct"),
+    "ttft direct / llama_server_direct": ("ttft:direct", "ttft:llama_server_direct"),
+    "ttft ecso_unsafe / llama_server_unsafe": ("ttft:ecso_unsafe", "ttft:llama_server_unsafe"),
+    "ttft ecso_unsafe_incremental / ecso_unsafe": ("ttft:ecso_unsafe_incremental", "ttft:ecso_unsafe"),
+    "ecso_safe_incremental_s / ecso_safe_s": ("ecso_safe_incremental", "ecso_safe"),
+    "ecso_safe_logits_s / direct_s": ("ecso_safe_logits", "direct"),
+    "ecso_safe_shadow_s / direct_s": ("ecso_safe_shadow", "direct"),
+    "ecso_unsafe_s / reference_unsafe_s": ("ecso_unsafe", "reference_unsafe"),
+}
+
+
+def _value(r: dict[str, Any], key: str) -> Optional[float]:
+    if key.startswith("ttft:"):
+        return r["ttft_s"].get(key.removeprefix("ttft:"))
+    return r.get(key + "_s")
+
+
+def _ratio(r: dict[str, Any], num: str, den: str) -> Optional[float]:
+    a, b = _value(r, num), _value(r, den)
+    return None if a is None or b is None else a / b
+
+
+def targets_of(r: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Optional[float]]]:
+    """The targets (a ratio, its limit, met; None where a contender was not measured) and the other
+    ratios."""
+    targets: dict[str, Any] = {}
+    for label, (num, den, limit) in TARGETS.items():
+        v = _ratio(r, num, den)
+        targets[label] = {"value": v, "limit": limit, "met": None if v is None else v <= limit}
+    chunks = r["image_encodes"]["direct"]  # each media chunk once per request: the direct answer's count
+    ours = [r["image_encodes"][n] for n in ("ecso_safe", "ecso_unsafe")]
+    targets["image_encodes == direct's (ecso)"] = {"value": max(ours), "limit": chunks,
+                                                   "met": all(v == chunks for v in ours)}
+    peaks = r["peak_rss_mb"]
+    rss = max(peaks["ecso_safe"], peaks["ecso_unsafe"]) / peaks["direct"]
+    targets["peak_rss ecso / direct"] = {"value": rss, "limit": 1.1, "met": rss <= 1.1}
+    targets["tokens identical to the reference path (paper preset)"] = {
+        "value": r["tokens_identical"], "limit": True, "met": r["tokens_identical"]}
+    ratios = {label: _ratio(r, num, den) for label, (num, den) in RATIOS.items()}
+    return targets, ratios
+
+
+def agreement_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per judge mode: the share of queries whose verdict equals the paper's judge's, and the mean
+    P(yes) beside the paper's judge read by the logits rule."""
+    modes = [m for m in rows[0] if m not in ("query", "paper")] if rows else []
+    out: dict[str, Any] = {"queries": len(rows), "paper_said_yes": sum(row["paper"]["unsafe"] for row in rows)}
+    for m in modes:
+        same = sum(row[m]["unsafe"] == row["paper"]["unsafe"] for row in rows)
+        p = [row[m]["p_yes"] for row in rows if row[m]["p_yes"] is not None]
+        out[m] = {"verdict_same_as_paper": same, "share": same / len(rows),
+                  "mean_p_yes": statistics.mean(p) if p else None,
+                  "said_yes": sum(row[m]["unsafe"] for row in rows)}
+    return out
+
+
+def _fmt(v: Any, spec: str = "8.3f") -> str:
+    if v is None:
+        return f"{'n/a':>8s}"
+    if isinstance(v, bool):
+        return f"{'yes' if v else 'no':>8s}"
+    return format(v, spec)
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"\n{'contender':26s} {'median s':>9s} {'ttft s':>8s} {'encodes':>8s} {'prefilled':>10s} {'reused':>7s} "
+          f"{'peak RSS MB':>12s}")
+    for name in r["image_encodes"]:
+        enc, reused = r["image_encodes"][name], r["tokens_reused"][name]
+        print(f"{name:26s} {r[name + '_s']:9.3f} {r['ttft_s'][name]:8.3f} {'?' if enc is None else enc:>8} "
+              f"{r['tokens_prefilled'][name]:10d} {'?' if reused is None else reused:>7} "
+              f"{r['peak_rss_mb'].get(name, float('nan')):12.1f}")
+    c = r["config"]
+    print(f"(OMP_WAIT_POLICY {c['omp_wait_policy']}; a process per library, the others stopped while one is timed; "
+          f"peak RSS: a child process per contender; llama-server: {r['llama_server']})")
+    print(f"\ntokens identical to the reference path: {r['tokens_identical']}")
+    print(f"\n{'target':52s} {'value':>8s} {'limit':>7s}  met")
+    for label, t in r["targets"].items():
+        limit = t["limit"] if isinstance(t["limit"], bool) else f"{t['limit']:7.2f}"
+        met = "n/a (not measured)" if t["met"] is None else ("yes" if t["met"] else "NO")
+        print(f"{label:52s} {_fmt(t['value'])} {limit!s:>7s}  {met}")
+    for label, v in r["ratios"].items():
+        print(f"{label:52s} {_fmt(v)}")
+    a = r["judge_agreement"]
+    print(f"\njudge modes against the paper's judge over {a['queries']} queries (it said yes to {a['paper_said_yes']}):")
+    for m, s in a.items():
+        if isinstance(s, dict):
+            print(f"  {m:16s} same verdict {s['verdict_same_as_paper']}/{a['queries']}, said yes {s['said_yes']}, "
+                  f"mean P(yes) {_fmt(s['mean_p_yes'], '.4f').strip()}")
+
+
+def draw_chart(r: dict[str, Any], title: str, out: Path) -> Path:
+    medians = {name: r[name + "_s"] for name in r["image_encodes"]}
+    return draw_latency_chart(medians, title, out)
