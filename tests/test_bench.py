@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_quick_benchmark_on_the_tiny_pair_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "ecso_bench.py"), "--tiny", "--quick", "--json", str(out)],
+        [sys.executable, str(REPO / "bench" / "ecso_bench.py"), "--tiny", "--quick", "--no-llama-server",
+         "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -27,8 +28,18 @@ def test_quick_benchmark_on_the_tiny_pair_writes_the_report(tmp_path: Path) -> N
     for key in (
         "direct_s", "ecso_safe_s", "ecso_unsafe_s", "reference_safe_s", "reference_unsafe_s",
         "naive_safe_s", "naive_unsafe_s", "image_encodes", "tokens_identical", "peak_rss_mb", "config",
+        "ecso_safe_continue_s", "ecso_safe_incremental_s", "ecso_unsafe_incremental_s", "ttft_s", "targets",
     ):
         assert key in data, key
+    assert set(data["ttft_s"]) == {k.removesuffix("_s") for k in data if k.endswith("_s") and "samples" not in k
+                                   and k != "ttft_s"}
+    assert all(0 < data["ttft_s"][name] <= data[name + "_s"] for name in data["ttft_s"])
+    # the incremental path streams after its first check, the paper's only after the judge
+    assert data["ttft_s"]["ecso_safe_incremental"] < data["ecso_safe_incremental_s"]
+    assert data["targets"]["ecso_safe_s / llama_server_safe_s"]["met"] is None  # not measured here
+    assert "not measured" in data["llama_server"] and "llama_server_safe_s" not in data
+    assert data["config"]["process_per_library"] is True
+    assert data["config"]["omp_wait_policy"] == "passive"  # as the caller set it, not overridden
     assert data["tokens_identical"] is True
     assert data["image_encodes"]["ecso_safe"] == 1 and data["image_encodes"]["ecso_unsafe"] == 1
     assert data["image_encodes"]["reference_unsafe"] == 3 and data["image_encodes"]["naive_unsafe"] == 3

@@ -117,6 +117,7 @@ Prompt ConversationPlan::text_only_prompt(const Conversation & messages, const s
 }
 
 EcsoResult ConversationPlan::run(const Conversation & messages, const CallOptions & call, bool protect) {
+    engine_.forget_single_turn();  // the conversation cache lays out cells its own way
     engine_.throw_if_cancelled("answer");
     const auto t0 = Clock::now();
     const int32_t max_tokens = call.max_tokens;

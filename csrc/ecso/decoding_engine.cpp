@@ -98,6 +98,24 @@ double DecodingEngine::p_yes() const {
     return yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
 }
 
+void DecodingEngine::start_single_turn(const Prompt & first) {
+    size_t head_end = 1;  // the template head ends at the prompt's first boundary
+    while (head_end < first.items().size() && !first.is_boundary(head_end)) {
+        ++head_end;
+    }
+    const bool keep = head_kept_ && config_.reuse_kv && head_end < first.items().size();
+    head_kept_ = false;  // until this request ends normally
+    if (!keep) {
+        kv_->clear();
+        return;
+    }
+    KvSequences::Prefix prefix = kv_->longest_prefix(first.items(), -1, head_end);
+    if (prefix.items != head_end) {
+        prefix = {};  // all of the head or nothing: a partial head was never a batch of its own
+    }
+    kv_->keep_only(prefix, kSeqTextOnly, first.items());
+}
+
 void DecodingEngine::check_prompt_fits(const char * step, const Prompt & prompt) const {
     const int32_t n_ubatch = static_cast<int32_t>(llama_n_ubatch(ctx_.get()));
     for (const auto & item : prompt.items()) {

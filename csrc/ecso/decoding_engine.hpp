@@ -87,6 +87,16 @@ public:
     void complete_answer(int seq, const StepRecord & rec);
     StepRecord finish_shadow(ShadowJudge & shadow, const std::vector<llama_token> & judge_rest, int32_t max_tokens);
 
+    // Starts a single-turn request whose first prompt is `first`: keeps the cells of its chat
+    // template head (system prompt included) when the previous single-turn request on this engine
+    // left them, as llama-server's prompt cache does, and empties the cache otherwise. Kept cells
+    // lie where a fresh evaluation puts them (the head is always evaluated first, in a batch of
+    // its own), so results stay bit-identical. finish_single_turn says whether the request ended
+    // normally, so that the next one may keep its head.
+    void start_single_turn(const Prompt & first);
+    void finish_single_turn(bool ok) { head_kept_ = ok && config_.reuse_kv; }
+    void forget_single_turn() { head_kept_ = false; }
+
     // ContextOverflowError when `prompt` leaves no token to generate from, ConfigError when an
     // image that must be evaluated in one batch exceeds n_batch.
     void check_prompt_fits(const char * step, const Prompt & prompt) const;
@@ -132,6 +142,7 @@ private:
     const ProgressSink * active_progress_ = nullptr;  // touched by the calling thread only
     std::optional<YesNoTokens> yes_no_;               // for verdict_rule Logits
     std::map<std::string, std::vector<float>> embd_cache_;
+    bool head_kept_ = false;  // the cache holds a single-turn request's cells, laid out from empty
 };
 
 }  // namespace ecso

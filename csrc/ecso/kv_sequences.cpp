@@ -71,6 +71,23 @@ void KvSequences::truncate(int seq, size_t n_items) {
     held.resize(n_items);
 }
 
+void KvSequences::keep_only(const Prefix & prefix, int into, const std::vector<PromptItem> & items) {
+    if (prefix.source < 0 || prefix.items == 0) {
+        clear();
+        return;
+    }
+    truncate(prefix.source, prefix.items);
+    for (int seq = 0; seq < static_cast<int>(contents_.size()); ++seq) {
+        if (seq != prefix.source) {
+            drop(seq);
+        }
+    }
+    if (prefix.source != into) {
+        share(into, prefix, items);
+        drop(prefix.source);  // its cells stay: `into` holds them now
+    }
+}
+
 void KvSequences::drop(int seq) {
     llama_memory_seq_rm(llama_get_memory(ctx_), seq, -1, -1);
     contents_[static_cast<size_t>(seq)].clear();

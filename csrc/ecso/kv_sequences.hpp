@@ -21,8 +21,8 @@ public:
         int32_t cells = 0;      // and the tokens in them (more with an M-RoPE image)
     };
 
-    // The longest prefix of `items` held by a sequence other than `target`, cut to at most
-    // `max_items`. Never the whole prompt: its last item must be evaluated again for logits.
+    // The longest prefix of `items` held by a sequence other than `target` (-1: any), cut to at
+    // most `max_items`. Never the whole prompt: its last item must be evaluated again for logits.
     Prefix longest_prefix(const std::vector<PromptItem> & items, int target, size_t max_items) const;
 
     // Makes `target` hold exactly `prefix` of `items` (empty when prefix.source is -1). The
@@ -44,6 +44,10 @@ public:
     const std::vector<PromptItem> & held(int seq) const { return contents_[static_cast<size_t>(seq)]; }
     // Records that `seq` now holds `items`, put there by a state restore.
     void adopt(int seq, std::vector<PromptItem> items) { contents_[static_cast<size_t>(seq)] = std::move(items); }
+
+    // Keeps only `prefix` of `items` (cells and all), held by `into`; everything else is freed.
+    // An empty prefix empties the cache.
+    void keep_only(const Prefix & prefix, int into, const std::vector<PromptItem> & items);
 
     void drop(int seq);   // frees the sequence's cells that no other sequence uses
     void clear();         // empties the whole cache

@@ -3,6 +3,7 @@
 #include "ecso/single_turn_plan.hpp"
 
 #include <algorithm>
+#include <exception>
 
 #include "ecso/continue_judge.hpp"
 #include "ecso/errors.hpp"
@@ -13,6 +14,23 @@
 #include "ecso/verdict.hpp"
 
 namespace ecso {
+namespace {
+
+// Tells the engine, when a request leaves, whether it ended normally (its cells may be kept).
+class SingleTurnGuard {
+public:
+    explicit SingleTurnGuard(DecodingEngine & engine) : engine_(engine), exceptions_(std::uncaught_exceptions()) {}
+    ~SingleTurnGuard() { engine_.finish_single_turn(std::uncaught_exceptions() == exceptions_); }
+    SingleTurnGuard(const SingleTurnGuard &) = delete;
+    SingleTurnGuard & operator=(const SingleTurnGuard &) = delete;
+
+private:
+    DecodingEngine & engine_;
+    int exceptions_;
+};
+
+}  // namespace
+
 Prompt SingleTurnPlan::judge_prompt(const std::string & query, const std::string & response, const RgbImage & image,
                                  bool placeholder, int32_t judge_tokens) const {
     auto build = [&](size_t chars) {
@@ -63,7 +81,7 @@ EcsoResult SingleTurnPlan::judge(const RgbImage & image, const std::string & que
         throw ConfigError("the query and the response must be valid UTF-8");
     }
     check_image(image, config_.max_image_pixels);
-    engine_.kv().clear();
+    const SingleTurnGuard guard(engine_);
     image_id_ = image_content_id(image);
     engine_.embeddings().clear();
     const bool logits_rule = config_.verdict_rule == VerdictRule::Logits;
@@ -76,6 +94,7 @@ EcsoResult SingleTurnPlan::judge(const RgbImage & image, const std::string & que
                                    "holds " + std::to_string(engine_.n_ctx()) + ". Raise n_ctx or shorten the query");
     }
     const Prompt prompt = judge_prompt(query, strip(response), image, false, judge_tokens);
+    engine_.start_single_turn(prompt);
     EcsoResult result;
     result.judged = true;
     result.image_tokens = prompt.image_tokens();
@@ -118,8 +137,7 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
         throw ConfigError("the query is not valid UTF-8");
     }
     check_image(image, config_.max_image_pixels);
-
-    engine_.kv().clear();
+    const SingleTurnGuard guard(engine_);
     image_id_ = image_content_id(image);
     engine_.embeddings().clear();
 
@@ -133,6 +151,7 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
     const PromptImage p1_image{&image, image_id_, false};
     const std::vector<PromptPart> p1_parts = image_parts(query, &p1_image);
     const Prompt p1 = Prompt::build_parts(model_, p1_parts);
+    engine_.start_single_turn(p1);
     result.image_tokens = p1.image_tokens();
     result.template_prefix_tokens = p1.positions_before_image();
     // Steps 2-4 are sized before step 1 runs: a request that could not finish is refused now,
