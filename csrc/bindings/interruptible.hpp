@@ -5,7 +5,7 @@
 // The main thread sleeps until something happens: the worker's end, or a signal, which Python's
 // C-level handler reports through signal.set_wakeup_fd on a pipe of ours. It used to wake every
 // 20 ms to poll; on 2 cores each wake-up took a core from llama.cpp's spinning threads (measured:
-// the direct answer 2-5 % slower than on a plain thread; docs/performance.md). Where another
+// the direct answer 2-5 % slower than on a plain thread; bench/RESULTS.md). Where another
 // wake-up fd is already installed (an asyncio loop's), it is left alone and the main thread polls.
 #pragma once
 
