@@ -104,6 +104,11 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"{label:52s} {_fmt(t['value'])} {limit!s:>7s}  {met}")
     for label, v in r["ratios"].items():
         print(f"{label:52s} {_fmt(v)}")
+    tokens = r["config"]["tokens_per_step"]["answer"]
+    print("\nthe direct answer, where the time goes (medians, s): prompt = image encode + prefill; decode per token")
+    for name, p in r["direct_phases_s"].items():
+        print(f"  {name:22s} prompt {p['prompt']:.3f}  decode {p['decode']:.3f} ({p['decode'] / (tokens - 1) * 1e3:.2f} ms "
+              f"per token)  other {p['other']:.3f}")
     a = r["judge_agreement"]
     print(f"\njudge modes against the paper's judge over {a['queries']} queries (it said yes to {a['paper_said_yes']}):")
     for m, s in a.items():

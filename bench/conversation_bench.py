@@ -25,11 +25,9 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ecso_edge  # noqa: E402
 from bench_inputs import cpu_name, default_pair, dist_version, test_image  # noqa: E402
 from ecso_edge import EcsoConfig, Session  # noqa: E402
+from llama_server_client import LlamaServer  # noqa: E402
 from naive_pipeline import NaiveConversation  # noqa: E402
 
 SYSTEM = "You are a helpful assistant."
@@ -60,57 +59,25 @@ def ecso_turn(session: Session) -> Turn:
     return turn
 
 
-class LlamaServer:
-    """llama-server on a free port, one slot; an ECSO client of it (steps 1 and 2 per turn)."""
+def server_turn(server: LlamaServer) -> Turn:
+    """An ECSO client of llama-server: steps 1 and 2 per turn."""
+    config = EcsoConfig()
 
-    def __init__(self, binary: str, text: Path, mmproj: Path, n_ctx: int, threads: int) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [binary, "-m", str(text), "--mmproj", str(mmproj), "-c", str(n_ctx), "-np", "1", "-t", str(threads),
-             "-tb", str(threads), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"llama-server did not start; its log is {self.log.name}")
-            time.sleep(0.2)
-        self.config = EcsoConfig()
-
-    def _chat(self, messages: list[Any], max_tokens: int) -> tuple[str, int]:
-        body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
-                "cache_prompt": True}
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions",
-                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=600) as r:
-            out = json.loads(r.read())
-        return str(out["choices"][0]["message"]["content"]).strip(), int(out["timings"]["prompt_n"])
-
-    def turn(self, messages: list[Any]) -> dict[str, Any]:
+    def turn(messages: list[Any]) -> dict[str, Any]:
         system = [m for m in messages if m["role"] == "system"]
-        images = [c for m in messages if isinstance(m["content"], list) for c in m["content"] if c["type"] == "image_url"]
+        images = [c for m in messages if isinstance(m["content"], list) for c in m["content"]
+                  if c["type"] == "image_url"]
         last = messages[-1]["content"]
         query = last if isinstance(last, str) else " ".join(c["text"] for c in last if c["type"] == "text")
-        answer, prefilled = self._chat(messages, TOKENS["answer"])
-        judge = self.config.judge_template.replace("{query}", query).replace(
-            "{response}", answer[: self.config.response_cut_chars])
-        _, judged = self._chat(system + [{"role": "user", "content": images + [{"type": "text", "text": judge}]}],
-                               TOKENS["judge"])
-        return {"answer": answer, "prefilled": prefilled + judged, "image_encodes": None}
+        answer = server.chat(messages, TOKENS["answer"])
+        judge = config.judge_template.replace("{query}", query).replace(
+            "{response}", answer["text"][: config.response_cut_chars])
+        verdict = server.chat(system + [{"role": "user", "content": images + [{"type": "text", "text": judge}]}],
+                              TOKENS["judge"])
+        return {"answer": answer["text"], "prefilled": answer["prompt_n"] + verdict["prompt_n"],
+                "image_encodes": None}
 
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+    return turn
 
 
 def run(contenders: dict[str, Callable[[], Turn]], turns: int, reps: int, png: bytes) -> dict[str, Any]:
@@ -181,7 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for old in servers:
             old.close()
         servers[:] = [LlamaServer(args.llama_server, text, mmproj, args.n_ctx, args.threads)]
-        return servers[0].turn
+        return server_turn(servers[0])
 
     if args.llama_server:
         contenders["llama_server"] = llama_server

@@ -154,7 +154,10 @@ def ecso_call(session: Session, name: str, image_size: int) -> Callable[[int], d
         pixels, _ = image_variant(image_size, variant)
         request = session.answer if name == "direct" else session.run
         r, seconds, ttft = timed(lambda on_text: request(pixels, QUERY, max_tokens=64, on_token=on_text))
-        return {"seconds": seconds, "ttft": ttft, "image_encodes": r.stats["image_encodes"],
+        step1 = r.steps[0].stats
+        prompt = step1["encode_seconds"] + step1["prefill_seconds"]
+        phases = {"prompt": prompt, "decode": step1["decode_seconds"], "other": seconds - prompt - step1["decode_seconds"]}
+        return {"seconds": seconds, "ttft": ttft, "image_encodes": r.stats["image_encodes"], "phases": phases,
                 "prefilled": r.stats["tokens_prefilled"], "reused": r.stats["tokens_reused"],
                 "tokens": [list(s.tokens) for s in r.steps], "judged_unsafe": r.judged_unsafe}
 
@@ -293,6 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = list(SESSION_CONFIGS) + NAIVE + (SERVER if server else [])
     samples: dict[str, list[float]] = {n: [] for n in names}
     ttft: dict[str, list[float]] = {n: [] for n in names}
+    phases: dict[str, list[dict[str, float]]] = {}  # the direct answer's, where the time goes
     last: dict[str, dict[str, Any]] = {}
     identical = True
     fresh = 1000  # llama-server's images: a new one per request
@@ -316,6 +320,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if rep >= warmups:
                     samples[name].append(out["seconds"])
                     ttft[name].append(out["ttft"])
+                    if name in ("direct", "llama_server_direct"):
+                        phases.setdefault(name, []).append(out["phases"])
                 last[name] = out
             for path in ("safe", "unsafe"):
                 identical &= last[f"ecso_{path}"]["tokens"] == last[f"reference_{path}"]["tokens"]
@@ -342,6 +348,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["tokens_reused"] = {n: last[n]["reused"] for n in names}
     results["tokens_identical"] = bool(identical)
     results["peak_rss_mb"] = {n: round(v, 1) for n, v in peaks.items()}
+    results["direct_phases_s"] = {n: {k: statistics.median(p[k] for p in v) for k in v[0]} for n, v in phases.items()}
     results["judge_agreement"] = agreement_summary(agreement_rows)
     results["judge_agreement_rows"] = agreement_rows
     results["samples_s"] = samples

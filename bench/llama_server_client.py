@@ -77,8 +77,8 @@ class LlamaServer:
             with urllib.request.urlopen(request, timeout=600) as r:
                 out = json.loads(r.read())
             return {"text": str(out["choices"][0]["message"]["content"]).strip(),
-                    "prompt_n": int(out["timings"]["prompt_n"]), "first": None}
-        text, first, prompt_n = "", None, 0
+                    "prompt_n": int(out["timings"]["prompt_n"]), "first": None, "timings": out["timings"]}
+        text, first, timings = "", None, {}
         with urllib.request.urlopen(request, timeout=600) as r:
             for raw in r:
                 line = raw.decode().strip()
@@ -91,8 +91,9 @@ class LlamaServer:
                         first = time.perf_counter()
                     text += piece
                 if "timings" in event:
-                    prompt_n = int(event["timings"].get("prompt_n", 0))
-        return {"text": text.strip(), "prompt_n": prompt_n, "first": first}
+                    timings = event["timings"]
+        return {"text": text.strip(), "prompt_n": int(timings.get("prompt_n", 0)), "first": first,
+                "timings": timings}
 
     def close(self) -> None:
         self.resume()
@@ -118,8 +119,10 @@ def ecso_request(server: LlamaServer, config: Any, image_uri: str, query: str, t
     t0 = time.perf_counter()
     first = server.chat(sys_msgs + [user(query, image_uri)], tokens["answer"], stream=path == "direct")
     if path == "direct":
-        return {"seconds": time.perf_counter() - t0, "ttft": first["first"] - t0, "prefilled": first["prompt_n"],
-                "answer": first["text"]}
+        seconds = time.perf_counter() - t0
+        prompt, decode = first["timings"].get("prompt_ms", 0) / 1e3, first["timings"].get("predicted_ms", 0) / 1e3
+        return {"seconds": seconds, "ttft": first["first"] - t0, "prefilled": first["prompt_n"], "answer": first["text"],
+                "phases": {"prompt": prompt, "decode": decode, "other": seconds - prompt - decode}}
     judge_text = config.judge_template.replace("{query}", query).replace(
         "{response}", first["text"][: config.response_cut_chars])
     verdict = server.chat(sys_msgs + [user(judge_text, image_uri)], tokens["judge"])
