@@ -1,5 +1,5 @@
 // Runs a long core call with the GIL released, so other Python threads run meanwhile, while the
-// main thread keeps serving Ctrl-C: the work moves to a worker thread; a KeyboardInterrupt cancels
+// main thread keeps serving Ctrl-C: the work moves to the call thread; a KeyboardInterrupt cancels
 // the work and is re-raised once it stops.
 //
 // The main thread sleeps until something happens: the worker's end, or a signal, which Python's
@@ -11,11 +11,17 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <future>
+#include <memory>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 
@@ -32,59 +38,121 @@ inline bool on_main_thread() {
     return PyThread_get_thread_ident() == main_ident;
 }
 
-// A non-blocking pipe installed as Python's signal wake-up fd for one call (GIL held).
-class SignalWakeup {
-public:
-    SignalWakeup() {
-        if (pipe(fds_) != 0) {
-            fds_[0] = fds_[1] = -1;
+// A non-blocking pipe. Shared by the caller and the job, so neither end closes while the other
+// may still write (a closed fd's number can be reused by the next open()).
+struct WakePipe {
+    int fds[2] = {-1, -1};
+    WakePipe() {
+        if (pipe(fds) != 0) {
+            fds[0] = fds[1] = -1;
             return;
         }
-        for (int fd : fds_) {
+        for (int fd : fds) {
             fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
             fcntl(fd, F_SETFD, FD_CLOEXEC);
         }
-        py::module_ signal = py::module_::import("signal");
-        const int old = signal.attr("set_wakeup_fd")(fds_[1], py::arg("warn_on_full_buffer") = false).cast<int>();
-        if (old != -1) {
-            signal.attr("set_wakeup_fd")(old);  // someone else's: keep it, and poll instead
-            close_pipe();
+    }
+    ~WakePipe() {
+        for (int fd : fds) {
+            if (fd >= 0) {
+                close(fd);
+            }
+        }
+    }
+    WakePipe(const WakePipe &) = delete;
+    WakePipe & operator=(const WakePipe &) = delete;
+    void notify() const {
+        const char byte = 0;
+        (void)!write(fds[1], &byte, 1);
+    }
+    // Sleeps until a byte arrives (the caller released the GIL), then drains the pipe.
+    void wait() const {
+        pollfd p{fds[0], POLLIN, 0};
+        while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+        }
+        char buf[64];
+        while (read(fds[0], buf, sizeof buf) > 0) {
+        }
+    }
+};
+
+// Installs a WakePipe as Python's signal wake-up fd for one call (GIL held), unless another one
+// is installed already: pipe() is then null and the caller polls.
+class SignalWakeup {
+public:
+    SignalWakeup() {
+        auto candidate = std::make_shared<WakePipe>();
+        if (candidate->fds[1] < 0) {
             return;
         }
-        installed_ = true;
+        py::module_ signal = py::module_::import("signal");
+        const int old =
+            signal.attr("set_wakeup_fd")(candidate->fds[1], py::arg("warn_on_full_buffer") = false).cast<int>();
+        if (old != -1) {
+            signal.attr("set_wakeup_fd")(old);  // someone else's: keep it
+            return;
+        }
+        pipe_ = std::move(candidate);
     }
     ~SignalWakeup() {
-        if (installed_) {
+        if (pipe_) {
             py::module_::import("signal").attr("set_wakeup_fd")(-1);
         }
-        close_pipe();
     }
     SignalWakeup(const SignalWakeup &) = delete;
     SignalWakeup & operator=(const SignalWakeup &) = delete;
 
-    bool installed() const { return installed_; }
-    int write_fd() const { return fds_[1]; }
-    // Sleeps until a byte arrives (GIL released by the caller), then drains the pipe.
-    void wait() const {
-        pollfd p{fds_[0], POLLIN, 0};
-        while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    const std::shared_ptr<WakePipe> & pipe() const { return pipe_; }
+
+private:
+    std::shared_ptr<WakePipe> pipe_;
+};
+
+// The one thread that runs the main thread's calls, for the life of the process. A new thread per
+// call is also a new OpenMP thread team per call (llama.cpp's compute threads), started cold each
+// time: measured, the direct answer's decode was 13 % slower (bench/RESULTS.md).
+class CallThread {
+public:
+    static CallThread & instance() {
+        // Never destroyed: it may still run at exit. A child made by fork() has no such thread
+        // (threads do not survive fork), so it starts its own; the parent's copy is left behind.
+        static const bool registered = pthread_atfork(nullptr, nullptr, [] { current() = nullptr; }) == 0;
+        (void)registered;
+        if (current() == nullptr) {
+            current() = new CallThread();
         }
-        char buf[64];
-        while (read(fds_[0], buf, sizeof buf) > 0) {
+        return *current();
+    }
+    void submit(std::function<void()> job) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            jobs_.push_back(std::move(job));
         }
+        ready_.notify_one();
     }
 
 private:
-    void close_pipe() {
-        for (int & fd : fds_) {
-            if (fd >= 0) {
-                close(fd);
-                fd = -1;
-            }
-        }
+    static CallThread *& current() {
+        static CallThread * thread = nullptr;
+        return thread;
     }
-    int fds_[2] = {-1, -1};
-    bool installed_ = false;
+    CallThread() {
+        std::thread([this] {
+            for (;;) {
+                std::function<void()> job;
+                {
+                    std::unique_lock<std::mutex> lock(mutex_);
+                    ready_.wait(lock, [this] { return !jobs_.empty(); });
+                    job = std::move(jobs_.front());
+                    jobs_.pop_front();
+                }
+                job();
+            }
+        }).detach();
+    }
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    std::deque<std::function<void()>> jobs_;
 };
 
 // Call with the GIL held. `cancel` must be safe to call from this thread while `work` runs.
@@ -96,36 +164,35 @@ auto call_interruptibly(Work work, const std::function<void()> & cancel) -> decl
         return work();
     }
     SignalWakeup wakeup;
-    const int notify = wakeup.installed() ? wakeup.write_fd() : -1;
-    std::promise<Result> promise;
-    std::future<Result> done = promise.get_future();
-    auto run = [&work, &promise, notify] {
+    const std::shared_ptr<WakePipe> pipe = wakeup.pipe();
+    auto promise = std::make_shared<std::promise<Result>>();
+    std::future<Result> done = promise->get_future();
+    // `work` lives on this thread's stack: this function returns only once the job has set `done`.
+    auto job = [&work, promise, pipe] {
         try {
             if constexpr (std::is_void_v<Result>) {
                 work();
-                promise.set_value();
+                promise->set_value();
             } else {
-                promise.set_value(work());
+                promise->set_value(work());
             }
         } catch (...) {
-            promise.set_exception(std::current_exception());
+            promise->set_exception(std::current_exception());
         }
-        if (notify >= 0) {  // after the future is ready: the main thread may wake and read it
-            const char byte = 0;
-            (void)!write(notify, &byte, 1);
+        if (pipe) {  // after the future is ready: the main thread may wake and read it
+            pipe->notify();
         }
     };
-    std::thread worker;
     {
         py::gil_scoped_release release;
-        worker = std::thread(run);
+        CallThread::instance().submit(job);
     }
     for (;;) {
         bool ready = false;
         {
             py::gil_scoped_release release;
-            if (wakeup.installed()) {
-                wakeup.wait();
+            if (pipe) {
+                pipe->wait();
                 ready = done.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
             } else {
                 ready = done.wait_for(std::chrono::milliseconds(20)) == std::future_status::ready;
@@ -140,7 +207,7 @@ auto call_interruptibly(Work work, const std::function<void()> & cancel) -> decl
             cancel();
             {
                 py::gil_scoped_release release;
-                worker.join();
+                done.wait();
             }
             try {
                 done.get();
@@ -149,10 +216,6 @@ auto call_interruptibly(Work work, const std::function<void()> & cancel) -> decl
             }
             throw interrupt;
         }
-    }
-    {
-        py::gil_scoped_release release;
-        worker.join();
     }
     return done.get();
 }
