@@ -41,7 +41,7 @@ ContinueJudge::ContinueJudge(DecodingEngine & engine, const ChatFrame & frame, s
     question_cells_ = prompt({}).n_cells() - Prompt::build_parts(model, answer_parts_).n_cells();
 }
 
-Prompt ContinueJudge::answer_prompt(const std::vector<llama_token> & answer_tokens) const {
+std::vector<PromptPart> ContinueJudge::parts_with_answer(const std::vector<llama_token> & answer_tokens) const {
     std::vector<PromptPart> parts = answer_parts_;
     if (!answer_tokens.empty()) {
         PromptPart answer;
@@ -50,18 +50,15 @@ Prompt ContinueJudge::answer_prompt(const std::vector<llama_token> & answer_toke
         answer.boundary = true;
         parts.push_back(std::move(answer));
     }
-    return Prompt::build_parts(engine_.model(), parts);
+    return parts;
+}
+
+Prompt ContinueJudge::answer_prompt(const std::vector<llama_token> & answer_tokens) const {
+    return Prompt::build_parts(engine_.model(), parts_with_answer(answer_tokens));
 }
 
 Prompt ContinueJudge::prompt(const std::vector<llama_token> & answer_tokens) const {
-    std::vector<PromptPart> parts = answer_parts_;
-    if (!answer_tokens.empty()) {
-        PromptPart answer;
-        answer.tokens = answer_tokens;
-        answer.token_batches = true;
-        answer.boundary = true;
-        parts.push_back(std::move(answer));
-    }
+    std::vector<PromptPart> parts = parts_with_answer(answer_tokens);
     parts.insert(parts.end(), question_parts_.begin(), question_parts_.end());
     return Prompt::build_parts(engine_.model(), parts);
 }

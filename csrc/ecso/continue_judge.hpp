@@ -49,6 +49,7 @@ public:
     JudgedAnswer run(const Prompt & p1, int32_t max_tokens, SinkWriter & writer);
 
 private:
+    std::vector<PromptPart> parts_with_answer(const std::vector<llama_token> & answer_tokens) const;
     StepRecord check(const std::string & name, const std::vector<llama_token> & answer_tokens,
                      int32_t max_tokens, bool restore, std::optional<double> & p_yes);
     bool check_due(const JudgedAnswer & out, size_t last_checked) const;
