@@ -110,7 +110,7 @@ private:
 
 // The one thread that runs the main thread's calls, for the life of the process. A new thread per
 // call is also a new OpenMP thread team per call (llama.cpp's compute threads), started cold each
-// time: measured, the direct answer's decode was 13 % slower (bench/RESULTS.md).
+// time: measured, the direct answer's decode was 16 % slower (bench/RESULTS.md).
 class CallThread {
 public:
     static CallThread & instance() {

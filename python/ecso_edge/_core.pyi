@@ -31,6 +31,12 @@ class EcsoConfig:
     keep_conversations: int
     conversation_cache_mib: int
     reuse_answer_cells: bool
+    judge_layout: str
+    judge_mode: str
+    judge_continue_template: str
+    judge_chunk_tokens: int
+    judge_chunk_sentences: bool
+    judge_check_threshold: float
     def __init__(self, **kwargs: Any) -> None: ...
     @staticmethod
     def field_names() -> list[str]: ...
@@ -49,6 +55,8 @@ class StepRecord:
     def tokens(self) -> list[int]: ...
     @property
     def stop_reason(self) -> str: ...
+    @property
+    def p_yes(self) -> Optional[float]: ...
     @property
     def input_tokens(self) -> list[int]: ...
     @property
