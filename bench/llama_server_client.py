@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+import ecso_edge
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,7 +46,9 @@ class LlamaServer:
         self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [binary, "-m", str(text), "--mmproj", str(mmproj), "-c", str(n_ctx), "-np", "1", "-t", str(threads),
-             "-tb", str(threads), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"],
+             "-tb", str(threads), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"]
+            # weight repacking as ecso-edge's default sets it (off with AMX: csrc/ecso/system_info.hpp)
+            + ([] if ecso_edge.system_info()["repack_by_default"] else ["--no-repack"]),
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:

@@ -6,15 +6,37 @@ same token counts as ecso-edge, so the work per step is equal."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Llava15ChatHandler
 
 import ecso_edge
+
+
+@contextlib.contextmanager
+def _repack_as_ecso_edge() -> Iterator[None]:
+    """Llama() loads with weight repacking as ecso-edge's default sets it: off on a CPU with AMX,
+    whose kernels crash the pinned llama.cpp on quantized models (csrc/ecso/system_info.hpp);
+    llama-cpp-python has no argument for it, so its default params are adjusted while it loads."""
+    module = llama_cpp.llama_cpp
+    original = module.llama_model_default_params
+    repack = bool(ecso_edge.system_info()["repack_by_default"])
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = repack
+        return p
+
+    module.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
 
 
 def _framed_handler(head: str, tail: str) -> type:
@@ -62,15 +84,9 @@ class NaiveEcso:
         n_threads_batch: int,
     ) -> None:
         handler = _framed_handler(head, tail)(clip_model_path=mmproj, verbose=False)
-        self.llm = Llama(
-            text_model,
-            chat_handler=handler,
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads_batch,
-            seed=0,
-            verbose=False,
-        )
+        with _repack_as_ecso_edge():
+            self.llm = Llama(text_model, chat_handler=handler, n_ctx=n_ctx, n_threads=n_threads,
+                             n_threads_batch=n_threads_batch, seed=0, verbose=False)
         self.config = config
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         # every end-of-generation token banned, as ecso-edge's ignore_eos does
@@ -157,8 +173,9 @@ class NaiveConversation:
 
     def __init__(self, text_model: str, mmproj: str, *, config: ecso_edge.EcsoConfig, n_ctx: int,
                  n_threads: int) -> None:
-        self.llm = Llama(text_model, chat_handler=ChatmlHandler(clip_model_path=mmproj, verbose=False), n_ctx=n_ctx,
-                         n_threads=n_threads, n_threads_batch=n_threads, seed=0, verbose=False)
+        with _repack_as_ecso_edge():
+            self.llm = Llama(text_model, chat_handler=ChatmlHandler(clip_model_path=mmproj, verbose=False),
+                             n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, seed=0, verbose=False)
         self.config = config
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.no_eos = {str(t): -1e9 for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}

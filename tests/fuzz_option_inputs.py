@@ -228,6 +228,7 @@ MODEL_OPTIONS: dict[str, Any] = {
     "n_threads": IntSpec(1, SURE_THREADS, optional=True, outside=EITHER, type_low=0, type_high=INT32_MAX),
     "n_threads_batch": IntSpec(1, SURE_THREADS, optional=True, outside=EITHER, type_low=0, type_high=INT32_MAX),
     "flash_attn": BoolSpec(optional=True),
+    "repack": BoolSpec(optional=True),
     "seed": IntSpec(0, UINT32_MAX),
     "verbose": BoolSpec(),
 }

@@ -58,6 +58,7 @@ def test_threads_above_the_hardware_threads_are_clamped(tiny_paths: tuple[Path, 
     ("seed", 2**32, ConfigError, r"seed must be in 0\.\.4294967295"),
     ("mmproj_gpu", 1, TypeError, r"mmproj_gpu must be True or False, not int"),
     ("flash_attn", "yes", TypeError, r"flash_attn must be True or False, not str"),
+    ("repack", 0, TypeError, r"repack must be True or False, not int"),
     ("verbose", None, TypeError, r"verbose must be True or False, not NoneType"),
 ])
 def test_model_options_are_checked(tiny_paths: tuple[Path, Path], option: str, value: Any,

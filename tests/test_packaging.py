@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ecso_edge
@@ -114,6 +115,19 @@ def test_system_info_lists_the_cpu_backend() -> None:
     assert isinstance(info["gpu_offload"], bool)
     assert any(d["type"] == "cpu" for d in info["devices"])
     assert "CPU" in info["llama_system_info"]
+    assert all(isinstance(name, str) and name for name in info["cpu_extra_buffer_types"])
+    assert info["repack_by_default"] is ("AMX" not in info["cpu_extra_buffer_types"])
+
+
+def test_weight_repacking_is_off_by_default_only_where_the_cpu_offers_amx(tiny_paths: tuple[Path, Path]) -> None:
+    # the pinned llama.cpp's AMX matmul crashes on quantized models (system_info.hpp); the tiny pair is
+    # F32, which no extra buffer type takes, so both settings load and answer here
+    default = ecso_edge.system_info()["repack_by_default"]
+    assert ecso_edge.Model(*tiny_paths, n_ctx=256).repack is default
+    for repack in (True, False):
+        model = ecso_edge.Model(*tiny_paths, n_ctx=256, repack=repack)
+        assert model.repack is repack
+        assert ecso_edge.Session(model).answer(np.zeros((32, 32, 3), np.uint8), "hi", max_tokens=2).answer is not None
 
 
 def test_public_api_names() -> None:

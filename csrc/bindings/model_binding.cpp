@@ -18,7 +18,7 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
         .def(py::init([](const std::string & text_model_path, const std::string & mmproj_path, uint32_t n_ctx,
                          uint32_t n_batch, int32_t n_gpu_layers, bool mmproj_gpu, int32_t n_threads,
                          int32_t n_threads_batch,
-                         std::optional<bool> flash_attn, uint32_t seed, bool verbose) {
+                         std::optional<bool> flash_attn, std::optional<bool> repack, uint32_t seed, bool verbose) {
                  ecso::ModelOptions options;
                  options.n_ctx = n_ctx;
                  options.n_batch = n_batch;
@@ -27,6 +27,7 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
                  options.n_threads = n_threads;
                  options.n_threads_batch = n_threads_batch;
                  options.flash_attn = flash_attn;
+                 options.repack = repack;
                  options.seed = seed;
                  options.verbose = verbose;
                  py::gil_scoped_release release;
@@ -34,7 +35,7 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
              }),
              py::arg("text_model_path"), py::arg("mmproj_path"), py::kw_only(), py::arg("n_ctx"), py::arg("n_batch"),
              py::arg("n_gpu_layers"), py::arg("mmproj_gpu"), py::arg("n_threads"),
-             py::arg("n_threads_batch"), py::arg("flash_attn"),
+             py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("repack"),
              py::arg("seed"), py::arg("verbose"))
         .def_property_readonly("text_model_path", [](const ecso::Model & mdl) { return mdl.text_info().path; })
         .def_property_readonly("mmproj_path", [](const ecso::Model & mdl) { return mdl.projector_info().path; })
@@ -52,6 +53,8 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
         .def_property_readonly("n_ctx_train", &ecso::Model::n_ctx_train)
         .def_property_readonly("n_threads", &ecso::Model::n_threads)
         .def_property_readonly("n_threads_batch", &ecso::Model::n_threads_batch)
+        .def_property_readonly("repack", &ecso::Model::repack,
+                               "Whether the weights were repacked into the CPU backend's extra buffer types")
         .def_property_readonly("n_gpu_layers", [](const ecso::Model & mdl) { return mdl.options().n_gpu_layers; })
         .def_property_readonly("seed", [](const ecso::Model & mdl) { return mdl.options().seed; })
         .def_property_readonly(

@@ -34,6 +34,8 @@ PYBIND11_MODULE(_core, m) {
             out["llama_system_info"] = info.llama_system_info;
             out["gpu_offload"] = info.gpu_offload;
             out["devices"] = devices;
+            out["cpu_extra_buffer_types"] = info.cpu_extra_buffer_types;
+            out["repack_by_default"] = ecso::repack_by_default();
             return out;
         },
         R"pbdoc(What the loaded llama.cpp supports: CPU features, GPU offload and backend devices.)pbdoc");

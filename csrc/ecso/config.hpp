@@ -25,6 +25,8 @@ struct ModelOptions {
                                  // more than the hardware threads are clamped to them
     int32_t n_threads_batch = 0; // prompt and image threads; 0: as n_threads (clamped likewise)
     std::optional<bool> flash_attn;  // nullopt: llama.cpp decides (auto)
+    std::optional<bool> repack;      // weight repacking (llama.cpp's extra CPU buffer types); nullopt:
+                                     // repack_by_default() (system_info.hpp)
     uint32_t seed = 0;           // default sampling seed of sessions on this model
     bool verbose = false;        // print llama.cpp's own log to stderr
 };

@@ -42,6 +42,8 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = options.n_gpu_layers;
+    repack_ = options.repack.value_or(repack_by_default());
+    mparams.use_extra_bufts = repack_;
     clear_log_errors();
     model_.reset(llama_model_load_from_file(text_model_path.c_str(), mparams));
     if (!model_) {

@@ -54,6 +54,9 @@ public:
     // Thread counts in effect: the options' values, defaulted and clamped to the hardware threads.
     int32_t n_threads() const { return n_threads_; }
     int32_t n_threads_batch() const { return n_threads_batch_; }
+    // Whether the weights were repacked into the CPU backend's extra buffer types (the options'
+    // value, or repack_by_default()).
+    bool repack() const { return repack_; }
     // The flash-attention setting for contexts on this model (auto unless the options force it).
     llama_flash_attn_type flash_attn_type() const;
     int32_t n_embd() const;       // the text model's input embedding size
@@ -73,6 +76,7 @@ private:
     ProjectorInfo projector_info_;
     int32_t n_threads_ = 1;
     int32_t n_threads_batch_ = 1;
+    bool repack_ = true;
     std::string projector_check_;
     // Refuses an unsupported type (unless ECSO_TRUST_PROJECTOR=1) and runs the child-process check
     // for types gguf_check.cpp does not validate tensor by tensor.

@@ -1,12 +1,16 @@
 // Backend initialisation and the device inventory of the loaded llama.cpp.
 #include "ecso/system_info.hpp"
 
+#include <algorithm>
 #include <mutex>
 
 #include "ggml-backend.h"
 #include "llama.h"
 
 namespace ecso {
+namespace {
+std::vector<std::string> cpu_extra_buffer_types();
+}  // namespace
 
 void ensure_backend_initialised() {
     static std::once_flag once;
@@ -39,7 +43,29 @@ SystemInfo system_info() {
         ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
         info.devices.push_back(d);
     }
+    info.cpu_extra_buffer_types = cpu_extra_buffer_types();
     return info;
+}
+
+namespace {
+std::vector<std::string> cpu_extra_buffer_types() {
+    std::vector<std::string> names;
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (cpu == nullptr) {
+        return names;
+    }
+    auto get = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
+    for (ggml_backend_buffer_type_t * b = get ? get(cpu) : nullptr; b != nullptr && *b != nullptr; ++b) {
+        names.emplace_back(ggml_backend_buft_name(*b));
+    }
+    return names;
+}
+}  // namespace
+
+bool repack_by_default() {
+    const std::vector<std::string> names = cpu_extra_buffer_types();
+    return std::find(names.begin(), names.end(), "AMX") == names.end();
 }
 
 }  // namespace ecso

@@ -102,6 +102,7 @@ class Model:
         n_threads: int,
         n_threads_batch: int,
         flash_attn: Optional[bool],
+        repack: Optional[bool],
         seed: int,
         verbose: bool,
     ) -> None: ...
@@ -127,6 +128,8 @@ class Model:
     def n_threads(self) -> int: ...
     @property
     def n_threads_batch(self) -> int: ...
+    @property
+    def repack(self) -> bool: ...
     @property
     def n_gpu_layers(self) -> int: ...
     @property

@@ -78,7 +78,10 @@ class Model:
     ``n_threads`` drives generation, ``n_threads_batch`` (default: the same) prompt evaluation and
     the image encoder; values above the hardware threads are clamped to them (``model.n_threads``
     tells the value in effect). ``n_batch`` is at least 4: a session keeps 4 KV sequences. ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
-    llama-cpp-python was built with one (see ``ecso_edge.system_info()``).
+    llama-cpp-python was built with one (see ``ecso_edge.system_info()``). ``repack`` repacks the
+    weights for the CPU's fastest kernels (llama.cpp's extra buffer types; llama-server's
+    ``--no-repack`` turns them off). None: on, except on a CPU with AMX, whose kernels in the pinned
+    llama.cpp crash on quantized models (``model.repack`` tells the value in effect).
 
     >>> model = Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf", n_gpu_layers=-1)
     """
@@ -94,6 +97,7 @@ class Model:
         n_threads: Optional[int] = None,
         n_threads_batch: Optional[int] = None,
         flash_attn: Optional[bool] = None,
+        repack: Optional[bool] = None,
         seed: int = 0,
         n_batch: int = 512,
         verbose: bool = False,
@@ -109,6 +113,7 @@ class Model:
             n_threads=optional_int_arg("n_threads", n_threads, 1, INT32_MAX, threads_hint) or 0,
             n_threads_batch=optional_int_arg("n_threads_batch", n_threads_batch, 1, INT32_MAX, threads_hint) or 0,
             flash_attn=optional_bool_arg("flash_attn", flash_attn),
+            repack=optional_bool_arg("repack", repack),
             seed=int_arg("seed", seed, 0, UINT32_MAX),
             verbose=bool_arg("verbose", verbose),
         )
@@ -148,6 +153,11 @@ class Model:
     @property
     def projector_type(self) -> str:
         return self._core.projector_type
+
+    @property
+    def repack(self) -> bool:
+        """Whether the weights were repacked into the CPU backend's extra buffer types."""
+        return self._core.repack
 
     @property
     def projector_check(self) -> str:
