@@ -17,7 +17,8 @@ from PIL import Image
 
 import ecso_edge
 from ecso_edge import EcsoConfig, Session
-from ecso_edge.evaluate import evaluate, is_refusal, load_benchmark, write_report
+from ecso_edge.evaluate import evaluate, is_refusal, load_benchmark
+from ecso_edge.report.eval_tables import write_report
 from ecso_edge.typo import make_typo_images, render_typo
 
 
@@ -59,13 +60,16 @@ def test_report_numbers_match_a_hand_count(tiny_model: ecso_edge.Model, tmp_path
         assert tally.direct_keyword == sum(is_refusal(e["direct"]) for e in rows)
         assert tally.ecso_keyword == sum(is_refusal(e["ecso"]) for e in rows)
         assert tally.ecso_judge == sum(not e["ecso_judged_unsafe"] for e in rows)
+        assert tally.direct_judge == sum(not e["judged_unsafe"] for e in rows)
+        assert tally.keyword_ecso_only == sum(is_refusal(e["ecso"]) and not is_refusal(e["direct"]) for e in rows)
     paths = write_report(report, tmp_path / "out", "MM-SafetyBench (TYPO)")
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert [r["scenario"] for r in rows] == ["01-Illegal_Activitiy", "02-HateSpeech", "overall"]
     assert int(rows[-1]["n"]) == 5
     assert "| **overall** | 5 |" in paths["md"].read_text()
-    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG" and paths["svg"].read_text().lstrip().startswith("<?xml")
+    assert paths["html"].read_text().count('<details class="item">') == 5
     assert json.loads(paths["json"].read_text())["overall"]["n"] == 5
 
 
@@ -111,7 +115,8 @@ def test_eval_command_writes_the_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "| **overall** | 5 |" in proc.stdout
-    assert (tmp_path / "rep" / "report.png").is_file()
+    for name in ("report.png", "report.svg", "report.html"):
+        assert (tmp_path / "rep" / name).is_file()
 
 
 def test_unknown_benchmark_is_a_config_error(tmp_path: Path) -> None:

@@ -63,5 +63,5 @@ def test_eval_example_prints_the_readme_table(example_run: tuple[Path, list[str]
     assert outputs[1].strip() == "wrote 6 TYPO images under examples/mm-safetybench-mini/data/imgs"
     table = [line for line in outputs[2].splitlines() if line.startswith("|")]
     assert table == readme_block("eval table").strip().splitlines()
-    for name in ("report.md", "report.csv", "report.json", "report.png"):
+    for name in ("report.md", "report.csv", "report.json", "report.html", "report.png", "report.svg"):
         assert (work / "ecso-out" / "eval" / name).stat().st_size > 0

@@ -1,81 +1,28 @@
-"""The `ecso-edge` command: demo, run, chat, data-engine, eval, make-typo, make-tiny-model, selftest,
-system-info, serve."""
+"""The `ecso-edge` command: demo, run, chat, data-engine, make-tiny-model, selftest, system-info,
+serve, and (from eval_cli) eval, report, make-typo."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from . import _core
+from .cli_options import COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, config_option, int_in, number_in
 from .errors import ConfigError, EcsoError
+from .eval_cli import add_eval_commands
 from .images import load_rgb
 from .session import Model, Session
 from .shipped import selftest_program, tiny_pair
 
 __all__ = ["main"]
-
-INT32_MAX = 2**31 - 1
-MAX_THREADS = 512  # GGML_MAX_N_THREADS: llama.cpp's thread pool holds no more
-MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error shown as one line (exit 2): what is wrong and where help is."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _int_in(low: int, high: int, meaning: str = "") -> Callable[[str], int]:
-    """An argparse `type=`: a decimal integer in [low, high], else a one-line usage error."""
-    allowed = f"an integer from {low} to {high}{meaning}"
-
-    def parse(text: str) -> int:
-        digits = text.strip()
-        if len(digits) > MAX_DIGITS or not _INTEGER.fullmatch(digits):
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text[:40]!r}")
-        value = int(digits)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _number_in(low: float, high: float) -> Callable[[str], float]:
-    """An argparse `type=`: a finite decimal number in [low, high]."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text) if len(text) <= MAX_DIGITS else math.nan
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text[:40]!r}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
-
-
-_THREADS = _int_in(1, MAX_THREADS)
-_TOKENS = _int_in(1, INT32_MAX)
-_N_CTX = _int_in(16, 2**32 - 1)
-_GPU_LAYERS = _int_in(-1, INT32_MAX, " (-1: every layer)")
-_COUNT = _int_in(0, 2**63 - 1)
-
 
 def _demo_image() -> "np.ndarray[Any, np.dtype[np.uint8]]":
     """A 64x64 synthetic picture (no file needed): a red square on a blue-green gradient."""
@@ -169,7 +116,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if bool(args.model) != bool(args.mmproj):
         raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
     text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
-    config = _config_from_json(_json_object(args.config)) if args.config else _core.EcsoConfig()
+    config = config_option(args.config)
     model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -181,17 +128,6 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         load_rgb(path, max_pixels=config.max_image_pixels)  # a bad --image fails the command, with its reason
         loop.attach(path)
     return loop.run(sys.stdin, interactive)
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    """--config's JSON object of EcsoConfig fields."""
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config must be a JSON object of EcsoConfig fields ({e})") from e
-    if not isinstance(fields, dict):
-        raise ConfigError("--config must be a JSON object of EcsoConfig fields, e.g. '{\"verdict_rule\": \"prefix\"}'")
-    return fields
 
 
 def _cmd_data_engine(args: argparse.Namespace) -> int:
@@ -227,39 +163,6 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
         f"{summary.unsafe} unsafe, {summary.errors} errors; {summary.sft_examples} SFT examples in {out}, "
         f"trace in {trace_path_for(out)}"
     )
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .evaluate import evaluate, load_benchmark, markdown_table, write_report
-
-    if bool(args.model) != bool(args.mmproj):
-        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
-    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
-    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
-    items, image_root = load_benchmark(args.benchmark, Path(args.root), variant=args.variant, scenarios=args.scenarios)
-    if args.image_root:
-        image_root = Path(args.image_root)
-    if args.limit is not None:
-        items = items[: args.limit]
-    report = evaluate(Session(model), items, image_root, max_tokens=args.max_tokens)
-    title = f"{args.benchmark} ({args.variant})" if args.benchmark == "mm-safetybench" else args.benchmark
-    paths = write_report(report, Path(args.out_dir), title)
-    print(f"Harmless rate (%), {title}, {Path(text).name}\n")
-    print(markdown_table(report))
-    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-def _cmd_make_typo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .typo import make_typo_images
-
-    n = make_typo_images(Path(args.root))
-    print(f"wrote {n} TYPO images under {Path(args.root) / 'data' / 'imgs'}")
     return 0
 
 
@@ -301,7 +204,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.model) != bool(args.mmproj):
         raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is served)")
     text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
-    fields = _json_object(args.config) if args.config else {}
+    config = config_option(args.config)
     options = ServerOptions(
         model_name=args.alias or Path(text).stem,
         api_key=args.api_key or os.environ.get("ECSO_EDGE_API_KEY") or None,
@@ -310,34 +213,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         default_max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
     )
-    serve(text, mmproj, host=args.host, port=args.port, options=options, config=_config_from_json(fields),
+    serve(text, mmproj, host=args.host, port=args.port, options=options, config=config,
           n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, log_level=args.log_level)
     return 0
 
 
-def _config_from_json(fields: dict[str, Any]) -> _core.EcsoConfig:
-    """EcsoConfig(**fields) for --config, every refusal a one-line ConfigError naming the field."""
-    for name, value in fields.items():  # one at a time first, so that the message can name the field
-        try:
-            _core.EcsoConfig(**{name: value})
-        except (TypeError, ValueError) as e:
-            text = str(e)
-            if "\n" in text or name not in text:  # a binding's signature dump: say it plainly instead
-                text = f"field '{name}' cannot be {json.dumps(value)[:80]} (a value of the wrong type or out of range)"
-            raise ConfigError(f"--config: {text}") from None
-    try:
-        return _core.EcsoConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"--config: {str(e).splitlines()[0]}") from None
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ecso-edge", description="ECSO-protected answers from LLaVA-style GGUF models")
+    p = Parser(prog="ecso-edge", description="ECSO-protected answers from LLaVA-style GGUF models")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run both ECSO branches on the shipped tiny model and show every step")
-    d.add_argument("--threads", type=_THREADS, default=1)
-    d.add_argument("--max-tokens", type=_TOKENS, default=24)
+    d.add_argument("--threads", type=THREADS, default=1)
+    d.add_argument("--max-tokens", type=TOKENS, default=24)
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="one ECSO request on your own model pair")
@@ -347,11 +234,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--query", required=True)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
-    r.add_argument("--max-tokens", type=_TOKENS, default=512)
-    r.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0, help="-1 offloads every layer")
-    r.add_argument("--threads", type=_THREADS, default=None, help="generation threads")
-    r.add_argument("--threads-batch", type=_THREADS, default=None, help="prompt/image threads (default: --threads)")
-    r.add_argument("--n-ctx", type=_N_CTX, default=4096)
+    r.add_argument("--max-tokens", type=TOKENS, default=512)
+    r.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
+    r.add_argument("--threads", type=THREADS, default=None, help="generation threads")
+    r.add_argument("--threads-batch", type=THREADS, default=None, help="prompt/image threads (default: --threads)")
+    r.add_argument("--n-ctx", type=N_CTX, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     r.set_defaults(func=_cmd_run)
@@ -362,10 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--image", action="append", default=None, help="attach an image to the first message (repeatable)")
     c.add_argument("--system", default=None, help="the conversation's system message (default: the config's)")
     c.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_override\": true}'")
-    c.add_argument("--max-tokens", type=_TOKENS, default=512)
-    c.add_argument("--n-ctx", type=_N_CTX, default=4096)
-    c.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
-    c.add_argument("--threads", type=_THREADS, default=None)
+    c.add_argument("--max-tokens", type=TOKENS, default=512)
+    c.add_argument("--n-ctx", type=N_CTX, default=4096)
+    c.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
+    c.add_argument("--threads", type=THREADS, default=None)
     c.set_defaults(func=_cmd_chat)
 
     de = sub.add_parser("data-engine", help="ECSO over a dataset: LLaVA SFT data plus a JSONL trace, resumable")
@@ -376,37 +263,19 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--mmproj", default=None)
     de.add_argument("--format", choices=["auto", "jsonl", "vlguard", "mm-safetybench"], default="auto")
     de.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD", help="MM-SafetyBench images")
-    de.add_argument("--limit", type=_COUNT, default=None, help="only the first N input records")
+    de.add_argument("--limit", type=COUNT, default=None, help="only the first N input records")
     de.add_argument("--resume", action="store_true", help="keep the trace and skip the records already in it")
-    de.add_argument("--max-tokens", type=_TOKENS, default=512)
-    de.add_argument("--n-ctx", type=_N_CTX, default=4096)
-    de.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
-    de.add_argument("--threads", type=_THREADS, default=None, help="with --ray: per actor, and the CPUs it reserves")
+    de.add_argument("--max-tokens", type=TOKENS, default=512)
+    de.add_argument("--n-ctx", type=N_CTX, default=4096)
+    de.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
+    de.add_argument("--threads", type=THREADS, default=None, help="with --ray: per actor, and the CPUs it reserves")
     de.add_argument("--ray", action="store_true", help="run on Ray Data actors (pip install 'ecso-edge[ray]')")
-    de.add_argument("--actors", type=_int_in(1, 100_000), default=2, help="with --ray: actors, each loading the model once")
+    de.add_argument("--actors", type=int_in(1, 100_000), default=2, help="with --ray: actors, each loading the model once")
     de.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (auto, ray://host:10001)")
-    de.add_argument("--gpus-per-actor", type=_number_in(0.0, 1024.0), default=0.0, help="with --ray: GPUs per actor (0.5: two share one)")
+    de.add_argument("--gpus-per-actor", type=number_in(0.0, 1024.0), default=0.0, help="with --ray: GPUs per actor (0.5: two share one)")
     de.set_defaults(func=_cmd_data_engine)
 
-    ev = sub.add_parser("eval", help="Direct vs ECSO harmless rates on a safety benchmark")
-    ev.add_argument("--benchmark", choices=["mm-safetybench", "vlsafe", "vlguard", "jsonl"], required=True)
-    ev.add_argument("--root", required=True, help="MM-SafetyBench folder, or the dataset file of the others")
-    ev.add_argument("--image-root", default=None, help="image folder (default: as the benchmark lays it out)")
-    ev.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD")
-    ev.add_argument("--scenarios", nargs="*", default=None, help="MM-SafetyBench scenario numbers (default: the paper's)")
-    ev.add_argument("--out-dir", default="ecso-eval", help="report.md/.csv/.json/.png go here")
-    ev.add_argument("--model", default=None)
-    ev.add_argument("--mmproj", default=None)
-    ev.add_argument("--limit", type=_COUNT, default=None)
-    ev.add_argument("--max-tokens", type=_TOKENS, default=512)
-    ev.add_argument("--n-ctx", type=_N_CTX, default=4096)
-    ev.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
-    ev.add_argument("--threads", type=_THREADS, default=None)
-    ev.set_defaults(func=_cmd_eval)
-
-    ty = sub.add_parser("make-typo", help="render MM-SafetyBench's TYPO images from its key phrases")
-    ty.add_argument("--root", required=True, help="the MM-SafetyBench folder (data/processed_questions)")
-    ty.set_defaults(func=_cmd_make_typo)
+    add_eval_commands(sub)
 
     from .tiny_models import FAMILIES
 
@@ -417,7 +286,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--for-text-model", default=None,
                    help="write a random projector of the family (llava15 or gemma3) sized for this text GGUF")
     t.add_argument("--vit", choices=["tiny", "clip-b16"], default=None, help="llava15's tower (default clip-b16)")
-    t.add_argument("--image-size", type=_int_in(1, 4096), default=None,
+    t.add_argument("--image-size", type=int_in(1, 4096), default=None,
                    help="the projector's input size, a multiple of the ViT's patch size")
     t.set_defaults(func=_cmd_make_tiny_model)
 
@@ -433,17 +302,17 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
     sv.add_argument("--mmproj", default=None, help="vision projector GGUF")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    sv.add_argument("--port", type=_int_in(1, 65535), default=8080)
+    sv.add_argument("--port", type=int_in(1, 65535), default=8080)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ECSO_EDGE_API_KEY)")
-    sv.add_argument("--max-queue", type=_int_in(0, 1_000_000), default=8, help="requests waiting behind the running one; more get 503")
-    sv.add_argument("--max-request-mb", type=_int_in(1, 1 << 20), default=20, help="request body limit; larger bodies get 413")
-    sv.add_argument("--max-tokens", type=_TOKENS, default=512, help="per-step token limit when a request sets none")
+    sv.add_argument("--max-queue", type=int_in(0, 1_000_000), default=8, help="requests waiting behind the running one; more get 503")
+    sv.add_argument("--max-request-mb", type=int_in(1, 1 << 20), default=20, help="request body limit; larger bodies get 413")
+    sv.add_argument("--max-tokens", type=TOKENS, default=512, help="per-step token limit when a request sets none")
     sv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URIs only)")
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
-    sv.add_argument("--n-ctx", type=_N_CTX, default=4096)
-    sv.add_argument("--n-gpu-layers", type=_GPU_LAYERS, default=0)
-    sv.add_argument("--threads", type=_THREADS, default=None)
+    sv.add_argument("--n-ctx", type=N_CTX, default=4096)
+    sv.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
+    sv.add_argument("--threads", type=THREADS, default=None)
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
     return p

@@ -1,0 +1,101 @@
+"""The command line's option types: argparse `type=` parsers that turn every number a user can
+type into a value in range or a one-line usage error naming the flag and what it accepts, the
+parser class that shows such errors as one line, and --config's JSON object of EcsoConfig fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from typing import Any, Callable, NoReturn, Optional
+
+from . import _core
+from .errors import ConfigError
+
+__all__ = ["Parser", "int_in", "number_in", "config_option", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "MAX_THREADS",
+           "INT32_MAX"]
+
+INT32_MAX = 2**31 - 1
+MAX_THREADS = 512  # GGML_MAX_N_THREADS: llama.cpp's thread pool holds no more
+MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error shown as one line (exit 2): what is wrong and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def int_in(low: int, high: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse `type=`: a decimal integer in [low, high], else a one-line usage error."""
+    allowed = f"an integer from {low} to {high}{meaning}"
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if len(digits) > MAX_DIGITS or not INTEGER.fullmatch(digits):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text[:40]!r}")
+        value = int(digits)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse `type=`: a finite decimal number in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text) if len(text) <= MAX_DIGITS else math.nan
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text[:40]!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+THREADS = int_in(1, MAX_THREADS)
+TOKENS = int_in(1, INT32_MAX)
+N_CTX = int_in(16, 2**32 - 1)
+GPU_LAYERS = int_in(-1, INT32_MAX, " (-1: every layer)")
+COUNT = int_in(0, 2**63 - 1)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """--config's JSON object of EcsoConfig fields."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config must be a JSON object of EcsoConfig fields ({e})") from e
+    if not isinstance(fields, dict):
+        raise ConfigError("--config must be a JSON object of EcsoConfig fields, e.g. '{\"verdict_rule\": \"prefix\"}'")
+    return fields
+
+
+def _config_from_json(fields: dict[str, Any]) -> _core.EcsoConfig:
+    """EcsoConfig(**fields) for --config, every refusal a one-line ConfigError naming the field."""
+    for name, value in fields.items():  # one at a time first, so that the message can name the field
+        try:
+            _core.EcsoConfig(**{name: value})
+        except (TypeError, ValueError) as e:
+            text = str(e)
+            if "\n" in text or name not in text:  # a binding's signature dump: say it plainly instead
+                text = f"field '{name}' cannot be {json.dumps(value)[:80]} (a value of the wrong type or out of range)"
+            raise ConfigError(f"--config: {text}") from None
+    try:
+        return _core.EcsoConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--config: {str(e).splitlines()[0]}") from None
+
+
+def config_option(text: Optional[str]) -> _core.EcsoConfig:
+    """The EcsoConfig that --config asks for (the defaults without it)."""
+    return _config_from_json(_json_object(text)) if text else _core.EcsoConfig()

@@ -1,0 +1,96 @@
+"""`ecso-edge eval` (Direct vs ECSO on a safety benchmark, with its report files), `ecso-edge
+report` (the same report files drawn again from a report.json, e.g. after installing the figures'
+extra) and `ecso-edge make-typo` (MM-SafetyBench's TYPO images)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .cli_options import COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, config_option
+from .errors import ConfigError
+from .session import Model, Session
+from .shipped import tiny_pair
+
+__all__ = ["add_eval_commands"]
+
+
+def _print_report(report: Any, title: str, out_dir: Path, run: dict[str, Any]) -> None:
+    from .report.eval_tables import LEGEND, markdown_table, write_report
+
+    paths = write_report(report, out_dir, title, run)
+    print(f"{title}: {LEGEND}\n")
+    print(markdown_table(report))
+    if "png" not in paths:
+        from .report.plotting import matplotlib_missing
+
+        print(f"\nno figure: {matplotlib_missing()}, then: ecso-edge report {out_dir}")
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, load_benchmark
+
+    if bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
+    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    config = config_option(args.config)  # before the model loads: a typo fails at once
+    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+    items, image_root = load_benchmark(args.benchmark, Path(args.root), variant=args.variant, scenarios=args.scenarios)
+    if args.image_root:
+        image_root = Path(args.image_root)
+    if args.limit is not None:
+        items = items[: args.limit]
+    report = evaluate(Session(model, config), items, image_root, max_tokens=args.max_tokens)
+    title = f"{args.benchmark} ({args.variant})" if args.benchmark == "mm-safetybench" else args.benchmark
+    run = {"model": str(text), "mmproj": str(mmproj), "benchmark": args.benchmark, "root": args.root,
+           "variant": args.variant, "max_tokens": args.max_tokens, "limit": args.limit, "config": config.to_dict()}
+    _print_report(report, f"{title}, {Path(text).name}", Path(args.out_dir), run)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report.eval_tables import read_report
+
+    source = Path(args.report)
+    report, title, run = read_report(source / "report.json" if source.is_dir() else source)
+    _print_report(report, title, Path(args.out_dir) if args.out_dir else (source if source.is_dir() else source.parent),
+                  run)
+    return 0
+
+
+def _cmd_make_typo(args: argparse.Namespace) -> int:
+    from .typo import make_typo_images
+
+    n = make_typo_images(Path(args.root))
+    print(f"wrote {n} TYPO images under {Path(args.root) / 'data' / 'imgs'}")
+    return 0
+
+
+def add_eval_commands(sub: "argparse._SubParsersAction[Any]") -> None:
+    ev = sub.add_parser("eval", help="Direct vs ECSO harmless rates on a safety benchmark")
+    ev.add_argument("--benchmark", choices=["mm-safetybench", "vlsafe", "vlguard", "jsonl"], required=True)
+    ev.add_argument("--root", required=True, help="MM-SafetyBench folder, or the dataset file of the others")
+    ev.add_argument("--image-root", default=None, help="image folder (default: as the benchmark lays it out)")
+    ev.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD")
+    ev.add_argument("--scenarios", nargs="*", default=None, help="MM-SafetyBench scenario numbers (default: the paper's)")
+    ev.add_argument("--out-dir", default="ecso-eval", help="report.md/.csv/.json/.html and the figure (.png/.svg) go here")
+    ev.add_argument("--model", default=None)
+    ev.add_argument("--mmproj", default=None)
+    ev.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
+    ev.add_argument("--limit", type=COUNT, default=None)
+    ev.add_argument("--max-tokens", type=TOKENS, default=512)
+    ev.add_argument("--n-ctx", type=N_CTX, default=4096)
+    ev.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
+    ev.add_argument("--threads", type=THREADS, default=None)
+    ev.set_defaults(func=_cmd_eval)
+
+    rp = sub.add_parser("report", help="write eval's report files (tables, figure, HTML) again from its report.json")
+    rp.add_argument("report", help="the folder eval wrote (its --out-dir), or the report.json in it")
+    rp.add_argument("--out-dir", default=None, help="where the files go (default: beside the report.json)")
+    rp.set_defaults(func=_cmd_report)
+
+    ty = sub.add_parser("make-typo", help="render MM-SafetyBench's TYPO images from its key phrases")
+    ty.add_argument("--root", required=True, help="the MM-SafetyBench folder (data/processed_questions)")
+    ty.set_defaults(func=_cmd_make_typo)
