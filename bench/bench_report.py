@@ -1,13 +1,10 @@
 """What ecso_bench.py reports: its targets and ratios, the judge modes' agreement with the paper's
-judge, the printed table and the chart."""
+judge and the printed table (the figure: chart.py)."""
 
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any, Optional
-
-from chart import draw_latency_chart
 
 # label: (numerator, denominator, limit); "ttft:" reads time to first token instead of totals.
 TARGETS: dict[str, tuple[str, str, float]] = {
@@ -115,8 +112,3 @@ def print_report(r: dict[str, Any]) -> None:
         if isinstance(s, dict):
             print(f"  {m:16s} same verdict {s['verdict_same_as_paper']}/{a['queries']}, said yes {s['said_yes']}, "
                   f"mean P(yes) {_fmt(s['mean_p_yes'], '.4f').strip()}")
-
-
-def draw_chart(r: dict[str, Any], title: str, out: Path) -> Path:
-    medians = {name: r[name + "_s"] for name in r["image_encodes"]}
-    return draw_latency_chart(medians, title, out)

@@ -1,33 +1,131 @@
-"""A horizontal bar chart of median latencies, drawn with Pillow (already a dependency)."""
+"""The benchmarks' figures, drawn with matplotlib (the `report` extra) through ecso_edge.report's
+plotting helpers, as PNG and SVG:
+- ecso_bench: per contender, the median latency with its min-max spread over the repetitions, the
+  ratio against the llama-server contender of the same path, and the time to first token;
+- conversation_bench: per turn, each contender's latency and prompt tokens evaluated.
+Run on a saved result to draw it again:  python bench/chart.py RESULTS.json [--out STEM]"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
-from PIL import Image, ImageDraw, ImageFont
+from ecso_edge.report.plotting import color_of, matplotlib_missing, new_figure, save
 
-COLORS = {"direct": (90, 90, 90), "ecso": (40, 110, 200), "reference": (150, 150, 210), "naive": (210, 90, 60),
-          "llama": (60, 160, 90)}
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
-def draw_latency_chart(medians: dict[str, float], title: str, out: Path) -> Path:
-    font = ImageFont.load_default()
-    names = list(medians)
-    width, bar_h, left, right, top = 900, 34, 200, 110, 50
-    height = top + bar_h * len(names) + 30
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 12), title, fill="black", font=font)
-    longest = max(medians.values()) or 1.0
-    scale = (width - left - right) / longest
-    for i, name in enumerate(names):
-        y = top + i * bar_h
-        kind = name.split("_")[0]
-        color = COLORS.get(kind, (120, 120, 120))
-        draw.text((10, y + 9), name, fill="black", font=font)
-        draw.rectangle([left, y + 4, left + max(1, int(medians[name] * scale)), y + bar_h - 6], fill=color)
-        draw.text((left + int(medians[name] * scale) + 8, y + 9), f"{medians[name]:.3f} s", fill="black", font=font)
-    draw.text((10, height - 22), "median seconds per request (lower is better)", fill=(90, 90, 90), font=font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+def server_peer(name: str) -> str:
+    """The llama-server contender that does the same work as `name`."""
+    if "unsafe" in name:
+        return "llama_server_unsafe"
+    return "llama_server_direct" if name.endswith("direct") else "llama_server_safe"
+
+
+def _spread_bars(ax: "Axes", names: list[str], samples: dict[str, list[float]], xlabel: str) -> None:
+    medians = [statistics.median(samples[n]) for n in names]
+    low = [m - min(samples[n]) for m, n in zip(medians, names)]
+    high = [max(samples[n]) - m for m, n in zip(medians, names)]
+    ys = range(len(names))
+    ax.barh(ys, medians, xerr=[low, high], capsize=3, color=[color_of(n) for n in names],
+            error_kw={"elinewidth": 1, "ecolor": "black"})
+    for y, m, h in zip(ys, medians, high):
+        ax.annotate(f"{m:.3f}", (m + h, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.margins(x=0.18)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def bench_figure(r: dict[str, Any], title: str) -> "Figure":
+    names = list(r["samples_s"])
+    fig = new_figure(15, 0.36 * len(names) + 1.8)
+    fig.suptitle(title, fontsize=10)
+    lat, ratio, ttft = fig.subplots(1, 3, sharey=True)
+    _spread_bars(lat, names, r["samples_s"], "seconds per request: median, whiskers min-max")
+    lat.set_yticks(range(len(names)), names, fontsize=8)
+    lat.invert_yaxis()  # the first contender on top
+    lat.set_title("latency", fontsize=9, loc="left")
+    _spread_bars(ttft, names, r["ttft_samples_s"], "seconds to the first streamed text: median, min-max")
+    ttft.set_title("time to first token", fontsize=9, loc="left")
+    ratio.set_title("median latency / the llama-server contender of the same path", fontsize=9, loc="left")
+    ratio.set_xlabel("ratio (below 1: faster than llama-server)")
+    if "llama_server_safe" in r["samples_s"]:
+        values = [r[n + "_s"] / r[server_peer(n) + "_s"] for n in names]
+        ratio.barh(range(len(names)), values, color=[color_of(n) for n in names])
+        for y, v in enumerate(values):
+            ratio.annotate(f"{v:.3f}", (v, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ratio.axvline(1.0, color="black", linewidth=1)
+        ratio.margins(x=0.18)
+        ratio.grid(axis="x", alpha=0.3)
+        ratio.set_axisbelow(True)
+    else:
+        ratio.text(0.5, 0.5, f"llama-server {r.get('llama_server', 'not measured')}", ha="center", va="center",
+                   wrap=True, fontsize=8, transform=ratio.transAxes)
+        ratio.set_xticks([])
+    return fig
+
+
+def conversation_figure(r: dict[str, Any], title: str) -> "Figure":
+    fig = new_figure(10, 4.2)
+    fig.suptitle(title, fontsize=10)
+    seconds, prefilled = fig.subplots(1, 2, sharex=True)
+    turns = list(range(1, r["turns"] + 1))
+    for name, per_turn in r["per_turn"].items():
+        style = {"color": color_of(name.replace("ecso_edge", "ecso").replace("ecso_no_reuse", "reference")),
+                 "marker": "o", "label": name}
+        seconds.plot(turns, [t["seconds"] for t in per_turn], **style)
+        prefilled.plot(turns, [t["prefilled"] for t in per_turn], **style)
+    seconds.set_ylabel("seconds (median over the repetitions)")
+    seconds.set_title("latency per turn", fontsize=9, loc="left")
+    prefilled.set_ylabel("prompt tokens evaluated")
+    prefilled.set_title("prompt tokens evaluated per turn", fontsize=9, loc="left")
+    for ax in (seconds, prefilled):
+        ax.set_xlabel("turn")
+        ax.set_xticks(turns)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def draw(r: dict[str, Any], title: str, stem: Path) -> Optional[dict[str, Path]]:
+    """Writes the figure of either benchmark's results as stem.png and stem.svg; None (with a note
+    on stdout saying how to get it) without matplotlib."""
+    missing = matplotlib_missing()
+    if missing:
+        print(f"no chart: {missing}")
+        return None
+    fig = conversation_figure(r, title) if "per_turn" in r else bench_figure(r, title)
+    return save(fig, stem)
+
+
+def title_of(r: dict[str, Any]) -> str:
+    if "per_turn" in r:
+        return (f"conversation: {r['model']['text']}, {r['threads']} threads, OMP_WAIT_POLICY {r['omp_wait_policy']}, "
+                f"{r['turns']} turns x {r['reps']} reps, {r['date']}")
+    c = r["config"]
+    return (f"{Path(c['text_model']).name}, {c['threads']} threads, OMP_WAIT_POLICY {c['omp_wait_policy']}, "
+            f"{c['repetitions']} repetitions, {c['date'][:10]}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, help="a JSON that ecso_bench.py or conversation_bench.py wrote")
+    p.add_argument("--out", type=Path, default=None, help="the figure's path without suffix (default: beside the JSON)")
+    args = p.parse_args(argv)
+    r = json.loads(args.results.read_text())
+    paths = draw(r, title_of(r), args.out or args.results.with_suffix(""))
+    if paths:
+        print("wrote " + ", ".join(str(v) for v in paths.values()))
+    return 0 if paths else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

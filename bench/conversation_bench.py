@@ -14,6 +14,8 @@ generates exactly its token limit (end of generation suppressed), so the work pe
 OpenMP's wait policy is left as the user has it (unset: OpenMP's default) and recorded.
 
     python bench/conversation_bench.py [--tiny] [--turns 6] [--reps 3] [--json OUT] [--llama-server PATH]
+
+With --json, the per-turn figure is written beside it (OUT's name, .png and .svg).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ecso_edge  # noqa: E402
 from bench_inputs import cpu_name, default_pair, dist_version, test_image  # noqa: E402
+from chart import draw, title_of  # noqa: E402
 from ecso_edge import EcsoConfig, Session  # noqa: E402
 from llama_server_client import LlamaServer  # noqa: E402
 from naive_pipeline import NaiveConversation  # noqa: E402
@@ -183,6 +186,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print_report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+        figure = draw(results, title_of(results), args.json.with_suffix(""))  # per-turn lines
+        if figure:
+            print("wrote " + ", ".join(str(v) for v in figure.values()))
     return 0
 
 

@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ecso_edge  # noqa: E402
 from bench_inputs import cpu_name, default_pair, dist_version, image_variant  # noqa: E402
-from bench_report import agreement_summary, draw_chart, print_report, targets_of  # noqa: E402
+from bench_report import agreement_summary, print_report, targets_of  # noqa: E402
 from bench_workers import Worker, serve  # noqa: E402
+from chart import draw, title_of  # noqa: E402
 from ecso_edge import EcsoConfig, Session, tiny_models  # noqa: E402
 from llama_server_client import LlamaServer, ecso_request, find_llama_server  # noqa: E402
 
@@ -250,7 +251,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 timed repetition, no warm-up")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 4, quick 1)")
-    p.add_argument("--json", type=Path, default=None, help="write the results here (and a PNG chart next to it)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (and the figure next to it, PNG and SVG)")
     p.add_argument("--model", default=None)
     p.add_argument("--mmproj", default=None)
     p.add_argument("--tiny", action="store_true", help="use the shipped tiny pair (smoke test)")
@@ -370,9 +371,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
-        chart = draw_chart(results, f"{Path(text).name}, {args.threads} threads, OMP_WAIT_POLICY "
-                           f"{results['config']['omp_wait_policy']}", args.json.with_suffix(".png"))
-        print(f"\nwrote {args.json} and {chart}")
+        print(f"\nwrote {args.json}")
+        figure = draw(results, title_of(results), args.json.with_suffix(""))
+        if figure:
+            print("wrote " + ", ".join(str(v) for v in figure.values()))
     return 0
 
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +48,7 @@ def test_quick_benchmark_on_the_tiny_pair_writes_the_report(tmp_path: Path) -> N
     assert data["image_encodes"]["ecso_safe"] == 1 and data["image_encodes"]["ecso_unsafe"] == 1
     assert data["image_encodes"]["reference_unsafe"] == 3 and data["image_encodes"]["naive_unsafe"] == 3
     assert data["config"]["tokens_per_step"] == {"answer": 64, "judge": 4, "caption": 48, "text_only": 64}
-    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.with_suffix(".svg").is_file()
     assert "target" in proc.stdout and "tokens identical to the reference path: True" in proc.stdout
 
 
@@ -83,3 +87,56 @@ def test_conversation_benchmark_on_the_tiny_pair(tmp_path: Path) -> None:
     assert data["ecso_edge_cache"]["conversations"] == 1
     assert "not measured" in data["llama_server"]  # no binary given
     assert "turns 2-3 latency ecso_edge / naive" in proc.stdout
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()  # the per-turn lines
+
+
+def _chart_module() -> Any:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import chart
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return chart
+
+
+def test_benchmark_figure_of_a_recorded_run_has_latency_spread_ratio_and_ttft_panels() -> None:
+    chart = _chart_module()
+    r = json.loads((REPO / "bench" / "results" / "2026-12-02-default.json").read_text())
+    fig = chart.bench_figure(r, chart.title_of(r))
+    latency, ratio, ttft = fig.axes
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [
+        "latency", "median latency / the llama-server contender of the same path", "time to first token"]
+    names = list(r["samples_s"])
+    assert [t.get_text() for t in latency.get_yticklabels()] == names
+    (bars,) = [c for c in latency.containers if c.__class__.__name__ == "BarContainer"]
+    assert [p.get_width() for p in bars] == [statistics.median(r["samples_s"][n]) for n in names]
+    spans = [(seg[0][0], seg[1][0]) for seg in bars.errorbar.lines[2][0].get_segments()]
+    assert spans == [(pytest.approx(min(r["samples_s"][n])), pytest.approx(max(r["samples_s"][n]))) for n in names]
+    (ratios,) = ratio.containers
+    peer = {"direct": "llama_server_direct", "ecso_unsafe_incremental": "llama_server_unsafe",
+            "ecso_safe_continue": "llama_server_safe", "naive_safe": "llama_server_safe"}
+    widths = dict(zip(names, (p.get_width() for p in ratios)))
+    for name, other in peer.items():
+        assert widths[name] == pytest.approx(r[name + "_s"] / r[other + "_s"])
+    assert widths["llama_server_unsafe"] == 1.0 and "llama-server" in ratio.get_xlabel()
+    (ttft_bars,) = [c for c in ttft.containers if c.__class__.__name__ == "BarContainer"]
+    assert [p.get_width() for p in ttft_bars] == [statistics.median(r["ttft_samples_s"][n]) for n in names]
+    assert "OMP_WAIT_POLICY unset" in fig.get_suptitle()
+
+
+def test_conversation_figure_draws_a_line_per_contender_over_the_turns(tmp_path: Path) -> None:
+    chart = _chart_module()
+    r = {"turns": 3, "reps": 1, "threads": 1, "omp_wait_policy": "passive", "date": "2026-12-02",
+         "model": {"text": "t.gguf", "mmproj": "p.gguf"},
+         "per_turn": {name: [{"seconds": s, "prefilled": p, "image_encodes": None, "reused": None}
+                             for s, p in zip(secs, pre)]
+                      for name, secs, pre in (("ecso_edge", [0.5, 0.2, 0.25], [300, 40, 42]),
+                                              ("naive", [0.9, 1.1, 1.3], [320, 420, 520]))}}
+    fig = chart.conversation_figure(r, chart.title_of(r))
+    seconds, prefilled = fig.axes
+    assert seconds.get_xlabel() == "turn" and prefilled.get_ylabel() == "prompt tokens evaluated"
+    assert [line.get_label() for line in seconds.get_lines()] == ["ecso_edge", "naive"]
+    assert [list(line.get_ydata()) for line in prefilled.get_lines()] == [[300, 40, 42], [320, 420, 520]]
+    assert list(seconds.get_lines()[1].get_xdata()) == [1, 2, 3]
+    paths = chart.draw(r, "t", tmp_path / "conversation")
+    assert set(paths) == {"png", "svg"} and paths["png"].read_bytes()[:4] == b"\x89PNG"
