@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
-from .cli_options import COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, config_option, int_in, number_in
+from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_model_options, config_option, int_in,
+                          load_model, model_pair, number_in)
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
 from .images import load_rgb
@@ -113,16 +114,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat_cli import HELP, ChatLoop
 
-    if bool(args.model) != bool(args.mmproj):
-        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
-    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
     config = config_option(args.config)
-    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+    model = load_model(args)
     interactive = sys.stdin.isatty()
     if interactive:
         # Ctrl-C stops an answer even when the shell started us with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print(f"ecso-edge chat on {os.path.basename(text)} (ECSO protects every answer)\n{HELP}\n", flush=True)
+        print(f"ecso-edge chat on {os.path.basename(model.text_model_path)} (ECSO protects every answer)\n{HELP}\n", flush=True)
     loop = ChatLoop(Session(model, config), max_tokens=args.max_tokens, system=args.system)
     for path in args.image or []:
         load_rgb(path, max_pixels=config.max_image_pixels)  # a bad --image fails the command, with its reason
@@ -136,8 +134,7 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
     from .data_engine import run_data_engine, trace_path_for
     from .datasets import read_records
 
-    if bool(args.model) != bool(args.mmproj):
-        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
+    model_pair(args)  # --model without --mmproj fails before the records are read
     records = read_records(Path(args.input), fmt=args.format, variant=args.variant)
     out = Path(args.out)
     image_root = Path(args.image_root) if args.image_root else None
@@ -152,10 +149,8 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
         )
     else:
-        text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
-        model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
         summary = run_data_engine(
-            Session(model), records, out,
+            Session(load_model(args)), records, out,
             image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
         )
     print(
@@ -183,7 +178,7 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    text, mmproj = model_pair(args)
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
     return subprocess.call([str(selftest_program()), str(text), str(mmproj)], env=env)
@@ -201,9 +196,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"`ecso-edge serve` needs the server extra: pip install 'ecso-edge[server]' ({e})") from e
     from pathlib import Path
 
-    if bool(args.model) != bool(args.mmproj):
-        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is served)")
-    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    text, mmproj = model_pair(args)
     config = config_option(args.config)
     options = ServerOptions(
         model_name=args.alias or Path(text).stem,
@@ -244,31 +237,23 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("chat", help="a terminal chat with ECSO protecting every answer (/image PATH attaches an image)")
-    c.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
-    c.add_argument("--mmproj", default=None, help="vision projector GGUF")
+    add_model_options(c)
     c.add_argument("--image", action="append", default=None, help="attach an image to the first message (repeatable)")
     c.add_argument("--system", default=None, help="the conversation's system message (default: the config's)")
     c.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_override\": true}'")
     c.add_argument("--max-tokens", type=TOKENS, default=512)
-    c.add_argument("--n-ctx", type=N_CTX, default=4096)
-    c.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
-    c.add_argument("--threads", type=THREADS, default=None)
     c.set_defaults(func=_cmd_chat)
 
     de = sub.add_parser("data-engine", help="ECSO over a dataset: LLaVA SFT data plus a JSONL trace, resumable")
     de.add_argument("--input", required=True, help="JSONL/JSON (id, image, query), VLGuard or MM-SafetyBench file")
     de.add_argument("--image-root", default=None, help="folder the records' image paths are relative to")
     de.add_argument("--out", required=True, help="the SFT JSON to write; the trace goes next to it")
-    de.add_argument("--model", default=None)
-    de.add_argument("--mmproj", default=None)
+    add_model_options(de, threads_help="with --ray: per actor, and the CPUs it reserves")
     de.add_argument("--format", choices=["auto", "jsonl", "vlguard", "mm-safetybench"], default="auto")
     de.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD", help="MM-SafetyBench images")
     de.add_argument("--limit", type=COUNT, default=None, help="only the first N input records")
     de.add_argument("--resume", action="store_true", help="keep the trace and skip the records already in it")
     de.add_argument("--max-tokens", type=TOKENS, default=512)
-    de.add_argument("--n-ctx", type=N_CTX, default=4096)
-    de.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
-    de.add_argument("--threads", type=THREADS, default=None, help="with --ray: per actor, and the CPUs it reserves")
     de.add_argument("--ray", action="store_true", help="run on Ray Data actors (pip install 'ecso-edge[ray]')")
     de.add_argument("--actors", type=int_in(1, 100_000), default=2, help="with --ray: actors, each loading the model once")
     de.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (auto, ray://host:10001)")
@@ -299,8 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_system_info)
 
     sv = sub.add_parser("serve", help="OpenAI-compatible chat server with ECSO protection and a demo page at /")
-    sv.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
-    sv.add_argument("--mmproj", default=None, help="vision projector GGUF")
+    add_model_options(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     sv.add_argument("--port", type=int_in(1, 65535), default=8080)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ECSO_EDGE_API_KEY)")
@@ -310,9 +294,6 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URIs only)")
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
-    sv.add_argument("--n-ctx", type=N_CTX, default=4096)
-    sv.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
-    sv.add_argument("--threads", type=THREADS, default=None)
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
     return p

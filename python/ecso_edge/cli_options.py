@@ -1,6 +1,7 @@
 """The command line's option types: argparse `type=` parsers that turn every number a user can
 type into a value in range or a one-line usage error naming the flag and what it accepts, the
-parser class that shows such errors as one line, and --config's JSON object of EcsoConfig fields."""
+parser class that shows such errors as one line, the model pair's flags that most commands share,
+and --config's JSON object of EcsoConfig fields."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Any, Callable, NoReturn, Optional
 
 from . import _core
 from .errors import ConfigError
+from .session import Model
+from .shipped import tiny_pair
 
-__all__ = ["Parser", "int_in", "number_in", "config_option", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "MAX_THREADS",
+__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "MAX_THREADS",
            "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
@@ -99,3 +102,28 @@ def _config_from_json(fields: dict[str, Any]) -> _core.EcsoConfig:
 def config_option(text: Optional[str]) -> _core.EcsoConfig:
     """The EcsoConfig that --config asks for (the defaults without it)."""
     return _config_from_json(_json_object(text)) if text else _core.EcsoConfig()
+
+
+def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generation threads") -> None:
+    """--model and --mmproj (both, or neither for the shipped tiny pair), --n-ctx, --n-gpu-layers, --threads."""
+    p.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
+    p.add_argument("--mmproj", default=None, help="vision projector GGUF")
+    p.add_argument("--n-ctx", type=N_CTX, default=4096)
+    p.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
+    p.add_argument("--threads", type=THREADS, default=None, help=threads_help)
+
+
+def model_pair(args: argparse.Namespace) -> tuple[str, str]:
+    """The text model and projector the flags name, or the shipped tiny pair without either."""
+    if bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
+    if args.model:
+        return str(args.model), str(args.mmproj)
+    text, mmproj = tiny_pair()
+    return str(text), str(mmproj)
+
+
+def load_model(args: argparse.Namespace) -> Model:
+    """The pair of add_model_options' flags, loaded with their settings."""
+    text, mmproj = model_pair(args)
+    return Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)

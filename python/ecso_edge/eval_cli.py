@@ -8,10 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .cli_options import COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, config_option
-from .errors import ConfigError
-from .session import Model, Session
-from .shipped import tiny_pair
+from .cli_options import COUNT, TOKENS, add_model_options, config_option, load_model, model_pair
+from .session import Session
 
 __all__ = ["add_eval_commands"]
 
@@ -32,11 +30,9 @@ def _print_report(report: Any, title: str, out_dir: Path, run: dict[str, Any]) -
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, load_benchmark
 
-    if bool(args.model) != bool(args.mmproj):
-        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair runs)")
-    text, mmproj = (args.model, args.mmproj) if args.model else tiny_pair()
+    text, mmproj = model_pair(args)
     config = config_option(args.config)  # before the model loads: a typo fails at once
-    model = Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+    model = load_model(args)
     items, image_root = load_benchmark(args.benchmark, Path(args.root), variant=args.variant, scenarios=args.scenarios)
     if args.image_root:
         image_root = Path(args.image_root)
@@ -76,14 +72,10 @@ def add_eval_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     ev.add_argument("--variant", choices=["SD", "TYPO", "SD_TYPO"], default="SD")
     ev.add_argument("--scenarios", nargs="*", default=None, help="MM-SafetyBench scenario numbers (default: the paper's)")
     ev.add_argument("--out-dir", default="ecso-eval", help="report.md/.csv/.json/.html and the figure (.png/.svg) go here")
-    ev.add_argument("--model", default=None)
-    ev.add_argument("--mmproj", default=None)
+    add_model_options(ev)
     ev.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
     ev.add_argument("--limit", type=COUNT, default=None)
     ev.add_argument("--max-tokens", type=TOKENS, default=512)
-    ev.add_argument("--n-ctx", type=N_CTX, default=4096)
-    ev.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0)
-    ev.add_argument("--threads", type=THREADS, default=None)
     ev.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser("report", help="write eval's report files (tables, figure, HTML) again from its report.json")
