@@ -110,11 +110,19 @@ def test_eval_command_writes_the_report(tmp_path: Path) -> None:
     assert typo.returncode == 0 and "wrote 6 TYPO images" in typo.stdout, typo.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "ecso_edge.cli", "eval", "--benchmark", "mm-safetybench", "--root", str(tmp_path),
-         "--variant", "TYPO", "--out-dir", str(tmp_path / "rep"), "--max-tokens", "4", "--threads", "1"],
+         "--variant", "TYPO", "--out-dir", str(tmp_path / "rep"), "--max-tokens", "4", "--threads", "1",
+         "--config", '{"verdict_override": true}'],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "| **overall** | 5 |" in proc.stdout
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["run"]["config"]["verdict_override"] is True and report["run"]["variant"] == "TYPO"
+    assert report["overall"]["unsafe"] == 5  # the forced branch: every item took steps 3 and 4
+    bad = subprocess.run(
+        [sys.executable, "-m", "ecso_edge.cli", "eval", "--benchmark", "mm-safetybench", "--root", str(tmp_path),
+         "--config", '{"verdict_overide": true}'], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "--config:" in bad.stderr and "verdict_overide" in bad.stderr
     for name in ("report.png", "report.svg", "report.html"):
         assert (tmp_path / "rep" / name).is_file()
 
