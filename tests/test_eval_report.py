@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import pytest
 
-from ecso_edge.errors import ConfigError
+from ecso_edge.errors import ConfigError, OutputError
 from ecso_edge.evaluate import EvalReport
 from ecso_edge.report import stats
 from ecso_edge.report.eval_figure import eval_figure
@@ -274,3 +274,16 @@ def test_report_of_a_wrong_file_is_a_config_error(tmp_path: Path, content: Optio
     proc = subprocess.run([sys.executable, "-m", "ecso_edge.cli", "report", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1 and message.split(":")[0] in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unwritable_report_folder_fails_before_the_eval_runs(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "ecso_edge.cli", "eval", "--benchmark", "jsonl", "--root",
+                           str(tmp_path / "missing.jsonl"), "--out-dir", str(blocker / "out")],
+                          capture_output=True, text=True, timeout=120)
+    # the folder is refused first: the dataset (missing too) is not read, no model is loaded
+    assert proc.returncode == 1 and "cannot write there" in proc.stderr and "--out-dir" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    with pytest.raises(OutputError, match="cannot write there"):
+        write_report(known_report(), blocker / "out", "known")

@@ -30,8 +30,11 @@ def _print_report(report: Any, title: str, out_dir: Path, run: dict[str, Any]) -
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, load_benchmark
 
+    from .report.eval_tables import prepare_out_dir
+
     text, mmproj = model_pair(args)
     config = config_option(args.config)  # before the model loads: a typo fails at once
+    prepare_out_dir(Path(args.out_dir))  # and so does a folder the report cannot be written to
     model = load_model(args)
     items, image_root = load_benchmark(args.benchmark, Path(args.root), variant=args.variant, scenarios=args.scenarios)
     if args.image_root:

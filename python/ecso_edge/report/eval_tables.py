@@ -138,14 +138,47 @@ def report_json(report: EvalReport, title: str, run: Optional[dict[str, Any]] = 
     }
 
 
+def prepare_out_dir(out_dir: Path) -> None:
+    """Creates the report folder, or raises OutputError: eval calls it before its first item, so an
+    unwritable --out-dir fails at once rather than after the run."""
+    from ..errors import OutputError
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".ecso-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"report folder '{out_dir}': cannot write there ({e.strerror or e}): choose another "
+                          "--out-dir") from None
+
+
 def write_report(report: EvalReport, out_dir: Path, title: str, run: Optional[dict[str, Any]] = None) -> dict[str, Path]:
     """report.md, .csv, .json and .html, and the figure as report.png and report.svg when
     matplotlib is installed (without it the Markdown and HTML say how to get it). `run`: what
     produced the items (model files, EcsoConfig, options), kept in the JSON and shown in the HTML."""
+    from ..errors import OutputError
+
+    prepare_out_dir(out_dir)
+    data = out_dir / "report.json"
+    try:
+        # the JSON first: it holds everything, and `ecso-edge report` draws the rest from it
+        data.write_text(json.dumps(report_json(report, title, run), indent=2, ensure_ascii=False), encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"'{data}': cannot write the results ({e.strerror or e}): free space there or choose "
+                          "another --out-dir") from None
+    try:
+        return {"json": data, **_write_views(report, out_dir, title, run)}
+    except OSError as e:
+        raise OutputError(f"report folder '{out_dir}': writing failed ({e.strerror or e}); report.json is complete: "
+                          f"`ecso-edge report {out_dir}` writes the other files again") from None
+
+
+def _write_views(report: EvalReport, out_dir: Path, title: str, run: Optional[dict[str, Any]]) -> dict[str, Path]:
+    """Everything but report.json: the tables, the page and the figure."""
     from .eval_html import eval_html
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: out_dir / f"report.{k}" for k in ("md", "csv", "json", "html")}
+    paths = {k: out_dir / f"report.{k}" for k in ("md", "csv", "html")}
     missing = matplotlib_missing()
     figure: dict[str, Path] = {}
     if missing is None:
@@ -159,7 +192,6 @@ def write_report(report: EvalReport, out_dir: Path, title: str, run: Optional[di
         f"## In the paper's layout\n\nHarmless rate (%); the last row is the mean of the scenarios' rates.\n\n"
         f"{paper_table(report)}\n", encoding="utf-8")
     write_csv(report, paths["csv"])
-    paths["json"].write_text(json.dumps(report_json(report, title, run), indent=2, ensure_ascii=False), encoding="utf-8")
     paths["html"].write_text(eval_html(report, title, figure.get("png"), missing, run or {}), encoding="utf-8")
     return {**paths, **figure}
 
