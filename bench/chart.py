@@ -78,8 +78,7 @@ def conversation_figure(r: dict[str, Any], title: str) -> "Figure":
     seconds, prefilled = fig.subplots(1, 2, sharex=True)
     turns = list(range(1, r["turns"] + 1))
     for name, per_turn in r["per_turn"].items():
-        style = {"color": color_of(name.replace("ecso_edge", "ecso").replace("ecso_no_reuse", "reference")),
-                 "marker": "o", "label": name}
+        style = {"color": color_of(name), "marker": "o", "label": name}
         seconds.plot(turns, [t["seconds"] for t in per_turn], **style)
         prefilled.plot(turns, [t["prefilled"] for t in per_turn], **style)
     seconds.set_ylabel("seconds (median over the repetitions)")

@@ -8,9 +8,6 @@
 #include "llama.h"
 
 namespace ecso {
-namespace {
-std::vector<std::string> cpu_extra_buffer_types();
-}  // namespace
 
 void ensure_backend_initialised() {
     static std::once_flag once;
@@ -23,6 +20,22 @@ void ensure_backend_initialised() {
         }
     });
 }
+
+namespace {
+std::vector<std::string> cpu_extra_buffer_types() {
+    std::vector<std::string> names;
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (cpu == nullptr) {
+        return names;
+    }
+    auto get = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
+    for (ggml_backend_buffer_type_t * b = get ? get(cpu) : nullptr; b != nullptr && *b != nullptr; ++b) {
+        names.emplace_back(ggml_backend_buft_name(*b));
+    }
+    return names;
+}
+}  // namespace
 
 SystemInfo system_info() {
     ensure_backend_initialised();
@@ -47,23 +60,8 @@ SystemInfo system_info() {
     return info;
 }
 
-namespace {
-std::vector<std::string> cpu_extra_buffer_types() {
-    std::vector<std::string> names;
-    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (cpu == nullptr) {
-        return names;
-    }
-    auto get = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
-        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
-    for (ggml_backend_buffer_type_t * b = get ? get(cpu) : nullptr; b != nullptr && *b != nullptr; ++b) {
-        names.emplace_back(ggml_backend_buft_name(*b));
-    }
-    return names;
-}
-}  // namespace
-
 bool repack_by_default() {
+    ensure_backend_initialised();
     const std::vector<std::string> names = cpu_extra_buffer_types();
     return std::find(names.begin(), names.end(), "AMX") == names.end();
 }

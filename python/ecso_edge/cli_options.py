@@ -16,8 +16,8 @@ from .errors import ConfigError
 from .session import Model
 from .shipped import tiny_pair
 
-__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "MAX_THREADS",
-           "INT32_MAX"]
+__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "model_pair", "load_model",
+           "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "MAX_THREADS", "INT32_MAX"]
 
 INT32_MAX = 2**31 - 1
 MAX_THREADS = 512  # GGML_MAX_N_THREADS: llama.cpp's thread pool holds no more

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cli_options import COUNT, TOKENS, add_model_options, config_option, load_model, model_pair
+from .cli_options import COUNT, TOKENS, add_model_options, config_option, load_model
 from .session import Session
+
+if TYPE_CHECKING:
+    from .evaluate import EvalReport
 
 __all__ = ["add_eval_commands"]
 
 
-def _print_report(report: Any, title: str, out_dir: Path, run: dict[str, Any]) -> None:
+def _print_report(report: "EvalReport", title: str, out_dir: Path, run: dict[str, Any]) -> None:
     from .report.eval_tables import LEGEND, markdown_table, write_report
 
     paths = write_report(report, out_dir, title, run)
@@ -29,10 +32,8 @@ def _print_report(report: Any, title: str, out_dir: Path, run: dict[str, Any]) -
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, load_benchmark
-
     from .report.eval_tables import prepare_out_dir
 
-    text, mmproj = model_pair(args)
     config = config_option(args.config)  # before the model loads: a typo fails at once
     prepare_out_dir(Path(args.out_dir))  # and so does a folder the report cannot be written to
     model = load_model(args)
@@ -43,9 +44,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         items = items[: args.limit]
     report = evaluate(Session(model, config), items, image_root, max_tokens=args.max_tokens)
     title = f"{args.benchmark} ({args.variant})" if args.benchmark == "mm-safetybench" else args.benchmark
-    run = {"model": str(text), "mmproj": str(mmproj), "benchmark": args.benchmark, "root": args.root,
+    run = {"model": model.text_model_path, "mmproj": model.mmproj_path, "benchmark": args.benchmark, "root": args.root,
            "variant": args.variant, "max_tokens": args.max_tokens, "limit": args.limit, "config": config.to_dict()}
-    _print_report(report, f"{title}, {Path(text).name}", Path(args.out_dir), run)
+    _print_report(report, f"{title}, {Path(model.text_model_path).name}", Path(args.out_dir), run)
     return 0
 
 
@@ -53,9 +54,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report.eval_tables import read_report
 
     source = Path(args.report)
-    report, title, run = read_report(source / "report.json" if source.is_dir() else source)
-    _print_report(report, title, Path(args.out_dir) if args.out_dir else (source if source.is_dir() else source.parent),
-                  run)
+    data = source / "report.json" if source.is_dir() else source
+    report, title, run = read_report(data)
+    _print_report(report, title, Path(args.out_dir) if args.out_dir else data.parent, run)
     return 0
 
 
