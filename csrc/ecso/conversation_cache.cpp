@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "ecso/decoding_engine.hpp"
+
 namespace ecso {
 namespace {
 
@@ -21,7 +23,8 @@ void ConversationCache::set_limits(int32_t max_conversations, uint64_t max_bytes
     max_bytes_ = max_bytes;
 }
 
-size_t ConversationCache::restore_best(llama_context * ctx, KvSequences & kv, int seq, const Prompt & prompt) {
+size_t ConversationCache::restore_best(DecodingEngine & engine, int seq, const Prompt & prompt) {
+    KvSequences & kv = engine.kv();
     kv.clear();
     continued_ = saved_.end();
     const auto & items = prompt.items();
@@ -41,7 +44,7 @@ size_t ConversationCache::restore_best(llama_context * ctx, KvSequences & kv, in
     if (best == saved_.end()) {
         return 0;
     }
-    const size_t read = llama_state_seq_set_data(ctx, best->state.data(), best->state.size(), seq);
+    const size_t read = engine.restore_sequence(seq, best->state);
     if (read == 0) {
         kv.clear();  // a failed restore leaves nothing to trust
         return 0;
@@ -54,8 +57,8 @@ size_t ConversationCache::restore_best(llama_context * ctx, KvSequences & kv, in
     return best->items.size();
 }
 
-void ConversationCache::save(llama_context * ctx, const llama_model * model, const KvSequences & kv, int seq,
-                             size_t turn_end) {
+void ConversationCache::save(DecodingEngine & engine, int seq, size_t turn_end) {
+    const KvSequences & kv = engine.kv();
     if (continued_ != saved_.end()) {
         saved_.erase(continued_);  // this call is its next turn: the new entry (or none) replaces it
         continued_ = saved_.end();
@@ -69,17 +72,13 @@ void ConversationCache::save(llama_context * ctx, const llama_model * model, con
     }
     // A window cache saves only the cells inside the window of the sequence's last position; a
     // later turn that shares less than all of it would find the cells it needs missing.
-    const int32_t n_swa = llama_model_n_swa(model);
-    if (n_swa > 0 && llama_memory_seq_pos_max(llama_get_memory(ctx), seq) >= n_swa) {
-        return;
-    }
-    const size_t size = llama_state_seq_get_size(ctx, seq);
-    if (size == 0 || size > max_bytes_ * 1024 * 1024) {
+    const int32_t n_swa = llama_model_n_swa(engine.model().llama());
+    if (n_swa > 0 && engine.seq_pos_max(seq) >= n_swa) {
         return;
     }
     Saved entry;
-    entry.state.resize(size);
-    if (llama_state_seq_get_data(ctx, entry.state.data(), size, seq) != size) {
+    entry.state = engine.save_sequence(seq);
+    if (entry.state.empty() || entry.state.size() > max_bytes_ * 1024 * 1024) {
         return;
     }
     entry.items = items;

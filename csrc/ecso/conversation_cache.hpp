@@ -23,6 +23,8 @@
 
 namespace ecso {
 
+class DecodingEngine;
+
 class ConversationCache {
 public:
     struct Stats {
@@ -38,7 +40,7 @@ public:
 
     // Empties the cache and restores into `seq` the saved sequence sharing the most whole parts
     // with `prompt`. Returns the items restored (0: nothing saved matches).
-    size_t restore_best(llama_context * ctx, KvSequences & kv, int seq, const Prompt & prompt);
+    size_t restore_best(DecodingEngine & engine, int seq, const Prompt & prompt);
 
     // Saves what `seq` holds (a conversation's prompt and answer); `turn_end`: the item where the
     // prompt's last message ends. The entry restored for this call is replaced when the call
@@ -46,7 +48,7 @@ public:
     // entry the new one extends; a conversation keeps one entry. Not saved when it is over the
     // byte bound, or when a sliding-window layer has already dropped cells a shorter prefix
     // would need.
-    void save(llama_context * ctx, const llama_model * model, const KvSequences & kv, int seq, size_t turn_end);
+    void save(DecodingEngine & engine, int seq, size_t turn_end);
 
     // The caption of image `image_id` for `query`, when one was made.
     std::optional<std::string> caption(const std::string & image_id, const std::string & query) const;

@@ -204,7 +204,7 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
 
     // Step 1: the conversation, from the saved turn it continues. Held back when judged.
     if (reuse) {
-        cache_.restore_best(engine_.ctx(), kv, DecodingEngine::kSeqTextOnly, p1);
+        cache_.restore_best(engine_, DecodingEngine::kSeqTextOnly, p1);
     } else {
         kv.clear();
     }
@@ -223,7 +223,7 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
             // so the next turn reuses what a fresh evaluation computes in the same batches.
             kv.truncate(DecodingEngine::kSeqAnswer, p1.items().size());
         }
-        cache_.save(engine_.ctx(), model_.llama(), kv, DecodingEngine::kSeqAnswer, p1.last_boundary());
+        cache_.save(engine_, DecodingEngine::kSeqAnswer, p1.last_boundary());
         cache_.trim(embeddings);
         // The restored copy has served step 1 (which holds all it shared): freed, no cell past
         // the judge's shared prefix stays taken, and the judge's cells go where they go in an

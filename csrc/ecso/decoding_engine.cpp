@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <set>
 
+#include "ecso/context_factory.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
 #include "ecso/prompts.hpp"
@@ -37,35 +38,92 @@ DecodingEngine::ActiveCall::~ActiveCall() {
 DecodingEngine::DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config)
     : model_(std::move(model)), config_(config) {
     const ModelOptions & opts = model_->options();
-    llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx = opts.n_ctx;
-    cparams.n_batch = std::min(opts.n_batch, opts.n_ctx);
-    cparams.n_ubatch = cparams.n_batch;
-    cparams.n_seq_max = kNumSequences;
-    // One cell pool for all sequences: seq_cp then shares cells, and partial copies are allowed.
-    cparams.kv_unified = true;
-    // Sliding-window layers (Gemma 3) may overwrite a cell once it is outside the window of the
-    // one sequence holding it, and a later step that shares that prefix would then attend without
-    // it. A full-size window cache never overwrites a cell a step can still share; at the default
-    // n_ctx it costs nothing, since n_swa * 4 sequences already reach n_ctx (docs/model-families.md).
-    cparams.swa_full = llama_model_n_swa(model_->llama()) > 0;
-    cparams.n_threads = model_->n_threads();
-    cparams.n_threads_batch = model_->n_threads_batch();
-    cparams.flash_attn_type = model_->flash_attn_type();
-    cparams.abort_callback = &DecodingEngine::abort_requested;
-    cparams.abort_callback_data = this;
-    cparams.no_perf = true;
-    clear_log_errors();
-    ctx_.reset(llama_init_from_model(model_->llama(), cparams));
-    if (!ctx_) {
-        throw RuntimeFailure("llama.cpp could not create a context of " + std::to_string(opts.n_ctx) + " tokens" +
-                             last_log_suffix() + ". Lower n_ctx or free memory");
-    }
-    kv_ = std::make_unique<KvSequences>(ctx_.get(), kNumSequences);
+    own_ctx_ = make_context(*model_, opts.n_ctx, std::min(opts.n_batch, opts.n_ctx), kNumSequences,
+                            &DecodingEngine::abort_requested, this);
+    ctx_ = own_ctx_.get();
+    kv_ = std::make_unique<KvSequences>(ctx_, kNumSequences);
+    batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_)));
     if (config_.verdict_rule == VerdictRule::Logits || config_.judge_mode == JudgeMode::Incremental) {
         yes_no_ = YesNoTokens::find(*model_);
     }
-    batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
+}
+
+DecodingEngine::DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config,
+                               BatchScheduler & scheduler, int lane)
+    : model_(std::move(model)), config_(config), scheduler_(&scheduler), lane_(lane), ctx_(scheduler.ctx()) {
+    const int seq_base = lane * kNumSequences;
+    kv_ = std::make_unique<KvSequences>(ctx_, kNumSequences, seq_base, &scheduler.context_mutex());
+    batch_ = std::make_unique<TokenBatch>(scheduler.lane_batch(), seq_base);
+    if (config_.verdict_rule == VerdictRule::Logits || config_.judge_mode == JudgeMode::Incremental) {
+        yes_no_ = YesNoTokens::find(*model_);
+    }
+}
+
+void DecodingEngine::decode_batch(const std::string & what) {
+    int32_t status = 0;
+    if (scheduler_ != nullptr) {
+        status = scheduler_->decode(lane_, *batch_, lane_logits_);
+    } else {
+        status = llama_decode(ctx_, batch_->get());
+        decode_calls_ += 1;
+        batched_tokens_ += static_cast<uint64_t>(batch_->size());
+    }
+    check_decode_status(status, what.c_str());
+}
+
+const float * DecodingEngine::last_logits() const {
+    if (scheduler_ == nullptr) {
+        return llama_get_logits_ith(ctx_, -1);
+    }
+    const auto n_vocab = static_cast<size_t>(llama_vocab_n_tokens(model_->vocab()));
+    if (lane_logits_.size() < n_vocab) {
+        throw RuntimeFailure("internal: no logits to sample from");
+    }
+    return lane_logits_.data() + (lane_logits_.size() - n_vocab);
+}
+
+llama_token DecodingEngine::sample_next(Sampler & sampler) {
+    if (scheduler_ == nullptr) {
+        return sampler.sample(ctx_);
+    }
+    return sampler.sample(last_logits(), llama_vocab_n_tokens(model_->vocab()));
+}
+
+int32_t DecodingEngine::exclusive(const std::function<int32_t()> & work) {
+    return scheduler_ ? scheduler_->run_solo(lane_, work, active_cancel_.load()) : work();
+}
+
+std::vector<uint8_t> DecodingEngine::save_sequence(int seq) {
+    std::unique_lock<std::mutex> lock;
+    if (scheduler_ != nullptr) {
+        lock = std::unique_lock<std::mutex>(scheduler_->context_mutex());
+    }
+    const llama_seq_id id = kv_->seq_base() + seq;
+    std::vector<uint8_t> state(llama_state_seq_get_size(ctx_, id));
+    if (state.empty() || llama_state_seq_get_data(ctx_, state.data(), state.size(), id) != state.size()) {
+        return {};
+    }
+    return state;
+}
+
+size_t DecodingEngine::restore_sequence(int seq, const std::vector<uint8_t> & state) {
+    // A lane's restore runs alone, between rounds: where its cells land depends on the cells
+    // free at that point, which the rounds make the same on every run.
+    const llama_seq_id id = kv_->seq_base() + seq;
+    size_t read = 0;
+    exclusive([&] {
+        read = llama_state_seq_set_data(ctx_, state.data(), state.size(), id);
+        return int32_t{0};
+    });
+    return read;
+}
+
+int32_t DecodingEngine::seq_pos_max(int seq) {
+    std::unique_lock<std::mutex> lock;
+    if (scheduler_ != nullptr) {
+        lock = std::unique_lock<std::mutex>(scheduler_->context_mutex());
+    }
+    return llama_memory_seq_pos_max(llama_get_memory(ctx_), kv_->seq_base() + seq);
 }
 
 void DecodingEngine::cancel() {
@@ -95,7 +153,7 @@ void DecodingEngine::report(const char * step, const char * phase, int32_t done,
 }
 
 double DecodingEngine::p_yes() const {
-    return yes_probability(llama_get_logits_ith(ctx_.get(), -1), *yes_no_, config_.sampling.logit_bias);
+    return yes_probability(last_logits(), *yes_no_, config_.sampling.logit_bias);
 }
 
 void DecodingEngine::start_single_turn(const Prompt & first) {
@@ -117,7 +175,7 @@ void DecodingEngine::start_single_turn(const Prompt & first) {
 }
 
 void DecodingEngine::check_prompt_fits(const char * step, const Prompt & prompt) const {
-    const int32_t n_ubatch = static_cast<int32_t>(llama_n_ubatch(ctx_.get()));
+    const int32_t n_ubatch = static_cast<int32_t>(llama_n_ubatch(ctx_));
     for (const auto & item : prompt.items()) {
         // Non-causal image attention (Gemma 3) needs every image token in one ubatch: split over
         // two, the first half never sees the second (llama.cpp's own helper aborts here).
@@ -260,7 +318,7 @@ void DecodingEngine::complete_answer(int seq, const StepRecord & rec) {
     throw_if_cancelled(rec.name.c_str());
     batch_->clear();
     batch_->add(rec.tokens.back(), pos, seq, false);
-    check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
+    decode_batch("generation of step '" + rec.name + "'");
     kv_->append(seq, {rec.tokens.back(), nullptr, std::string(), 1, 1});
 }
 
@@ -275,7 +333,7 @@ void DecodingEngine::decode_text(const std::vector<llama_token> & tokens, int32_
             ++i;
         }
         throw_if_cancelled("judge");
-        check_decode_status(llama_decode(ctx_.get(), batch_->get()), what.c_str());
+        decode_batch(what);
     }
 }
 
@@ -304,7 +362,7 @@ void DecodingEngine::evaluate_prompt(const Prompt & prompt, size_t first_item, i
             ++j;
         }
         throw_if_cancelled(rec.name.c_str());
-        check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("prompt of step '" + rec.name + "'").c_str());
+        decode_batch("prompt of step '" + rec.name + "'");
         for (size_t k = i; k < j; ++k) {
             kv_->append(seq, items[k]);
         }
@@ -324,32 +382,47 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
         throw_if_cancelled(rec.name.c_str());
         const auto t0 = Clock::now();
         report(rec.name.c_str(), "encode", 0, 0);
-        std::lock_guard<std::mutex> lock(model_->vision_mutex());
-        clear_log_errors();
-        const Model::EncodeObserver observer{active_cancel_.load(), active_progress_, rec.name.c_str()};
-        model_->set_encode_observer(&observer);
-        const int32_t status = mtmd_encode_chunk(model_->mtmd(), item.media);
-        model_->set_encode_observer(nullptr);
+        const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);
+        std::vector<float> out;
+        const int32_t status = exclusive([&] {
+            std::lock_guard<std::mutex> lock(model_->vision_mutex());
+            clear_log_errors();
+            const Model::EncodeObserver observer{active_cancel_.load(), active_progress_, rec.name.c_str()};
+            model_->set_encode_observer(&observer);
+            const int32_t encoded = mtmd_encode_chunk(model_->mtmd(), item.media);
+            model_->set_encode_observer(nullptr);
+            if (encoded == 0) {
+                // mtmd's output holds a row per image token (not per position: M-RoPE images differ).
+                const float * embd = mtmd_get_output_embd(model_->mtmd());
+                out.assign(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd()));
+            }
+            return encoded;
+        });
         throw_if_cancelled(rec.name.c_str());  // a stopped encode leaves garbage: never cache it
         if (status != 0) {
             throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
         }
-        // mtmd's output holds a row per image token (not per position: M-RoPE images differ).
-        const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);
-        const float * embd = mtmd_get_output_embd(model_->mtmd());
         if (!config_.reuse_kv) {
             embd_cache_.clear();  // the reference path keeps nothing between steps
         }
-        cached = embd_cache_.insert_or_assign(item.media_id,
-                                              std::vector<float>(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd())))
-                     .first;
+        cached = embd_cache_.insert_or_assign(item.media_id, std::move(out)).first;
         rec.image_encodes += 1;
         rec.encode_seconds += seconds_since(t0);
     }
-    llama_pos new_pos = 0;
-    const int32_t status =
-        mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_.get(), item.media, cached->second.data(), pos, seq,
-                                       static_cast<int32_t>(llama_n_batch(ctx_.get())), &new_pos, nullptr, nullptr);
+    const auto n_batch = static_cast<int32_t>(llama_n_batch(ctx_));
+    const int32_t status = exclusive([&] {
+        llama_pos new_pos = 0;
+        return mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_, item.media, cached->second.data(), pos,
+                                              kv_->seq_base() + seq, n_batch, &new_pos, nullptr, nullptr);
+    });
+    const auto n_image = static_cast<uint64_t>(mtmd_input_chunk_get_n_tokens(item.media));
+    const uint64_t calls = (n_image + static_cast<uint64_t>(n_batch) - 1) / static_cast<uint64_t>(n_batch);
+    if (scheduler_ != nullptr) {
+        scheduler_->count_decodes(calls, n_image);
+    } else {
+        decode_calls_ += calls;
+        batched_tokens_ += n_image;
+    }
     if (status != 0) {
         throw_if_cancelled(rec.name.c_str());
         throw ContextOverflowError("the image of step '" + rec.name + "' could not be added to the KV cache" +
@@ -370,7 +443,7 @@ void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t
     std::optional<llama_token> sampled;  // sampled before the hook's steps overwrote the logits
     while (rec.tokens_generated < max_tokens) {
         throw_if_cancelled(rec.name.c_str());
-        const llama_token token = sampled ? *sampled : sampler.sample(ctx_.get());
+        const llama_token token = sampled ? *sampled : sample_next(sampler);
         sampled.reset();
         if (model_->is_end_of_generation(token)) {
             rec.stop_reason = "eos";
@@ -415,11 +488,11 @@ void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t
                 ++shadow->pos;
             }
         }
-        check_decode_status(llama_decode(ctx_.get(), batch_->get()), ("generation of step '" + rec.name + "'").c_str());
+        decode_batch("generation of step '" + rec.name + "'");
         kv_->append(seq, {token, nullptr, std::string(), 1});
         ++pos;
         if (after_token != nullptr && *after_token) {
-            sampled = sampler.sample(ctx_.get());
+            sampled = sample_next(sampler);
             if (!(*after_token)(rec, !decoder.holds_bytes())) {
                 rec.stop_reason = "judge";
                 break;

@@ -5,7 +5,13 @@
 // progress sink). The plans (single_turn_plan, conversation_plan) say which steps run in which
 // order; the engine knows nothing of ECSO's steps beyond their names.
 //
-// Not thread-safe: EcsoSession serialises the calls; only cancel() may come from any thread.
+// Where the context lives: an engine either owns its llama_context (a session with one lane:
+// every call on the context is direct) or is one lane of a BatchScheduler, whose context it shares
+// with the other lanes (its sequences offset, its token batches merged with theirs, its solo work
+// run on the scheduler's thread). The steps' code is the same either way.
+//
+// Not thread-safe: one request at a time per engine (EcsoSession hands out engines); only
+// cancel() may come from any thread.
 #pragma once
 
 #include <atomic>
@@ -17,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "ecso/batch_scheduler.hpp"
 #include "ecso/call_options.hpp"
 #include "ecso/cancel_token.hpp"
 #include "ecso/config.hpp"
@@ -24,6 +31,7 @@
 #include "ecso/model.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/result.hpp"
+#include "ecso/sampling.hpp"
 #include "ecso/token_batch.hpp"
 #include "ecso/verdict.hpp"
 #include "llama-cpp.h"
@@ -35,6 +43,9 @@ public:
     // Throws RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory) and
     // ConfigError when verdict_rule Logits finds no yes/no tokens.
     DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config);
+    // Lane `lane` of `scheduler` (which outlives the engine).
+    DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config, BatchScheduler & scheduler,
+                   int lane);
     DecodingEngine(const DecodingEngine &) = delete;
     DecodingEngine & operator=(const DecodingEngine &) = delete;
 
@@ -106,11 +117,25 @@ public:
     // The judge's P(yes) from the logits of the last evaluated prompt (verdict_rule Logits).
     double p_yes() const;
 
-    uint32_t n_ctx() const { return llama_n_ctx(ctx_.get()); }
+    // The cells this engine's sequences may hold together (a lane: its share of the context).
+    uint32_t n_ctx() const { return scheduler_ ? scheduler_->lane_n_ctx() : llama_n_ctx(ctx_); }
     const Model & model() const { return *model_; }
     const EcsoConfig & config() const { return config_; }
     KvSequences & kv() { return *kv_; }
-    llama_context * ctx() { return ctx_.get(); }
+
+    // A sequence's cells as llama.cpp saves them, and their restore into `seq` (0 when it failed),
+    // for the conversation cache; the highest position `seq` holds (-1: none).
+    std::vector<uint8_t> save_sequence(int seq);
+    size_t restore_sequence(int seq, const std::vector<uint8_t> & state);
+    int32_t seq_pos_max(int seq);
+
+    // Decode calls and tokens of an engine with its own context (a lane's are the scheduler's).
+    EngineStats own_stats() const {
+        EngineStats s;
+        s.decode_calls = decode_calls_.load();
+        s.batched_tokens = batched_tokens_.load();
+        return s;
+    }
 
     // Encoder output by PromptItem::media_id, so no step re-encodes an image when reuse is on.
     // The single-turn plan empties it per request; the conversation plan keeps it across turns.
@@ -126,12 +151,25 @@ private:
                   const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow = nullptr,
                   const TokenHook * after_token = nullptr);
     void decode_text(const std::vector<llama_token> & tokens, int32_t pos, int seq, const std::string & what);
+    // llama_decode of batch_, on the own context or merged into the scheduler's next round.
+    void decode_batch(const std::string & what);
+    // The logits of the last row of the last decode that asked for any.
+    const float * last_logits() const;
+    llama_token sample_next(Sampler & sampler);
+    // Work that needs the context (or the encoder) to itself: run now, or by the scheduler.
+    int32_t exclusive(const std::function<int32_t()> & work);
     void report(const char * step, const char * phase, int32_t done, int32_t total) const;
     static bool abort_requested(void * engine);
 
     std::shared_ptr<const Model> model_;
     EcsoConfig config_;
-    llama_context_ptr ctx_;
+    llama_context_ptr own_ctx_;           // null for a lane
+    BatchScheduler * scheduler_ = nullptr;  // set for a lane
+    int lane_ = 0;
+    llama_context * ctx_ = nullptr;       // the one decoded on: own_ctx_'s or the scheduler's
+    std::vector<float> lane_logits_;      // a lane's copy of its rows' logits from the last round
+    std::atomic<uint64_t> decode_calls_{0};  // read by engine_stats() from any thread
+    std::atomic<uint64_t> batched_tokens_{0};
     std::unique_ptr<KvSequences> kv_;
     std::unique_ptr<TokenBatch> batch_;
     // The call in progress: its token (shared, so cancel() can hold it past the call's end) and,

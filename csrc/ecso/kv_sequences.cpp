@@ -3,7 +3,8 @@
 
 namespace ecso {
 
-KvSequences::KvSequences(llama_context * ctx, int n_seq) : ctx_(ctx), contents_(static_cast<size_t>(n_seq)) {}
+KvSequences::KvSequences(llama_context * ctx, int n_seq, int seq_base, std::mutex * ctx_mutex)
+    : ctx_(ctx), seq_base_(seq_base), ctx_mutex_(ctx_mutex), contents_(static_cast<size_t>(n_seq)) {}
 
 KvSequences::Prefix KvSequences::longest_prefix(const std::vector<PromptItem> & items, int target,
                                                 size_t max_items) const {
@@ -45,7 +46,10 @@ void KvSequences::share(int target, const Prefix & prefix, const std::vector<Pro
     if (prefix.source < 0 || prefix.items == 0) {
         return;
     }
-    llama_memory_seq_cp(llama_get_memory(ctx_), prefix.source, target, 0, prefix.positions);
+    {
+        const auto guard = lock();
+        llama_memory_seq_cp(llama_get_memory(ctx_), seq_base_ + prefix.source, seq_base_ + target, 0, prefix.positions);
+    }
     auto & held = contents_[static_cast<size_t>(target)];
     for (size_t i = 0; i < prefix.items; ++i) {
         held.push_back(items[i]);
@@ -67,7 +71,10 @@ void KvSequences::truncate(int seq, size_t n_items) {
     for (size_t i = 0; i < n_items; ++i) {
         pos += held[i].n_pos;
     }
-    llama_memory_seq_rm(llama_get_memory(ctx_), seq, pos, -1);
+    {
+        const auto guard = lock();
+        llama_memory_seq_rm(llama_get_memory(ctx_), seq_base_ + seq, pos, -1);
+    }
     held.resize(n_items);
 }
 
@@ -89,11 +96,20 @@ void KvSequences::keep_only(const Prefix & prefix, int into, const std::vector<P
 }
 
 void KvSequences::drop(int seq) {
-    llama_memory_seq_rm(llama_get_memory(ctx_), seq, -1, -1);
+    {
+        const auto guard = lock();
+        llama_memory_seq_rm(llama_get_memory(ctx_), seq_base_ + seq, -1, -1);
+    }
     contents_[static_cast<size_t>(seq)].clear();
 }
 
 void KvSequences::clear() {
+    if (ctx_mutex_ != nullptr) {
+        for (int seq = 0; seq < static_cast<int>(contents_.size()); ++seq) {
+            drop(seq);
+        }
+        return;
+    }
     llama_memory_clear(llama_get_memory(ctx_), true);
     for (auto & c : contents_) {
         c.clear();

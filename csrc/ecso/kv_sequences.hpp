@@ -1,8 +1,13 @@
 // Bookkeeping of what each KV-cache sequence holds, so a step's prompt can start from the longest
 // prefix another sequence already evaluated. With a unified KV cache, llama_memory_seq_cp only
 // tags the existing cells with the new sequence id: the prefix is shared, not recomputed or copied.
+//
+// A parallel session's lane holds sequences [seq_base, seq_base + n_seq) of a context other lanes
+// use too: its ids are offset, every call on the context takes the context's mutex, and clear()
+// frees the lane's own sequences rather than the whole cache.
 #pragma once
 
+#include <mutex>
 #include <vector>
 
 #include "ecso/prompt.hpp"
@@ -12,7 +17,7 @@ namespace ecso {
 
 class KvSequences {
 public:
-    KvSequences(llama_context * ctx, int n_seq);
+    KvSequences(llama_context * ctx, int n_seq, int seq_base = 0, std::mutex * ctx_mutex = nullptr);
 
     struct Prefix {
         int source = -1;        // the sequence holding it, -1 when nothing is shared
@@ -50,10 +55,17 @@ public:
     void keep_only(const Prefix & prefix, int into, const std::vector<PromptItem> & items);
 
     void drop(int seq);   // frees the sequence's cells that no other sequence uses
-    void clear();         // empties the whole cache
+    void clear();         // empties the whole cache (a lane: its own sequences)
+
+    int seq_base() const { return seq_base_; }
 
 private:
+    std::unique_lock<std::mutex> lock() const {
+        return ctx_mutex_ ? std::unique_lock<std::mutex>(*ctx_mutex_) : std::unique_lock<std::mutex>();
+    }
     llama_context * ctx_;
+    int seq_base_;
+    std::mutex * ctx_mutex_;
     std::vector<std::vector<PromptItem>> contents_;
 };
 

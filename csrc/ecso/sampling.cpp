@@ -49,4 +49,19 @@ Sampler::Sampler(const Model & model, const SamplingConfig & config, uint32_t de
 
 llama_token Sampler::sample(llama_context * ctx) { return llama_sampler_sample(chain_.get(), ctx, -1); }
 
+llama_token Sampler::sample(const float * logits, int32_t n_vocab) {
+    candidates_.resize(static_cast<size_t>(n_vocab));
+    for (llama_token t = 0; t < n_vocab; ++t) {
+        candidates_[static_cast<size_t>(t)] = llama_token_data{t, logits[t], 0.0f};
+    }
+    llama_token_data_array array{candidates_.data(), candidates_.size(), -1, false};
+    llama_sampler_apply(chain_.get(), &array);
+    if (array.selected < 0 || array.selected >= static_cast<int64_t>(array.size)) {
+        throw RuntimeFailure("internal: the sampler chain selected no token");
+    }
+    const llama_token token = array.data[array.selected].id;
+    llama_sampler_accept(chain_.get(), token);
+    return token;
+}
+
 }  // namespace ecso

@@ -1,6 +1,8 @@
 // Token sampling for one generation step: a llama_sampler chain built from SamplingConfig.
 #pragma once
 
+#include <vector>
+
 #include "ecso/config.hpp"
 #include "ecso/model.hpp"
 #include "llama-cpp.h"
@@ -15,9 +17,14 @@ public:
 
     // Samples from the logits of the last evaluated token of `ctx` and records it.
     llama_token sample(llama_context * ctx);
+    // The same from a copy of one row of logits (a parallel session's lane: the shared context's
+    // logits belong to the next round by the time the lane samples). The same steps as
+    // llama_sampler_sample's CPU path, so a row gives the token the context would.
+    llama_token sample(const float * logits, int32_t n_vocab);
 
 private:
     llama_sampler_ptr chain_;
+    std::vector<llama_token_data> candidates_;
 };
 
 }  // namespace ecso

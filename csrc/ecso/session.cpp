@@ -1,60 +1,304 @@
-// EcsoSession (see session.hpp): checks the config, builds the chat frame and the engine, and runs
-// each call's plan under the session's lock with the call's token installed.
+// EcsoSession (see session.hpp): checks the config, builds the chat frame and the slots, hands a
+// free slot to each call and runs the call's plan on it with the call's token installed.
 #include "ecso/session.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "ecso/conversation_plan.hpp"
 #include "ecso/errors.hpp"
+#include "ecso/prompt.hpp"
 #include "ecso/single_turn_plan.hpp"
 
 namespace ecso {
+namespace {
 
-EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config)
+// One fingerprint per message: its role, its text and its images' content, so a follow-up turn
+// (the previous messages, the answer, a new question) shares a prefix of fingerprints with the
+// turn it continues.
+std::vector<uint64_t> fingerprints(const Conversation & messages) {
+    std::vector<uint64_t> out;
+    for (const ChatMessage & m : messages) {
+        std::string key = m.role + '\0';
+        for (const ChatPart & part : m.content) {
+            key += part.image ? "\1" + image_content_id(*part.image) : "\2" + part.text;
+            key += '\0';
+        }
+        out.push_back(std::hash<std::string>{}(key));
+    }
+    return out;
+}
+
+size_t shared_prefix(const std::vector<uint64_t> & a, const std::vector<uint64_t> & b) {
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) {
+        ++n;
+    }
+    return n;
+}
+
+}  // namespace
+
+// Holds a slot for one call (or one run_many lane) and gives it back, whatever happens.
+class EcsoSession::Lease {
+public:
+    Lease(EcsoSession & session, const Conversation * messages, const CancelToken * cancel, bool join)
+        : session_(session), index_(session.acquire(messages, cancel, join)), join_(join) {}
+    ~Lease() { session_.release(index_, join_); }
+    Lease(const Lease &) = delete;
+    Lease & operator=(const Lease &) = delete;
+    Slot & slot() { return *session_.slots_[index_]; }
+    int index() const { return static_cast<int>(index_); }
+
+private:
+    EcsoSession & session_;
+    size_t index_;
+    bool join_;
+};
+
+EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel)
     : model_(std::move(model)), config_(std::move(config)) {
     if (!model_) {
         throw ConfigError("a session needs a loaded model");
     }
+    if (parallel < 1 || parallel > kMaxParallel) {
+        throw ConfigError("parallel must be from 1 to " + std::to_string(kMaxParallel) + " (got " +
+                          std::to_string(parallel) + "): the requests that run together in one context");
+    }
     config_.validate();
     frame_ = ChatFrame::build(*model_, config_);
-    engine_ = std::make_unique<DecodingEngine>(model_, config_);
+    if (parallel > 1) {
+        scheduler_ = std::make_unique<BatchScheduler>(model_, parallel, DecodingEngine::kNumSequences);
+    }
+    for (int i = 0; i < parallel; ++i) {
+        auto slot = std::make_unique<Slot>();
+        slot->engine = scheduler_ ? std::make_unique<DecodingEngine>(model_, config_, *scheduler_, i)
+                                  : std::make_unique<DecodingEngine>(model_, config_);
+        slots_.push_back(std::move(slot));
+    }
 }
 
-uint32_t EcsoSession::n_ctx() const { return engine_->n_ctx(); }
+// The engines go before the scheduler whose context they use.
+EcsoSession::~EcsoSession() { slots_.clear(); }
 
-void EcsoSession::cancel() { engine_->cancel(); }
+uint32_t EcsoSession::n_ctx() const { return slots_.front()->engine->n_ctx(); }
+
+void EcsoSession::cancel() {
+    for (auto & slot : slots_) {
+        slot->engine->cancel();
+    }
+}
+
+size_t EcsoSession::acquire(const Conversation * messages, const CancelToken * cancel, bool join) {
+    const std::vector<uint64_t> prints = messages ? fingerprints(*messages) : std::vector<uint64_t>();
+    std::unique_lock<std::mutex> lock(slots_mutex_);
+    for (;;) {
+        if (cancel != nullptr && cancel->cancelled()) {
+            throw CancelledError("cancelled while waiting for a free slot");
+        }
+        size_t best = slots_.size();
+        size_t best_shared = 0;
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            if (slots_[i]->busy) {
+                continue;
+            }
+            const size_t shared = shared_prefix(prints, slots_[i]->history);
+            if (best == slots_.size() || shared > best_shared) {
+                best = i;
+                best_shared = shared;
+            }
+        }
+        if (best < slots_.size()) {
+            Slot & slot = *slots_[best];
+            slot.busy = true;
+            if (messages != nullptr) {
+                slot.history = prints;
+            }
+            if (join && scheduler_) {
+                scheduler_->join(static_cast<int>(best));
+            }
+            return best;
+        }
+        // The token has no way to wake this wait: look at it a few times a second.
+        slot_freed_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+}
+
+void EcsoSession::release(size_t index, bool leave) {
+    {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        if (leave && scheduler_) {
+            scheduler_->leave(static_cast<int>(index));
+        }
+        slots_[index]->busy = false;
+    }
+    slot_freed_.notify_all();
+}
+
+EcsoResult EcsoSession::run_item(Slot & slot, const BatchItem & item, const CallOptions & call) {
+    {
+        std::lock_guard<std::mutex> lock(slots_mutex_);
+        requests_ += 1;
+        max_in_flight_ = std::max(max_in_flight_, ++in_flight_);
+    }
+    struct InFlight {
+        EcsoSession & s;
+        ~InFlight() {
+            std::lock_guard<std::mutex> lock(s.slots_mutex_);
+            --s.in_flight_;
+        }
+    } in_flight{*this};
+    DecodingEngine & engine = *slot.engine;
+    DecodingEngine::ActiveCall active(engine, call);
+    if (item.messages) {
+        return ConversationPlan(engine, frame_, slot.conversations).run(*item.messages, call, item.protect);
+    }
+    return SingleTurnPlan(engine, frame_).run(item.image, item.query, call, item.protect);
+}
 
 EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    DecodingEngine::ActiveCall active(*engine_, call);
-    return SingleTurnPlan(*engine_, frame_).run(image, query, call, true);
+    Lease lease(*this, nullptr, call.cancel.get(), true);
+    return run_item(lease.slot(), BatchItem{image, query, std::nullopt, true}, call);
 }
 
 EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    DecodingEngine::ActiveCall active(*engine_, call);
-    return SingleTurnPlan(*engine_, frame_).run(image, query, call, false);
+    Lease lease(*this, nullptr, call.cancel.get(), true);
+    return run_item(lease.slot(), BatchItem{image, query, std::nullopt, false}, call);
 }
 
 EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response,
                               const CallOptions & call) {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    DecodingEngine::ActiveCall active(*engine_, call);
-    return SingleTurnPlan(*engine_, frame_).judge(image, query, response);
+    Lease lease(*this, nullptr, call.cancel.get(), true);
+    DecodingEngine::ActiveCall active(*lease.slot().engine, call);
+    return SingleTurnPlan(*lease.slot().engine, frame_).judge(image, query, response);
 }
 
 EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & call, bool protect) {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    DecodingEngine::ActiveCall active(*engine_, call);
-    return ConversationPlan(*engine_, frame_, conversations_).run(messages, call, protect);
+    Lease lease(*this, &messages, call.cancel.get(), true);
+    BatchItem item;
+    item.messages = messages;
+    item.protect = protect;
+    return run_item(lease.slot(), item, call);
+}
+
+void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call) {
+    if (n == 0) {
+        return;
+    }
+    const std::shared_ptr<CancelToken> token = call.cancel ? call.cancel : std::make_shared<CancelToken>();
+    CallOptions item_call;
+    item_call.max_tokens = call.max_tokens;
+    item_call.cancel = token;
+    // Every lane is held and has joined before the first hand-out, so the first round already
+    // sees them all.
+    const size_t lanes = std::min(n, slots_.size());
+    std::vector<std::unique_ptr<Lease>> leases;
+    for (size_t i = 0; i < lanes; ++i) {
+        leases.push_back(std::make_unique<Lease>(*this, nullptr, token.get(), true));
+    }
+    std::exception_ptr stop;  // a sink's exception, or the cancel: ends the whole run
+    std::mutex stop_mutex;
+    if (scheduler_) {
+        scheduler_->reset_items(static_cast<int64_t>(n));
+    }
+    size_t next_direct = 0;  // parallel = 1: items in order on the calling thread
+    auto run_lane = [&](Lease & lease) {
+        for (;;) {
+            int64_t index = -1;
+            if (scheduler_) {
+                index = scheduler_->take_item(lease.index());
+            } else if (next_direct < n) {
+                index = static_cast<int64_t>(next_direct++);
+            }
+            if (index < 0) {
+                return;
+            }
+            {
+                std::lock_guard<std::mutex> lock(stop_mutex);
+                if (stop || token->cancelled()) {
+                    continue;  // hand-outs go on until none is left, so every lane leaves the rounds
+                }
+            }
+            const auto i = static_cast<size_t>(index);
+            std::optional<EcsoResult> result;
+            std::exception_ptr error;
+            try {
+                result = run_item(lease.slot(), source(i), item_call);
+            } catch (...) {
+                error = std::current_exception();
+            }
+            if (token->cancelled()) {
+                std::lock_guard<std::mutex> lock(stop_mutex);
+                if (!stop) {
+                    stop = std::make_exception_ptr(CancelledError("run_many was cancelled"));
+                }
+                continue;
+            }
+            try {
+                sink(i, result ? &*result : nullptr, error);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(stop_mutex);
+                if (!stop) {
+                    stop = std::current_exception();
+                }
+                token->cancel();
+            }
+        }
+    };
+    if (lanes == 1) {
+        run_lane(*leases.front());
+    } else {
+        std::vector<std::thread> threads;
+        for (auto & lease : leases) {
+            threads.emplace_back([&run_lane, &lease] { run_lane(*lease); });
+        }
+        for (auto & t : threads) {
+            t.join();
+        }
+    }
+    leases.clear();
+    if (stop) {
+        std::rethrow_exception(stop);
+    }
+}
+
+EngineStats EcsoSession::engine_stats() {
+    EngineStats out;
+    if (scheduler_) {
+        out = scheduler_->stats();
+    } else {
+        out = slots_.front()->engine->own_stats();
+    }
+    std::lock_guard<std::mutex> lock(slots_mutex_);
+    out.requests = requests_;
+    out.max_in_flight = max_in_flight_;
+    return out;
 }
 
 ConversationCache::Stats EcsoSession::cache_stats() {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    return conversations_.stats(engine_->embeddings());
+    ConversationCache::Stats total;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        // Each slot in turn, once no call uses it: its cache is its call's while it runs.
+        std::unique_lock<std::mutex> lock(slots_mutex_);
+        slot_freed_.wait(lock, [&] { return !slots_[i]->busy; });
+        const ConversationCache::Stats s = slots_[i]->conversations.stats(slots_[i]->engine->embeddings());
+        total.conversations += s.conversations;
+        total.state_bytes += s.state_bytes;
+        total.images += s.images;
+        total.embedding_bytes += s.embedding_bytes;
+        total.captions += s.captions;
+    }
+    return total;
 }
 
 void EcsoSession::clear_cache() {
-    std::lock_guard<std::mutex> lock(run_mutex_);
-    conversations_.clear(engine_->embeddings());
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        std::unique_lock<std::mutex> lock(slots_mutex_);
+        slot_freed_.wait(lock, [&] { return !slots_[i]->busy; });
+        slots_[i]->conversations.clear(slots_[i]->engine->embeddings());
+        slots_[i]->history.clear();
+    }
 }
 
 }  // namespace ecso

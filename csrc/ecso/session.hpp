@@ -1,17 +1,27 @@
-// EcsoSession: the public entry point. It owns a DecodingEngine (the llama_context and its KV
-// cache) and runs a request plan on it: the paper's single-turn plan (run, answer, judge) or the
-// conversation plan (chat).
+// EcsoSession: the public entry point. It owns its slots, each a DecodingEngine (the KV
+// sequences of one request at a time) with its conversation cache, and runs a request plan on a
+// free slot: the paper's single-turn plan (run, answer, judge) or the conversation plan (chat).
+// With parallel = 1 the one slot owns its llama_context; with parallel = N the N slots are lanes
+// of one BatchScheduler, and calls from N threads decode together in one batch per round.
 //
-// Ownership: a session owns its context and shares its Model (kept alive by shared_ptr).
-// Thread safety: the calls on one session are serialised (a second caller waits). Each call has
-// its own CancelToken (CallOptions::cancel); cancel() may be called from any thread and cancels
-// the token of the call in progress, if any.
+// Ownership: a session owns its context(s) and shares its Model (kept alive by shared_ptr).
+// Thread safety: every method may be called from any thread. A call waits for a free slot (with
+// parallel = 1: for the call in progress). Each call has its own CancelToken
+// (CallOptions::cancel), which also stops it while it waits; cancel() cancels the calls in
+// progress, if any.
 #pragma once
 
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "ecso/batch_scheduler.hpp"
 #include "ecso/call_options.hpp"
 #include "ecso/chat_frame.hpp"
 #include "ecso/config.hpp"
@@ -28,7 +38,10 @@ class EcsoSession {
 public:
     // Throws ConfigError for an invalid config or an unrecognised chat template, and
     // RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory).
-    EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config);
+    // `parallel`: requests that run together, 1 to kMaxParallel; each has the model's n_ctx.
+    EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel = 1);
+    ~EcsoSession();
+    static constexpr int kMaxParallel = 64;  // llama.cpp's 256 sequences, 4 a request
     EcsoSession(const EcsoSession &) = delete;
     EcsoSession & operator=(const EcsoSession &) = delete;
 
@@ -52,9 +65,31 @@ public:
     // are kept for its next turn, within the config's bounds.
     EcsoResult chat(const Conversation & messages, const CallOptions & call, bool protect = true);
 
-    // What the session keeps between chat calls, and a way to drop it.
+    // What the session keeps between chat calls (summed over its slots), and a way to drop it.
     ConversationCache::Stats cache_stats();
     void clear_cache();
+
+    // One request of run_many: an image and a query (run / answer), or a conversation (chat).
+    struct BatchItem {
+        RgbImage image;
+        std::string query;
+        std::optional<Conversation> messages;
+        bool protect = true;
+    };
+    // Makes item `index`; called on the thread that will run it. An exception fails that item.
+    using ItemSource = std::function<BatchItem(size_t index)>;
+    // Receives item `index`'s result, or the error that failed it (result null), on its thread.
+    // An exception it throws cancels the whole run.
+    using ItemSink = std::function<void(size_t index, const EcsoResult * result, std::exception_ptr error)>;
+    // Runs `n` requests with up to `parallel` in flight, items handed out in order at scheduler
+    // rounds (so the same input gives the same batches and results). One item's failure fails
+    // only that item. `call.cancel` stops the whole run (CancelledError); `call.max_tokens` is
+    // every item's limit; streaming sinks do not apply.
+    void run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call);
+
+    // Requests, decode calls, tokens batched and the most requests in flight at once.
+    EngineStats engine_stats();
+    int parallel() const { return static_cast<int>(slots_.size()); }
 
     // Cancels the call in progress (its token); does nothing when no call runs, so it can never
     // stop a later call. To cancel a call that may not have started yet, cancel its own token.
@@ -66,12 +101,30 @@ public:
     uint32_t n_ctx() const;
 
 private:
+    struct Slot {
+        std::unique_ptr<DecodingEngine> engine;
+        ConversationCache conversations;
+        std::vector<uint64_t> history;  // fingerprints of the messages of its last conversation
+        bool busy = false;
+    };
+    class Lease;
+    // Waits for a free slot: for a conversation, the free one whose last conversation it
+    // continues (as llama-server picks a slot by prompt similarity). `join`: a lane of the
+    // scheduler joins its rounds.
+    size_t acquire(const Conversation * messages, const CancelToken * cancel, bool join);
+    void release(size_t slot, bool leave);
+    EcsoResult run_item(Slot & slot, const BatchItem & item, const CallOptions & call);
+
     std::shared_ptr<const Model> model_;
     EcsoConfig config_;
     ChatFrame frame_;
-    std::unique_ptr<DecodingEngine> engine_;
-    ConversationCache conversations_;
-    std::mutex run_mutex_;
+    std::unique_ptr<BatchScheduler> scheduler_;  // null with parallel = 1
+    std::vector<std::unique_ptr<Slot>> slots_;
+    std::mutex slots_mutex_;
+    std::condition_variable slot_freed_;
+    uint64_t requests_ = 0;
+    int in_flight_ = 0;
+    int max_in_flight_ = 0;
 };
 
 }  // namespace ecso

@@ -1,6 +1,7 @@
 // RAII owner of a llama_batch of text tokens for llama_decode. Each token belongs to one sequence,
 // and one batch may hold tokens of several sequences (shadow judging feeds the judge's sequence
-// beside step 1's): the batch's sequence slots are sized for that.
+// beside step 1's): the batch's sequence slots are sized for that. A parallel session's lane adds
+// its first sequence id to each token's (its sequences are [seq_base, seq_base + 4)).
 #pragma once
 
 #include <string>
@@ -12,7 +13,8 @@ namespace ecso {
 
 class TokenBatch {
 public:
-    explicit TokenBatch(int32_t capacity) : batch_(llama_batch_init(capacity, 0, 1)), capacity_(capacity) {}
+    explicit TokenBatch(int32_t capacity, llama_seq_id seq_base = 0)
+        : batch_(llama_batch_init(capacity, 0, 1)), capacity_(capacity), seq_base_(seq_base) {}
     ~TokenBatch() { llama_batch_free(batch_); }
     TokenBatch(const TokenBatch &) = delete;
     TokenBatch & operator=(const TokenBatch &) = delete;
@@ -33,7 +35,7 @@ public:
         batch_.token[i] = token;
         batch_.pos[i] = pos;
         batch_.n_seq_id[i] = 1;
-        batch_.seq_id[i][0] = seq;
+        batch_.seq_id[i][0] = seq_base_ + seq;
         batch_.logits[i] = logits ? 1 : 0;
     }
 
@@ -42,6 +44,7 @@ public:
 private:
     llama_batch batch_;
     int32_t capacity_;
+    llama_seq_id seq_base_;
 };
 
 }  // namespace ecso
