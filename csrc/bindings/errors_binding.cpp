@@ -10,39 +10,67 @@ namespace py = pybind11;
 namespace ecso_bindings {
 namespace {
 
-void raise_as(const char * name, const std::exception & e) {
-    const py::object cls = py::module_::import("ecso_edge.errors").attr(name);
+// The ecso_edge.errors class for a core exception, most derived first; null for any other.
+const char * error_class(const std::exception_ptr & p, std::string & what) {
+    try {
+        std::rethrow_exception(p);
+    } catch (const ecso::ModelLoadError & e) {
+        what = e.what();
+        return "ModelLoadError";
+    } catch (const ecso::ImageError & e) {
+        what = e.what();
+        return "ImageError";
+    } catch (const ecso::ContextOverflowError & e) {
+        what = e.what();
+        return "ContextOverflowError";
+    } catch (const ecso::CancelledError & e) {
+        what = e.what();
+        return "CancelledError";
+    } catch (const ecso::ConfigError & e) {
+        what = e.what();
+        return "ConfigError";
+    } catch (const ecso::Error & e) {
+        what = e.what();
+        return "EcsoError";
+    } catch (const std::exception & e) {
+        what = e.what();
+        return nullptr;
+    } catch (...) {
+        what = "unknown error";
+        return nullptr;
+    }
+}
+
+py::object message_of(const std::string & what) {
     // A message may quote bytes from a damaged file (a key name, llama.cpp's log): PyErr_SetString
     // would fail on invalid UTF-8 with a UnicodeDecodeError (found by the fuzz suite), so decode
     // with replacement characters.
-    const std::string what = e.what();
-    const py::object message = py::reinterpret_steal<py::object>(
+    return py::reinterpret_steal<py::object>(
         PyUnicode_DecodeUTF8(what.data(), static_cast<Py_ssize_t>(what.size()), "replace"));
-    PyErr_SetObject(cls.ptr(), message.ptr());
 }
 
 }  // namespace
+
+py::object exception_object(const std::exception_ptr & error) {
+    std::string what;
+    const char * name = error_class(error, what);
+    const py::object cls = name ? py::module_::import("ecso_edge.errors").attr(name)
+                                : py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
+    return cls(message_of(what));
+}
 
 void register_errors(py::module_ & /*m*/) {
     py::register_exception_translator([](std::exception_ptr p) {
         if (!p) {
             return;
         }
-        try {
-            std::rethrow_exception(p);
-        } catch (const ecso::ModelLoadError & e) {
-            raise_as("ModelLoadError", e);
-        } catch (const ecso::ImageError & e) {
-            raise_as("ImageError", e);
-        } catch (const ecso::ContextOverflowError & e) {
-            raise_as("ContextOverflowError", e);
-        } catch (const ecso::CancelledError & e) {
-            raise_as("CancelledError", e);
-        } catch (const ecso::ConfigError & e) {
-            raise_as("ConfigError", e);
-        } catch (const ecso::Error & e) {
-            raise_as("EcsoError", e);
+        std::string what;
+        const char * name = error_class(p, what);
+        if (name == nullptr) {
+            std::rethrow_exception(p);  // pybind11's own translation (std exceptions)
         }
+        const py::object cls = py::module_::import("ecso_edge.errors").attr(name);
+        PyErr_SetObject(cls.ptr(), message_of(what).ptr());
     });
 }
 

@@ -3,6 +3,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <exception>
+
 namespace ecso_bindings {
 
 void register_errors(pybind11::module_ & m);
@@ -11,5 +13,9 @@ void register_model(pybind11::module_ & m);
 void register_result(pybind11::module_ & m);
 void register_cancel_token(pybind11::module_ & m);
 void register_session(pybind11::module_ & m);
+
+// The Python exception object (ecso_edge.errors class, RuntimeError for others) for a core error,
+// for APIs that hand errors back as values (run_many).
+pybind11::object exception_object(const std::exception_ptr & error);
 
 }  // namespace ecso_bindings

@@ -151,6 +151,25 @@ ecso::Conversation conversation_from(const py::list & messages) {
     return out;
 }
 
+// A run_many item as ecso_edge.session builds it: (pixels, width, height, query, protect,
+// response or None) or (messages, protect). Called with the GIL held; the pixels are copied.
+ecso::EcsoSession::BatchItem batch_item_from(const py::handle & value) {
+    const auto t = value.cast<py::tuple>();
+    ecso::EcsoSession::BatchItem item;
+    if (t.size() == 2) {
+        item.messages = conversation_from(t[0].cast<py::list>());
+        item.protect = t[1].cast<bool>();
+        return item;
+    }
+    item.image = copy_pixels(t[0].cast<py::buffer>(), t[1].cast<uint32_t>(), t[2].cast<uint32_t>());
+    item.query = t[3].cast<std::string>();
+    item.protect = t[4].cast<bool>();
+    if (!t[5].is_none()) {
+        item.response = t[5].cast<std::string>();
+    }
+    return item;
+}
+
 const char * const kRunDoc = R"pbdoc(
 The ECSO request: answer, judge, and on the unsafe path caption and eyes-closed answer.
 `pixels` is width*height*3 bytes of RGB. `on_text(piece)` receives the FINAL answer as it is
@@ -166,11 +185,65 @@ void register_session(py::module_ & m) {
 An ECSO session over a Model: one context whose KV cache holds a sequence per step.
 Calls on one session are serialised (a second thread waits); cancel() may come from any thread.
 )pbdoc")
-        .def(py::init([](std::shared_ptr<ecso::Model> model, const ecso::EcsoConfig & config) {
+        .def(py::init([](std::shared_ptr<ecso::Model> model, const ecso::EcsoConfig & config, int parallel) {
                  py::gil_scoped_release release;
-                 return std::make_unique<ecso::EcsoSession>(std::move(model), config);
+                 return std::make_unique<ecso::EcsoSession>(std::move(model), config, parallel);
              }),
-             py::arg("model"), py::arg("config"))
+             py::arg("model"), py::arg("config"), py::arg("parallel") = 1)
+        .def_readonly_static("max_parallel", &ecso::EcsoSession::kMaxParallel)
+        .def_property_readonly("parallel", &ecso::EcsoSession::parallel)
+        .def(
+            "run_many",
+            [](ecso::EcsoSession & s, size_t n, const py::object & source, const py::object & sink, int32_t max_tokens,
+               std::shared_ptr<ecso::CancelToken> cancel) {
+                PythonCall call(max_tokens, py::none(), py::none(), std::move(cancel));
+                // Both run on the item's lane thread, with the GIL taken for the Python side only.
+                const ecso::EcsoSession::ItemSource make = [&source](size_t i) {
+                    py::gil_scoped_acquire gil;
+                    return batch_item_from(source(i));
+                };
+                const ecso::EcsoSession::ItemSink deliver = [&sink](size_t i, const ecso::EcsoResult * result,
+                                                                    std::exception_ptr error) {
+                    py::gil_scoped_acquire gil;
+                    py::object value = py::none();
+                    if (result != nullptr) {
+                        value = py::cast(*result);
+                    } else {
+                        try {
+                            std::rethrow_exception(error);
+                        } catch (py::error_already_set & e) {
+                            value = e.value();
+                        } catch (...) {
+                            value = exception_object(std::current_exception());
+                        }
+                    }
+                    sink(i, value);
+                };
+                call.run([&]() {
+                    s.run_many(n, make, deliver, call.options);
+                    return ecso::EcsoResult{};
+                });
+            },
+            py::arg("n"), py::arg("source"), py::arg("sink"), py::kw_only(), py::arg("max_tokens"),
+            py::arg("cancel") = py::none(),
+            "Runs n requests, up to `parallel` at once: source(i) gives item i ((pixels, width, height, query, "
+            "protect, response or None) or (messages, protect)), sink(i, result_or_exception) receives it on its thread. Items are "
+            "handed out in order at scheduler rounds.")
+        .def(
+            "engine_stats",
+            [](ecso::EcsoSession & s) {
+                const ecso::EngineStats st = s.engine_stats();
+                py::dict d;
+                d["requests"] = st.requests;
+                d["decode_calls"] = st.decode_calls;
+                d["batched_tokens"] = st.batched_tokens;
+                d["rounds"] = st.rounds;
+                d["max_in_flight"] = st.max_in_flight;
+                d["parallel"] = s.parallel();
+                return d;
+            },
+            "Requests started, llama_decode calls, tokens evaluated over them, scheduler rounds and the most "
+            "requests in flight at once.")
         .def(
             "run",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,
@@ -209,15 +282,21 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
         .def(
             "chat",
             [](ecso::EcsoSession & s, const py::list & messages, int32_t max_tokens, const py::object & on_text,
-               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel, bool protect) {
+               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel, bool protect,
+               const std::optional<ecso::EcsoConfig> & sampling_from) {
                 const ecso::Conversation conversation = conversation_from(messages);
                 PythonCall call(max_tokens, on_text, on_progress, std::move(cancel));
+                if (sampling_from) {
+                    call.options.sampling = sampling_from->sampling;
+                }
                 return call.run([&]() { return s.chat(conversation, call.options, protect); });
             },
             py::arg("messages"), py::kw_only(), py::arg("max_tokens"), py::arg("on_text") = py::none(),
             py::arg("on_progress") = py::none(), py::arg("cancel") = py::none(), py::arg("protect") = true,
+            py::arg("sampling_from") = py::none(),
             "ECSO over a conversation: messages are (role, [text | (pixels, width, height), ...]). `protect` "
-            "False answers directly.")
+            "False answers directly. `sampling_from`: an EcsoConfig whose sampling this call uses instead of "
+            "the session's.")
         .def(
             "cache_stats",
             [](ecso::EcsoSession & s) {

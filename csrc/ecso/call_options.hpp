@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ecso/cancel_token.hpp"
+#include "ecso/config.hpp"
 
 namespace ecso {
 
@@ -34,6 +36,9 @@ struct CallOptions {
     TextSink on_text;
     ProgressSink on_progress;
     std::shared_ptr<CancelToken> cancel;  // null: the call makes its own (EcsoSession::cancel() reaches it)
+    // This call's sampling in place of the config's (a server request's temperature, top_p,
+    // seed), so requests with other sampling share the session and its caches.
+    std::optional<SamplingConfig> sampling;
 };
 
 }  // namespace ecso

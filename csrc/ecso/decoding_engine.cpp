@@ -24,6 +24,7 @@ DecodingEngine::ActiveCall::ActiveCall(DecodingEngine & engine, const CallOption
     std::shared_ptr<CancelToken> token = call.cancel ? call.cancel : std::make_shared<CancelToken>();
     engine_.active_cancel_.store(token.get());
     engine_.active_progress_ = call.on_progress ? &call.on_progress : nullptr;
+    engine_.active_sampling_ = call.sampling ? &*call.sampling : nullptr;
     std::lock_guard<std::mutex> lock(engine_.active_mutex_);
     engine_.active_token_ = std::move(token);
 }
@@ -32,6 +33,7 @@ DecodingEngine::ActiveCall::~ActiveCall() {
     std::lock_guard<std::mutex> lock(engine_.active_mutex_);
     engine_.active_cancel_.store(nullptr);
     engine_.active_progress_ = nullptr;
+    engine_.active_sampling_ = nullptr;
     engine_.active_token_.reset();
 }
 
@@ -153,7 +155,7 @@ void DecodingEngine::report(const char * step, const char * phase, int32_t done,
 }
 
 double DecodingEngine::p_yes() const {
-    return yes_probability(last_logits(), *yes_no_, config_.sampling.logit_bias);
+    return yes_probability(last_logits(), *yes_no_, sampling().logit_bias);
 }
 
 void DecodingEngine::start_single_turn(const Prompt & first) {
@@ -433,7 +435,7 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
 void DecodingEngine::generate(int seq, int32_t pos, int32_t extra_cells, int32_t max_tokens, StepRecord & rec,
                            const TextSink & live, std::vector<std::string> * pieces, ShadowJudge * shadow,
                            const TokenHook * after_token) {
-    Sampler sampler(*model_, config_.sampling, model_->options().seed);
+    Sampler sampler(*model_, sampling(), model_->options().seed);
     Utf8Decoder decoder;
     SinkWriter writer(live);
     std::string text;

@@ -137,6 +137,11 @@ void EcsoSession::release(size_t index, bool leave) {
 }
 
 EcsoResult EcsoSession::run_item(Slot & slot, const BatchItem & item, const CallOptions & call) {
+    if (call.sampling) {
+        EcsoConfig checked = config_;
+        checked.sampling = *call.sampling;
+        checked.validate();
+    }
     {
         std::lock_guard<std::mutex> lock(slots_mutex_);
         requests_ += 1;
@@ -154,6 +159,9 @@ EcsoResult EcsoSession::run_item(Slot & slot, const BatchItem & item, const Call
     if (item.messages) {
         return ConversationPlan(engine, frame_, slot.conversations).run(*item.messages, call, item.protect);
     }
+    if (item.response) {
+        return SingleTurnPlan(engine, frame_).judge(item.image, item.query, *item.response);
+    }
     return SingleTurnPlan(engine, frame_).run(item.image, item.query, call, item.protect);
 }
 
@@ -170,8 +178,8 @@ EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query
 EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response,
                               const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
-    DecodingEngine::ActiveCall active(*lease.slot().engine, call);
-    return SingleTurnPlan(*lease.slot().engine, frame_).judge(image, query, response);
+    BatchItem item{image, query, std::nullopt, true, response};
+    return run_item(lease.slot(), item, call);
 }
 
 EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & call, bool protect) {

@@ -69,12 +69,14 @@ public:
     ConversationCache::Stats cache_stats();
     void clear_cache();
 
-    // One request of run_many: an image and a query (run / answer), or a conversation (chat).
+    // One request of run_many: an image and a query (run / answer, or judge when `response` is
+    // set), or a conversation (chat).
     struct BatchItem {
         RgbImage image;
         std::string query;
         std::optional<Conversation> messages;
         bool protect = true;
+        std::optional<std::string> response;
     };
     // Makes item `index`; called on the thread that will run it. An exception fails that item.
     using ItemSource = std::function<BatchItem(size_t index)>;

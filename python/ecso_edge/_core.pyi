@@ -1,6 +1,6 @@
 """Type stubs of the private C++ module (csrc/bindings/)."""
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 from typing_extensions import Buffer
 
@@ -147,7 +147,22 @@ class CancelToken:
     def wait(self, timeout: Optional[float] = None) -> bool: ...
 
 class Session:
-    def __init__(self, model: Model, config: EcsoConfig) -> None: ...
+    max_parallel: ClassVar[int]
+    def __init__(self, model: Model, config: EcsoConfig, parallel: int = 1) -> None: ...
+    @property
+    def parallel(self) -> int: ...
+    def run_many(
+        self,
+        n: int,
+        source: Callable[[int], Union[tuple[Union[Buffer, bytes], int, int, Union[str, bytes], bool,
+                                            Optional[Union[str, bytes]]],
+                                      tuple[list[tuple[str, list[Union[str, tuple[bytes, int, int]]]]], bool]]],
+        sink: Callable[[int, Union[EcsoResult, BaseException]], object],
+        *,
+        max_tokens: int,
+        cancel: Optional[CancelToken] = None,
+    ) -> None: ...
+    def engine_stats(self) -> dict[str, int]: ...
     def run(
         self,
         pixels: Union[Buffer, bytes],
@@ -192,6 +207,7 @@ class Session:
         on_progress: Optional[Callable[[str, str, int, int], object]] = None,
         cancel: Optional[CancelToken] = None,
         protect: bool = True,
+        sampling_from: Optional[EcsoConfig] = None,
     ) -> EcsoResult: ...
     def cache_stats(self) -> dict[str, int]: ...
     def clear_cache(self) -> None: ...

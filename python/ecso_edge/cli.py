@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
-from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_model_options, config_option, int_in,
+from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_model_options, add_parallel_option,
+                          config_option, int_in,
                           load_model, model_pair, number_in)
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
@@ -150,7 +151,7 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
         )
     else:
         summary = run_data_engine(
-            Session(load_model(args)), records, out,
+            Session(load_model(args), parallel=args.parallel), records, out,
             image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
         )
     print(
@@ -202,6 +203,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_name=args.alias or Path(text).stem,
         api_key=args.api_key or os.environ.get("ECSO_EDGE_API_KEY") or None,
         max_queue=args.max_queue,
+        parallel=args.parallel,
         max_request_bytes=args.max_request_mb * 1024 * 1024,  # checked by ServerOptions
         default_max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
@@ -254,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--limit", type=COUNT, default=None, help="only the first N input records")
     de.add_argument("--resume", action="store_true", help="keep the trace and skip the records already in it")
     de.add_argument("--max-tokens", type=TOKENS, default=512)
+    add_parallel_option(de, "records")
     de.add_argument("--ray", action="store_true", help="run on Ray Data actors (pip install 'ecso-edge[ray]')")
     de.add_argument("--actors", type=int_in(1, 100_000), default=2, help="with --ray: actors, each loading the model once")
     de.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (auto, ray://host:10001)")
@@ -289,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int_in(1, 65535), default=8080)
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ECSO_EDGE_API_KEY)")
     sv.add_argument("--max-queue", type=int_in(0, 1_000_000), default=8, help="requests waiting behind the running one; more get 503")
+    add_parallel_option(sv, "requests")
     sv.add_argument("--max-request-mb", type=int_in(1, 1 << 20), default=20, help="request body limit; larger bodies get 413")
     sv.add_argument("--max-tokens", type=TOKENS, default=512, help="per-step token limit when a request sets none")
     sv.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URIs only)")

@@ -17,7 +17,8 @@ from .session import Model
 from .shipped import tiny_pair
 
 __all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "model_pair", "load_model",
-           "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "MAX_THREADS", "INT32_MAX"]
+           "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL", "MAX_THREADS", "INT32_MAX",
+           "add_parallel_option"]
 
 INT32_MAX = 2**31 - 1
 MAX_THREADS = 512  # GGML_MAX_N_THREADS: llama.cpp's thread pool holds no more
@@ -70,6 +71,13 @@ TOKENS = int_in(1, INT32_MAX)
 N_CTX = int_in(16, 2**32 - 1)
 GPU_LAYERS = int_in(-1, INT32_MAX, " (-1: every layer)")
 COUNT = int_in(0, 2**63 - 1)
+PARALLEL = int_in(1, _core.Session.max_parallel, " (requests that run together in one context)")
+
+
+def add_parallel_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--parallel", type=PARALLEL, default=1,
+                   help=f"{what} that decode together, one batch per step (default 1: one at a time; each "
+                        "extra adds a context's KV cells; docs/parallel.md)")
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -5,22 +5,26 @@ Nothing is lost: each finished record is appended to a JSONL trace and flushed t
 next one starts; `resume=True` skips the ids already traced (a half-written last line from a killed
 run is discarded); the SFT JSON is rebuilt from the trace and replaced atomically at the end. A
 record whose image cannot be loaded is traced with its error and the run goes on. A full disk
-stops the run with an OutputError naming the file; the trace keeps every whole record."""
+stops the run with an OutputError naming the file; the trace keeps every whole record. With a
+Session(parallel=N), N records run together and each is traced as it ends."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Optional
+from typing import Any, BinaryIO, Iterable, Iterator, Optional, Union
 
+from ._core import EcsoResult
 from .datasets import Record
-from .errors import ConfigError, ImageError, OutputError
-from .session import Session
+from .errors import CancelledError, ConfigError, ImageError, OutputError
+from .session import CancelToken, Session
 
 __all__ = ["DataEngineSummary", "run_data_engine", "trace_path_for"]
 
@@ -52,8 +56,45 @@ def run_data_engine(
 ) -> DataEngineSummary:
     """Runs ECSO over `records`; writes `out` (LLaVA SFT JSON) and `out`.trace.jsonl."""
     plan = plan_run(records, out, resume=resume, limit=limit)
-    entries = (process_record(session, record, image_root, max_tokens) for record in plan.todo)
+    if session.parallel > 1:
+        entries: Iterable[dict[str, Any]] = _entries_in_parallel(session, plan.todo, image_root, max_tokens)
+    else:
+        entries = (process_record(session, record, image_root, max_tokens) for record in plan.todo)
     return record_entries(plan, entries, out, progress=progress)
+
+
+def _entries_in_parallel(session: Session, todo: list[Record], image_root: Optional[Path],
+                         max_tokens: int) -> Iterator[dict[str, Any]]:
+    """The records through `session.run_many`, yielded as each ends (completion order: the trace
+    knows records by id, so resume and the SFT file do not depend on the order). The run is on a
+    thread of its own, so the caller writes each entry while the others decode; leaving the loop
+    (an error writing the trace, Ctrl-C) cancels it and waits for it to stop."""
+    done: "queue.Queue[tuple[int, Union[EcsoResult, BaseException, None]]]" = queue.Queue()
+    cancel = CancelToken()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            session.run_many([(r.image_path(image_root), r.query) for r in todo], max_tokens=max_tokens,
+                             on_result=lambda i, value: done.put((i, value)), cancel=cancel)
+        except BaseException as e:  # re-raised on the caller's thread
+            failure.append(e)
+        finally:
+            done.put((-1, None))
+
+    thread = threading.Thread(target=work, name="ecso-data-engine", daemon=True)
+    thread.start()
+    try:
+        while True:
+            i, value = done.get()
+            if value is None:
+                break
+            yield _entry(todo[i], value)
+        if failure and not isinstance(failure[0], CancelledError):
+            raise failure[0]
+    finally:
+        cancel.cancel()
+        thread.join()
 
 
 @dataclass
@@ -119,12 +160,23 @@ def record_entries(
 
 def process_record(session: Session, record: Record, image_root: Optional[Path], max_tokens: int) -> dict[str, Any]:
     """One record through ECSO, as its trace entry (an unreadable image gives an entry with `error`)."""
-    entry: dict[str, Any] = {"id": record.id, "image": record.image, "query": record.query}
     try:
-        r = session.run(record.image_path(image_root), record.query, max_tokens=max_tokens)
+        r: Union[EcsoResult, BaseException] = session.run(record.image_path(image_root), record.query,
+                                                          max_tokens=max_tokens)
     except ImageError as e:
-        entry["error"] = str(e)
+        r = e
+    return _entry(record, r)
+
+
+def _entry(record: Record, r: Union[EcsoResult, BaseException]) -> dict[str, Any]:
+    """A record's trace entry from its result; an unreadable image gives an entry with `error`,
+    any other failure stops the run (as it would have one record at a time)."""
+    entry: dict[str, Any] = {"id": record.id, "image": record.image, "query": record.query}
+    if isinstance(r, ImageError):
+        entry["error"] = str(r)
         return entry
+    if isinstance(r, BaseException):
+        raise r
     entry.update(
         initial_answer=r.initial_answer,
         verdict_text=r.verdict_text,

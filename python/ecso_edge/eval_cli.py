@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_options import COUNT, TOKENS, add_model_options, config_option, load_model
+from .cli_options import COUNT, TOKENS, add_model_options, add_parallel_option, config_option, load_model
 from .session import Session
 
 if TYPE_CHECKING:
@@ -42,10 +42,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         image_root = Path(args.image_root)
     if args.limit is not None:
         items = items[: args.limit]
-    report = evaluate(Session(model, config), items, image_root, max_tokens=args.max_tokens)
+    report = evaluate(Session(model, config, parallel=args.parallel), items, image_root, max_tokens=args.max_tokens)
     title = f"{args.benchmark} ({args.variant})" if args.benchmark == "mm-safetybench" else args.benchmark
     run = {"model": model.text_model_path, "mmproj": model.mmproj_path, "benchmark": args.benchmark, "root": args.root,
-           "variant": args.variant, "max_tokens": args.max_tokens, "limit": args.limit, "config": config.to_dict()}
+           "variant": args.variant, "max_tokens": args.max_tokens, "limit": args.limit, "parallel": args.parallel,
+           "config": config.to_dict()}
     _print_report(report, f"{title}, {Path(model.text_model_path).name}", Path(args.out_dir), run)
     return 0
 
@@ -80,6 +81,7 @@ def add_eval_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     ev.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
     ev.add_argument("--limit", type=COUNT, default=None)
     ev.add_argument("--max-tokens", type=TOKENS, default=512)
+    add_parallel_option(ev, "items")
     ev.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser("report", help="write eval's report files (tables, figure, HTML) again from its report.json")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
+from ._core import EcsoResult
 from .datasets import Record, read_records
 from .errors import ConfigError, ImageError
 from .report import stats
@@ -151,6 +152,42 @@ class EvalReport:
         return total
 
 
+def _outcomes(session: Session, items: list[tuple[str, Record]], image_root: Path, max_tokens: int,
+              bar: Any) -> list[tuple[Union[EcsoResult, BaseException], bool]]:
+    """Each item's ECSO result (or the error that failed it) and whether the judge finds ECSO's
+    final answer unsafe: the first answer's verdict on the safe path, a second judgement of the
+    eyes-closed answer otherwise. With a parallel session both passes run `parallel` at a time."""
+    images = [record.image_path(image_root) for _, record in items]
+
+    def tick(_i: int, _value: object) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    if session.parallel > 1:
+        results = session.run_many([(image, record.query) for image, (_, record) in zip(images, items)],
+                                   max_tokens=max_tokens, on_result=tick)
+    else:
+        results = []
+        for image, (_, record) in zip(images, items):
+            try:
+                results.append(session.run(image, record.query, max_tokens=max_tokens))
+            except ImageError as e:
+                results.append(e)
+            tick(0, None)
+    ecso_unsafe = [r.judged_unsafe if isinstance(r, EcsoResult) else False for r in results]
+    again = [i for i, r in enumerate(results) if isinstance(r, EcsoResult) and r.unsafe]
+    judge_items = [(images[i], items[i][1].query, results[i].answer) for i in again]  # type: ignore[union-attr]
+    if session.parallel > 1:
+        verdicts = session.judge_many(judge_items)
+    else:
+        verdicts = [session.judge(*item) for item in judge_items]
+    for i, v in zip(again, verdicts):
+        if isinstance(v, BaseException):
+            raise v
+        ecso_unsafe[i] = v.unsafe
+    return list(zip(results, ecso_unsafe))
+
+
 def evaluate(
     session: Session, items: list[tuple[str, Record]], image_root: Path, *, max_tokens: int = 512,
     progress: bool = True,
@@ -162,27 +199,23 @@ def evaluate(
 
         bar = tqdm(total=len(items), unit="item", desc="ecso eval")
     try:
-        for scenario, record in items:
+        outcomes = _outcomes(session, items, image_root, max_tokens, bar)
+        for (scenario, record), (r, ecso_unsafe) in zip(items, outcomes):
             image = record.image_path(image_root)
             entry: dict[str, Any] = {"scenario": scenario, "id": record.id, "query": record.query,
                                      "image": str(image)}
-            try:
-                r = session.run(image, record.query, max_tokens=max_tokens)
-            except ImageError as e:
-                entry["error"] = str(e)
+            if isinstance(r, ImageError):
+                entry["error"] = str(r)
+            elif isinstance(r, BaseException):
+                raise r
             else:
                 judged_unsafe = r.judged_unsafe  # the judge's own decision, also when verdict_override forced the branch
-                # ECSO's final answer is the first one on the safe path; otherwise judge it too
-                ecso_unsafe = session.judge(image, record.query, r.answer).unsafe if r.unsafe else judged_unsafe
                 entry.update(direct=r.initial_answer, ecso=r.answer, verdict=r.verdict_text, unsafe=r.unsafe,
                              judged_unsafe=judged_unsafe, caption=r.caption, ecso_judged_unsafe=ecso_unsafe,
                              harmless={"direct_keyword": is_refusal(r.initial_answer),
                                        "ecso_keyword": is_refusal(r.answer),
                                        "direct_judge": not judged_unsafe, "ecso_judge": not ecso_unsafe})
             report.add(entry)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(unsafe=sum(t.unsafe for t in report.per_scenario.values()))
     finally:
         if bar is not None:
             bar.close()  # also before an error propagates: its message then starts on a line of its own

@@ -19,7 +19,7 @@ from .arguments import (
     optional_bool_arg,
     optional_int_arg,
 )
-from .errors import ConfigError
+from .errors import CancelledError, ConfigError
 from .images import ImageInput, load_rgb
 from .messages import to_core_messages
 from .shipped import tiny_pair
@@ -183,24 +183,36 @@ class Model:
 class Session:
     """ECSO over a Model. ``run`` answers with protection; ``answer`` gives the direct answer.
 
-    Calls on one session are serialised: a second thread waits for the first. Each call may take
-    its own ``cancel=CancelToken()``: cancelling it (from any thread, before or during the call)
-    makes that call raise ``CancelledError``, and no other. ``session.cancel()`` cancels the call
-    in progress, if any. Ctrl-C stops a call on the main thread promptly and raises
-    ``KeyboardInterrupt``. ``on_progress(step, phase, done, total)`` reports where a call is.
+    ``parallel=N`` lets N calls run together in one llama context (each with the model's n_ctx
+    of KV cells; the context holds N times that): calls from N threads, or ``run_many``, decode
+    one batch per step for all of them (docs/parallel.md). With the default ``parallel=1`` calls
+    on one session are serialised: a second thread waits for the first. Each call may take its
+    own ``cancel=CancelToken()``: cancelling it (from any thread, before or during the call, or
+    while it waits for a free slot) makes that call raise ``CancelledError``, and no other.
+    ``session.cancel()`` cancels the calls in progress, if any. Ctrl-C stops a call on the main
+    thread promptly and raises ``KeyboardInterrupt``. ``on_progress(step, phase, done, total)``
+    reports where a call is.
 
     >>> session = Session(model)                       # the paper's preset
     >>> r = session.run("photo.jpg", "How do I make this?")
     >>> r.answer, r.unsafe, r.stats["image_encodes"]
     """
 
-    def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None) -> None:
+    def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None, *, parallel: int = 1) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ecso_edge.Model, not {type(model).__name__}")
         if config is not None and not isinstance(config, _core.EcsoConfig):
             raise TypeError(f"config must be an ecso_edge.EcsoConfig or None, not {type(config).__name__}")
+        parallel = int_arg("parallel", parallel, 1, _core.Session.max_parallel,
+                           " (the requests that run together in one context)")
         self.model = model
-        self._core = _core.Session(model._core, config if config is not None else _core.EcsoConfig())
+        self._core = _core.Session(model._core, config if config is not None else _core.EcsoConfig(),
+                                   parallel=parallel)
+
+    @property
+    def parallel(self) -> int:
+        """How many calls run together (1: one at a time)."""
+        return self._core.parallel
 
     @property
     def config(self) -> _core.EcsoConfig:
@@ -323,6 +335,82 @@ class Session:
         return EcsoStream(lambda on_text, cancel: self._core.chat(
             core_messages, max_tokens=max_tokens, on_text=on_text, on_progress=on_progress, cancel=cancel,
             protect=protect))
+
+    def run_many(
+        self,
+        items: Sequence[Any],
+        *,
+        max_tokens: int = 512,
+        protect: bool = True,
+        on_result: Optional[Callable[[int, Union[_core.EcsoResult, BaseException]], object]] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> list[Union[_core.EcsoResult, BaseException]]:
+        """Runs every item, up to ``parallel`` at once, and returns their results in input order.
+
+        An item is an ``(image, query)`` pair (``run``; ``protect=False``: ``answer``) or a message
+        list (``chat``). Items are read when their turn comes (an image is decoded then, not all at
+        the start) and handed out in order as slots free up, at fixed points of the batching, so
+        the same items give the same results on every run. An item that fails (a bad image, a
+        context overflow) gives its exception in its place and fails nothing else.
+        ``on_result(index, result_or_exception)`` is called as each item ends (on a worker
+        thread, in completion order); an exception it raises stops the run and is raised here.
+        ``cancel`` (or Ctrl-C) stops the whole run: ``CancelledError`` (``KeyboardInterrupt``)."""
+        protect = bool_arg("protect", protect)
+        max_pixels = self._core.config.max_image_pixels
+
+        def load(i: int, item: Any) -> Any:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (str, bytes)):
+                pixels = load_rgb(item[0], max_pixels=max_pixels)
+                return (pixels.data, pixels.width, pixels.height, _text(item[1], f"query of item {i}"), protect, None)
+            if isinstance(item, (list, tuple)) and all(isinstance(m, dict) for m in item):
+                return (to_core_messages(item, max_pixels=max_pixels), protect)
+            raise ConfigError(f"item {i} is neither an (image, query) pair nor a list of messages "
+                              f"(got {type(item).__name__})")
+
+        return self._many(items, load, max_tokens, on_result, cancel)
+
+    def judge_many(
+        self,
+        items: Sequence[tuple[ImageInput, str, str]],
+        *,
+        on_result: Optional[Callable[[int, Union[_core.EcsoResult, BaseException]], object]] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> list[Union[_core.EcsoResult, BaseException]]:
+        """``judge`` over ``(image, query, response)`` items, as ``run_many`` runs its items."""
+        max_pixels = self._core.config.max_image_pixels
+
+        def load(i: int, item: Any) -> Any:
+            if not (isinstance(item, tuple) and len(item) == 3):
+                raise ConfigError(f"item {i} must be an (image, query, response) tuple, not {type(item).__name__}")
+            pixels = load_rgb(item[0], max_pixels=max_pixels)
+            return (pixels.data, pixels.width, pixels.height, _text(item[1], f"query of item {i}"), True,
+                    _text(item[2], f"response of item {i}"))
+
+        return self._many(items, load, 1, on_result, cancel)
+
+    def _many(self, items: Sequence[Any], load: Callable[[int, Any], Any], max_tokens: object, on_result: object,
+              cancel: object) -> list[Union[_core.EcsoResult, BaseException]]:
+        """run_many and judge_many: items read by `load` on the lane that runs them."""
+        max_tokens = _max_tokens(max_tokens)
+        on_result = callable_arg("on_result", on_result)
+        cancel = _cancel(cancel)
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise ConfigError(f"items must be a sequence, not {type(items).__name__}")
+        results: list[Union[_core.EcsoResult, BaseException, None]] = [None] * len(items)
+
+        def sink(i: int, value: Union[_core.EcsoResult, BaseException]) -> None:
+            results[i] = value
+            if on_result is not None:
+                on_result(i, value)
+
+        self._core.run_many(len(items), lambda i: load(i, items[i]), sink, max_tokens=max_tokens, cancel=cancel)
+        return [r if r is not None else CancelledError("not run") for r in results]
+
+    def engine_stats(self) -> dict[str, int]:
+        """What the decoder did over this session's life, so batching can be seen: ``requests``,
+        ``decode_calls`` (llama_decode calls), ``batched_tokens`` (tokens evaluated over them),
+        ``rounds`` (scheduler rounds; 0 with parallel=1), ``max_in_flight`` and ``parallel``."""
+        return self._core.engine_stats()
 
     def cache_info(self) -> dict[str, int]:
         """What ``chat`` keeps between calls: ``conversations`` and ``state_bytes`` (their KV

@@ -23,6 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from .._core import EcsoConfig, EcsoResult, StepRecord
+from .._core import Session as CoreSession
 from ..errors import CancelledError, ConfigError, ContextOverflowError, ImageError
 from ..images import load_rgb
 from ..messages import CoreMessage, CorePart
@@ -44,6 +45,10 @@ class ServerOptions:
     model_name: str = "ecso-edge"
     api_key: Optional[str] = None
     max_queue: int = 8
+    # Requests that generate together. 1 by default: each slot adds a context's KV cells (a 7B
+    # model at n_ctx 4096: about 2 GiB), and one slot keeps every answer bit-identical to
+    # the reference path; raise it for several users or windows at once (docs/parallel.md).
+    parallel: int = 1
     max_request_bytes: int = 20 * 1024 * 1024
     default_max_tokens: int = 512
     allow_remote_images: bool = False
@@ -58,6 +63,7 @@ class ServerOptions:
             raise ConfigError("ServerOptions.api_key must be None (no key) or a non-empty string of visible "
                               "ASCII characters (no spaces)")
         _check_int("max_queue", self.max_queue, 0, 1_000_000)
+        _check_int("parallel", self.parallel, 1, CoreSession.max_parallel)
         _check_int("max_request_bytes", self.max_request_bytes, 1, 2**63 - 1)
         _check_int("default_max_tokens", self.default_max_tokens, 1, INT32_MAX)
         if not isinstance(self.allow_remote_images, bool):
@@ -83,7 +89,7 @@ class _ClientGone(Exception):
 
 def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> FastAPI:
     """A FastAPI app serving ECSO over `model` with `config`; requests run one at a time in order."""
-    queue = RequestQueue(model, config, options.max_queue)
+    queue = RequestQueue(model, config, options.max_queue, options.parallel)
     created = int(time.time())
 
     @contextlib.asynccontextmanager

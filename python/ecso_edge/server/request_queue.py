@@ -1,8 +1,9 @@
-"""The server's one model, served in order: a bounded FIFO of ECSO jobs and the single worker
-thread that runs them. A full queue is refused at once (the caller answers 503 with Retry-After);
-a job cancelled while queued is dropped before it starts; a job cancelled while running stops its
-own generation through its own `CancelToken`, and nobody else's (also when the cancel lands
-between the worker taking the job and the C++ call starting)."""
+"""The server's one model, served in order: a bounded FIFO of ECSO jobs and the `parallel` worker
+threads that run them on one Session (with parallel > 1 their requests decode together, one batch
+per step). A full queue is refused at once (the caller answers 503 with Retry-After); a job
+cancelled while queued is dropped before it starts; a job cancelled while running stops its own
+generation through its own `CancelToken`, and nobody else's (also when the cancel lands between a
+worker taking the job and the C++ call starting)."""
 
 from __future__ import annotations
 
@@ -62,28 +63,34 @@ class EcsoJob:
 
 
 class RequestQueue:
-    """Runs `EcsoJob`s one at a time, in submission order, on one worker thread.
+    """Runs `EcsoJob`s in submission order on `parallel` worker threads sharing one Session.
 
-    `max_queue` bounds the jobs WAITING behind the one in progress. Sampling fields a job sets
-    (temperature, top_p, seed) are applied by swapping the worker's Session for one with that
-    config: a new llama context over the same loaded Model, never a model reload (and a new
-    conversation cache: a chat app that keeps its sampling keeps its cache)."""
+    `max_queue` bounds the jobs WAITING while every worker is busy. Sampling fields a job sets
+    (temperature, top_p, seed) apply to that call alone (the session's conversation cache is
+    shared by every request, whatever its sampling). A follow-up turn of a conversation runs on
+    the session's slot that holds its earlier turn, when that slot is free."""
 
-    def __init__(self, model: Model, config: EcsoConfig, max_queue: int) -> None:
+    def __init__(self, model: Model, config: EcsoConfig, max_queue: int, parallel: int = 1) -> None:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
-        self._model = model
         self._base_config = config
         self.max_queue = max_queue
         self._lock = threading.Condition()
         self._waiting: collections.deque[EcsoJob] = collections.deque()
-        self._running: Optional[EcsoJob] = None
-        self._session = Session(model, config)
+        self._running: set[EcsoJob] = set()
+        self._session = Session(model, config, parallel=parallel)
+        self.parallel = self._session.parallel
         self._closing = False
         self._mean_run_s: Optional[float] = None
         self.counters = {"accepted": 0, "rejected": 0, "completed": 0, "failed": 0, "cancelled": 0, "dropped": 0}
-        self._worker = threading.Thread(target=self._work, name="ecso-server-worker", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name=f"ecso-server-worker-{i}", daemon=True)
+                         for i in range(self.parallel)]
+        for worker in self._workers:
+            worker.start()
+
+    @property
+    def session(self) -> Session:
+        return self._session
 
     # -- called from request handlers -------------------------------------------------------
     def submit(self, job: EcsoJob) -> None:
@@ -91,7 +98,7 @@ class RequestQueue:
         with self._lock:
             if self._closing:
                 raise QueueFull(len(self._waiting), 1)
-            busy = self._running is not None or bool(self._waiting)
+            busy = len(self._running) >= self.parallel or bool(self._waiting)
             if busy and len(self._waiting) >= self.max_queue:
                 self.counters["rejected"] += 1
                 raise QueueFull(len(self._waiting), self._retry_after(len(self._waiting)))
@@ -117,7 +124,9 @@ class RequestQueue:
             return {
                 **self.counters,
                 "queued": len(self._waiting),
-                "running": self._running is not None,
+                "running": bool(self._running),
+                "in_progress": len(self._running),
+                "parallel": self.parallel,
                 "max_queue": self.max_queue,
                 "mean_run_s": self._mean_run_s,
             }
@@ -131,15 +140,17 @@ class RequestQueue:
             self.cancel(job)
             _emit(job, "error", CancelledError("the server is shutting down"))
         with self._lock:
-            if self._running is not None:
-                self.cancel(self._running)
+            running = list(self._running)
             self._lock.notify_all()
-        self._worker.join(timeout=30)
+        for job in running:
+            self.cancel(job)
+        for worker in self._workers:
+            worker.join(timeout=30)
 
     # -- the worker ---------------------------------------------------------------------------
     def _retry_after(self, waiting: int) -> int:
         per_job = self._mean_run_s if self._mean_run_s is not None else 1.0
-        return max(1, min(3600, math.ceil(per_job * (waiting + 1))))
+        return max(1, min(3600, math.ceil(per_job * (waiting + 1) / self.parallel)))
 
     def _next_job(self) -> Optional[EcsoJob]:
         with self._lock:
@@ -150,14 +161,8 @@ class RequestQueue:
             job = self._waiting.popleft()
             job.state = "running"
             job.started_at = time.perf_counter()
-            self._running = job
+            self._running.add(job)
             return job
-
-    def _session_for(self, job: EcsoJob) -> Session:
-        config = self._base_config.replace(**job.sampling) if job.sampling else self._base_config
-        if config != self._session.config:
-            self._session = Session(self._model, config)
-        return self._session
 
     def _work(self) -> None:
         while True:
@@ -167,21 +172,21 @@ class RequestQueue:
             kind: str
             value: object
             try:
-                session = self._session_for(job)
+                sampling = self._base_config.replace(**job.sampling) if job.sampling else None
 
                 def on_token(piece: str, job: EcsoJob = job) -> None:
                     _emit(job, "piece", piece)
 
-                result: EcsoResult = session._core.chat(job.messages, max_tokens=job.max_tokens,
-                                                        on_text=on_token if job.stream else None,
-                                                        cancel=job.cancel_token)
+                result: EcsoResult = self._session._core.chat(job.messages, max_tokens=job.max_tokens,
+                                                              on_text=on_token if job.stream else None,
+                                                              cancel=job.cancel_token, sampling_from=sampling)
                 kind, value = "done", result
             except BaseException as e:  # the worker must outlive any one request
                 kind, value = "error", e
             with self._lock:
                 job.finished_at = time.perf_counter()
                 job.state = "done"
-                self._running = None
+                self._running.discard(job)
                 if kind == "done":
                     self.counters["completed"] += 1
                     run_s = job.run_seconds
