@@ -119,9 +119,11 @@ enum class Mode { Protected, Direct };
 
 ecso::EcsoResult request(ecso::EcsoSession & session, Mode mode, const py::buffer & pixels, uint32_t width,
                          uint32_t height, const std::string & query, int32_t max_tokens, const py::object & on_text,
-                         const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel) {
+                         const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel,
+                         std::optional<bool> force_verdict = std::nullopt) {
     const ecso::RgbImage image = copy_pixels(pixels, width, height);
     PythonCall call(max_tokens, on_text, on_progress, std::move(cancel));
+    call.options.force_verdict = force_verdict;
     return call.run([&]() {
         return mode == Mode::Protected ? session.run(image, query, call.options)
                                        : session.answer(image, query, call.options);
@@ -248,13 +250,14 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
             "run",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,
                const std::string & query, int32_t max_tokens, const py::object & on_text,
-               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel) {
+               const py::object & on_progress, std::shared_ptr<ecso::CancelToken> cancel,
+               std::optional<bool> force_verdict) {
                 return request(s, Mode::Protected, pixels, width, height, query, max_tokens, on_text, on_progress,
-                               std::move(cancel));
+                               std::move(cancel), force_verdict);
             },
             py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("query"), py::kw_only(),
             py::arg("max_tokens"), py::arg("on_text") = py::none(), py::arg("on_progress") = py::none(),
-            py::arg("cancel") = py::none(), kRunDoc)
+            py::arg("cancel") = py::none(), py::arg("force_verdict") = py::none(), kRunDoc)
         .def(
             "answer",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,

@@ -39,6 +39,9 @@ struct CallOptions {
     // This call's sampling in place of the config's (a server request's temperature, top_p,
     // seed), so requests with other sampling share the session and its caches.
     std::optional<SamplingConfig> sampling;
+    // This call's branch forced (true: unsafe, false: safe) in place of the config's
+    // verdict_override (benchmarks mixing both branches in one session).
+    std::optional<bool> force_verdict;
 };
 
 }  // namespace ecso

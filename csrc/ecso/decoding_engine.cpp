@@ -24,7 +24,15 @@ DecodingEngine::ActiveCall::ActiveCall(DecodingEngine & engine, const CallOption
     std::shared_ptr<CancelToken> token = call.cancel ? call.cancel : std::make_shared<CancelToken>();
     engine_.active_cancel_.store(token.get());
     engine_.active_progress_ = call.on_progress ? &call.on_progress : nullptr;
-    engine_.active_sampling_ = call.sampling ? &*call.sampling : nullptr;
+    if (call.sampling || call.force_verdict) {
+        engine_.call_config_ = engine_.config_;
+        if (call.sampling) {
+            engine_.call_config_->sampling = *call.sampling;
+        }
+        if (call.force_verdict) {
+            engine_.call_config_->verdict_override = call.force_verdict;
+        }
+    }
     std::lock_guard<std::mutex> lock(engine_.active_mutex_);
     engine_.active_token_ = std::move(token);
 }
@@ -33,7 +41,7 @@ DecodingEngine::ActiveCall::~ActiveCall() {
     std::lock_guard<std::mutex> lock(engine_.active_mutex_);
     engine_.active_cancel_.store(nullptr);
     engine_.active_progress_ = nullptr;
-    engine_.active_sampling_ = nullptr;
+    engine_.call_config_.reset();
     engine_.active_token_.reset();
 }
 

@@ -120,9 +120,10 @@ public:
     // The cells this engine's sequences may hold together (a lane: its share of the context).
     uint32_t n_ctx() const { return scheduler_ ? scheduler_->lane_n_ctx() : llama_n_ctx(ctx_); }
     const Model & model() const { return *model_; }
-    const EcsoConfig & config() const { return config_; }
-    // The sampling of the call in progress (CallOptions::sampling or the config's).
-    const SamplingConfig & sampling() const { return active_sampling_ ? *active_sampling_ : config_.sampling; }
+    // The config of the call in progress: the session's, with the call's sampling and forced
+    // verdict (CallOptions) in place of its own.
+    const EcsoConfig & config() const { return call_config_ ? *call_config_ : config_; }
+    const SamplingConfig & sampling() const { return config().sampling; }
     KvSequences & kv() { return *kv_; }
 
     // A sequence's cells as llama.cpp saves them, and their restore into `seq` (0 when it failed),
@@ -180,7 +181,7 @@ private:
     std::shared_ptr<CancelToken> active_token_;
     std::atomic<const CancelToken *> active_cancel_{nullptr};
     const ProgressSink * active_progress_ = nullptr;  // touched by the calling thread only
-    const SamplingConfig * active_sampling_ = nullptr;  // the call's, or the config's
+    std::optional<EcsoConfig> call_config_;  // set while a call with its own options runs
     std::optional<YesNoTokens> yes_no_;               // for verdict_rule Logits
     std::map<std::string, std::vector<float>> embd_cache_;
     bool head_kept_ = false;  // the cache holds a single-turn request's cells, laid out from empty

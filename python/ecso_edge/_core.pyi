@@ -174,6 +174,7 @@ class Session:
         on_text: Optional[Callable[[str], object]] = None,
         on_progress: Optional[Callable[[str, str, int, int], object]] = None,
         cancel: Optional[CancelToken] = None,
+        force_verdict: Optional[bool] = None,
     ) -> EcsoResult: ...
     def answer(
         self,

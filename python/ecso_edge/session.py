@@ -228,14 +228,18 @@ class Session:
         on_token: Optional[Callable[[str], object]] = None,
         on_progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
+        force_verdict: Optional[bool] = None,
     ) -> _core.EcsoResult:
         """The ECSO request. ``on_token(piece)`` receives the final answer as it is decided: the
         first answer is held back until the judge has spoken (then delivered at once on the safe
         path); on the unsafe path the eyes-closed answer streams as it is generated. Each step's
         generation is capped by the room left in the context (its ``stop_reason`` says
         ``length``); a request whose steps cannot fit at all raises ``ContextOverflowError``
-        before step 1."""
-        return self._request(self._core.run, image, query, max_tokens, on_token, on_progress, cancel)
+        before step 1. ``force_verdict`` (True: unsafe, False: safe) forces this call's branch in
+        place of ``EcsoConfig.verdict_override`` (benchmarks that mix both in one session)."""
+        force = optional_bool_arg("force_verdict", force_verdict)
+        return self._request(lambda *a, **k: self._core.run(*a, **k, force_verdict=force), image, query, max_tokens,
+                             on_token, on_progress, cancel)
 
     def answer(
         self,
