@@ -36,16 +36,16 @@ def find_llama_server(explicit: Optional[str]) -> tuple[Optional[str], str]:
 
 
 class LlamaServer:
-    """llama-server on a free port with one slot. pause()/resume() stop its threads while other
+    """llama-server on a free port with `n_parallel` slots (one by default). pause()/resume() stop its threads while other
     contenders are timed (an OpenMP pool left spinning would slow them)."""
 
-    def __init__(self, binary: str, text: Path, mmproj: Path, n_ctx: int, threads: int) -> None:
+    def __init__(self, binary: str, text: Path, mmproj: Path, n_ctx: int, threads: int, n_parallel: int = 1) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [binary, "-m", str(text), "--mmproj", str(mmproj), "-c", str(n_ctx), "-np", "1", "-t", str(threads),
+            [binary, "-m", str(text), "--mmproj", str(mmproj), "-c", str(n_ctx), "-np", str(n_parallel), "-t", str(threads),
              "-tb", str(threads), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"]
             # weight repacking as ecso-edge's default sets it (off with AMX: csrc/ecso/system_info.hpp)
             + ([] if ecso_edge.system_info()["repack_by_default"] else ["--no-repack"]),

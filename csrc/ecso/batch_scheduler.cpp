@@ -112,6 +112,7 @@ void BatchScheduler::reset_items(int64_t n) {
     std::lock_guard<std::mutex> lock(state_mutex_);
     items_total_ = n;
     items_next_ = 0;
+    next_solo_ = 0;  // a run starts its rounds as the first run did
 }
 
 int64_t BatchScheduler::take_item(int lane) {

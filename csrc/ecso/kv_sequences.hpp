@@ -58,6 +58,12 @@ public:
     void clear();         // empties the whole cache (a lane: its own sequences)
 
     int seq_base() const { return seq_base_; }
+    // Forgets what every sequence holds, after the owner of the context emptied it.
+    void forget() {
+        for (auto & c : contents_) {
+            c.clear();
+        }
+    }
 
 private:
     std::unique_lock<std::mutex> lock() const {

@@ -205,6 +205,18 @@ void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink &
     for (size_t i = 0; i < lanes; ++i) {
         leases.push_back(std::make_unique<Lease>(*this, nullptr, token.get(), true));
     }
+    if (scheduler_ && lanes == slots_.size()) {
+        // The run holds every slot: it starts from an empty cell pool, as a new session does, so
+        // where its cells land (and so how its sums round) is the same on every run.
+        for (auto & slot : slots_) {
+            slot->engine->forget_single_turn();
+        }
+        std::lock_guard<std::mutex> lock(scheduler_->context_mutex());
+        llama_memory_clear(llama_get_memory(scheduler_->ctx()), true);
+        for (auto & slot : slots_) {
+            slot->engine->kv().forget();
+        }
+    }
     std::exception_ptr stop;  // a sink's exception, or the cancel: ends the whole run
     std::mutex stop_mutex;
     if (scheduler_) {
