@@ -1,6 +1,7 @@
 """The options a user types into Model, EcsoConfig and Session calls: every bad value is a
 TypeError (wrong type) or a ConfigError (out of range) that names the option, never an abort, a
-hang, or pybind11's list of C++ signatures. Regression tests of issue 11's findings included."""
+hang, or pybind11's list of C++ signatures. Includes regression tests of
+what the option fuzzing found (docs/robustness.md)."""
 
 from __future__ import annotations
 
