@@ -1,9 +1,20 @@
 """What ecso_bench.py reports: its targets and ratios, the judge modes' agreement with the paper's
-judge and the printed table (the figure: chart.py)."""
+judge and the printed table (the figure: chart.py). Also the Markdown tables that README.md and
+bench/RESULTS.md show, computed from committed run JSONs:
+
+    python bench/bench_report.py --update README.md bench/RESULTS.md
+
+rewrites every block between `<!-- bench-table: KIND RUN.json ... -->` and `<!-- /bench-table -->`
+(tests/test_bench.py checks that they are up to date)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 import statistics
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
 # label: (numerator, denominator, limit); "ttft:" reads time to first token instead of totals.
@@ -112,3 +123,94 @@ def print_report(r: dict[str, Any]) -> None:
         if isinstance(s, dict):
             print(f"  {m:16s} same verdict {s['verdict_same_as_paper']}/{a['queries']}, said yes {s['said_yes']}, "
                   f"mean P(yes) {_fmt(s['mean_p_yes'], '.4f').strip()}")
+
+
+# ecso-edge's contender against llama-server's for the same path: (label, ours, theirs)
+LLAMA_SERVER_PATHS = [("direct answer", "direct", "llama_server_direct"),
+                      ("ECSO safe path (paper)", "ecso_safe", "llama_server_safe"),
+                      ("ECSO unsafe path (paper)", "ecso_unsafe", "llama_server_unsafe")]
+BLOCK = re.compile(r"(<!-- bench-table: (\S+) ([^>]*?) -->\n)(.*?)(<!-- /bench-table -->)", re.DOTALL)
+
+
+def policy_of(r: dict[str, Any]) -> str:
+    """The run's OpenMP wait policy as a column heading."""
+    policy = str(r["config"]["omp_wait_policy"])
+    return "default" if policy.startswith("unset") else f"`{policy}`"
+
+
+def _cell(t: dict[str, Any]) -> str:
+    v = t["value"]
+    if v is None:
+        return "not measured"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v) if isinstance(v, int) else f"{v:.3f}"
+
+
+def _limit(label: str, limit: Any) -> str:
+    if isinstance(limit, bool):
+        return "yes" if limit else "no"
+    if label.startswith("image_encodes"):
+        return f"== {limit}"
+    return f"<= {limit:.2f}"
+
+
+def targets_markdown(runs: list[dict[str, Any]]) -> str:
+    """Every target targets_of computes, met or missed: its value per run, its limit, and where it
+    was met."""
+    policies = [policy_of(r) for r in runs]
+    tables = [targets_of(r)[0] for r in runs]
+    lines = ["| target | " + " | ".join(policies) + " | limit | met |", "|---|" + "---|" * len(runs) + "---|---|"]
+    for label in tables[0]:
+        cells = [t[label] for t in tables]
+        met = [p for p, t in zip(policies, cells) if t["met"]]
+        where = "no" if not met else "yes" if len(met) == len(runs) else " and ".join(met) + " only"
+        lines.append(f"| `{label}` | " + " | ".join(_cell(t) for t in cells) +
+                     f" | {_limit(label, cells[0]['limit'])} | {where} |")
+    return "\n".join(lines) + "\n"
+
+
+def llama_server_markdown(runs: list[dict[str, Any]]) -> str:
+    """ecso-edge's latency over llama-server's on each path, per run (OpenMP policy)."""
+    lines = ["| path: ecso-edge s / llama-server s | " + " | ".join(policy_of(r) for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for label, ours, theirs in LLAMA_SERVER_PATHS:
+        cells = []
+        for r in runs:
+            a, b = r.get(ours + "_s"), r.get(theirs + "_s")
+            cells.append("not measured" if a is None or b is None else
+                         f"{a:.3f} / {b:.3f} = {a / b:.3f} ({(1 - a / b) * 100:.1f} % less time)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"targets": targets_markdown, "llama-server": llama_server_markdown}
+
+
+def render_blocks(text: str, root: Path) -> str:
+    """`text` with every bench-table block computed again from the run JSONs it names (paths from
+    `root`)."""
+    def fill(m: "re.Match[str]") -> str:
+        runs = [json.loads((root / name).read_text()) for name in m.group(3).split()]
+        return m.group(1) + TABLES[m.group(2)](runs) + m.group(5)
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="rewrite the bench-table blocks of Markdown files from their run JSONs")
+    p.add_argument("--update", nargs="+", required=True, metavar="MARKDOWN")
+    args = p.parse_args(argv)
+    root = Path(__file__).resolve().parent.parent
+    for name in args.update:
+        path = Path(name)
+        text = path.read_text()
+        new = render_blocks(text, root)
+        if new != text:
+            path.write_text(new)
+            print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """Contenders in processes of their own, driven over JSON lines. Each library (ecso-edge,
-llama-cpp-python) runs in its own process so that neither slows the other (two OpenMP pools in one
-process did: issue 14), and every process other than the one being timed is stopped (SIGSTOP), so
-threads left spinning under OMP_WAIT_POLICY=active cannot take its cores."""
+llama-cpp-python) runs in its own process so that neither slows the other (two OpenMP teams in one
+process did: an idle team spins on a core the working one needs, 2.7x slower under
+OMP_WAIT_POLICY=active, bench/RESULTS.md), and every process other than the one being timed is
+stopped (SIGSTOP), so threads left spinning under OMP_WAIT_POLICY=active cannot take its cores."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 FLOAT32_MAX = 3.4028234663852886e38
-MAX_THREADS = 512  # GGML_MAX_N_THREADS: the CLI's limit
+MAX_THREADS = 512  # random thread counts above 8 up to this are folded down (see _bounded_model_value)
 SURE_THREADS = 64  # thread counts up to this must work; above, refusing or clamping is as good as running
 TINY_VOCAB = 832  # tokens in the shipped tiny pair's vocabulary (logit_bias keys)
 
@@ -284,14 +284,15 @@ SERVE_API: dict[str, Any] = {
 # (subcommand, flag): the spec of the number it parses. A CLI value is valid when it is a decimal
 # integer (or, for floats, a finite decimal number) in range.
 CLI_FLAGS: dict[tuple[str, str], Any] = {
-    ("demo", "--threads"): IntSpec(1, SURE_THREADS, outside=EITHER, type_high=MAX_THREADS),
+    # the CLI takes Model(n_threads=...)'s range: any int32 from 1, clamped to the hardware threads
+    ("demo", "--threads"): IntSpec(1, SURE_THREADS, outside=EITHER, type_high=INT32_MAX),
     ("demo", "--max-tokens"): IntSpec(1, INT32_MAX),
     **{(cmd, "--max-tokens"): IntSpec(1, INT32_MAX) for cmd in ("run", "data-engine", "eval", "serve")},
     **{(cmd, "--n-ctx"): IntSpec(16, UINT32_MAX) for cmd in ("run", "data-engine", "eval", "serve")},
     **{(cmd, "--n-gpu-layers"): IntSpec(-1, INT32_MAX) for cmd in ("run", "data-engine", "eval", "serve")},
-    **{(cmd, "--threads"): IntSpec(1, SURE_THREADS, outside=EITHER, type_high=MAX_THREADS)
+    **{(cmd, "--threads"): IntSpec(1, SURE_THREADS, outside=EITHER, type_high=INT32_MAX)
        for cmd in ("run", "data-engine", "eval", "serve")},
-    ("run", "--threads-batch"): IntSpec(1, SURE_THREADS, outside=EITHER, type_high=MAX_THREADS),
+    ("run", "--threads-batch"): IntSpec(1, SURE_THREADS, outside=EITHER, type_high=INT32_MAX),
     ("data-engine", "--limit"): IntSpec(0, 2**63 - 1),
     ("data-engine", "--actors"): IntSpec(1, 100_000),
     ("data-engine", "--gpus-per-actor"): FloatSpec(0.0, 1024.0),

@@ -35,6 +35,22 @@ class LlamaReference:
         assert self.mtmd, mmproj
         self.n_ctx, self.n_batch, self.n_threads = n_ctx, min(n_batch, n_ctx), n_threads
 
+    def frame(self, system: str, content: str) -> tuple[str, str]:
+        """llama.cpp's own chat-template application (llama_chat_apply_template with the text GGUF's
+        template, vicuna where it has none, as LLaVA-1.5's is) to a system message (none when
+        empty) and a user message `content`: the prompt's text before and after that content."""
+        tmpl = llama_cpp.llama_model_chat_template(self.model, None) or b"vicuna"
+        turns = ([(b"system", system.encode())] if system else []) + [(b"user", content.encode())]
+        chat = (llama_cpp.llama_chat_message * len(turns))(*[llama_cpp.llama_chat_message(r, c) for r, c in turns])
+        n = llama_cpp.llama_chat_apply_template(tmpl, chat, len(turns), True, None, 0)
+        assert n > 0, tmpl
+        buf = ctypes.create_string_buffer(n + 1)
+        assert llama_cpp.llama_chat_apply_template(tmpl, chat, len(turns), True, buf, n + 1) == n
+        text = buf.raw[:n].decode()
+        assert text.count(content) == 1, (text, content)
+        head, tail = text.split(content)
+        return head, tail
+
     def close(self) -> None:
         mtmd.mtmd_free(self.mtmd)
         llama_cpp.llama_model_free(self.model)

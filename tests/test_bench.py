@@ -4,6 +4,7 @@ the benchmark itself on a real model, never by a timed test.)"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -90,13 +91,49 @@ def test_conversation_benchmark_on_the_tiny_pair(tmp_path: Path) -> None:
     assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()  # the per-turn lines
 
 
-def _chart_module() -> Any:
+def _bench_module(name: str) -> Any:
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        import chart
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "bench"))
-    return chart
+
+
+def _chart_module() -> Any:
+    return _bench_module("chart")
+
+
+def _report_module() -> Any:
+    return _bench_module("bench_report")
+
+
+RUNS = ("2026-12-02-default.json", "2026-12-02-active.json")
+
+
+def test_the_committed_tables_are_what_bench_report_computes_from_the_committed_runs() -> None:
+    bench_report = _report_module()
+    for name in ("README.md", "bench/RESULTS.md"):
+        text = (REPO / name).read_text()
+        kinds = [kind for _, kind, runs, _, _ in bench_report.BLOCK.findall(text)
+                 if runs.split() == [f"bench/results/{run}" for run in RUNS]]
+        assert sorted(kinds) == ["llama-server", "targets"], name
+        assert bench_report.render_blocks(text, REPO) == text, f"run: python bench/bench_report.py --update {name}"
+
+
+def test_the_targets_table_has_every_target_met_or_missed() -> None:
+    bench_report = _report_module()
+    runs = [json.loads((REPO / "bench" / "results" / run).read_text()) for run in RUNS]
+    for r in runs:
+        assert bench_report.targets_of(r)[0] == r["targets"]  # the JSON's own targets, recomputed
+    table = bench_report.targets_markdown(runs).splitlines()
+    assert table[0] == "| target | default | `active` | limit | met |"
+    assert [row.split(" | ")[0].removeprefix("| ").strip("`") for row in table[2:]] == list(runs[0]["targets"])
+    assert "| `ecso_safe_s / direct_s` | 1.210 | 1.263 | <= 1.15 | no |" in table
+    assert "| `ecso_unsafe_s / naive_unsafe_s` | 0.566 | 0.563 | <= 0.50 | no |" in table
+    assert "| `ecso_safe_s / llama_server_safe_s` | 0.947 | 0.896 | <= 0.90 | `active` only |" in table
+    paths = bench_report.llama_server_markdown(runs).splitlines()
+    assert paths[2] == ("| direct answer | 1.377 / 1.380 = 0.998 (0.2 % less time) "
+                        "| 1.120 / 1.268 = 0.883 (11.7 % less time) |")
 
 
 def test_benchmark_figure_of_a_recorded_run_has_latency_spread_ratio_and_ttft_panels() -> None:

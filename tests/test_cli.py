@@ -3,6 +3,7 @@ selftest, system-info, and errors shown as one line with a non-zero exit."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -107,7 +108,8 @@ def test_console_script_is_installed() -> None:
 
 
 @pytest.mark.parametrize("argv, flag, shown", [
-    (["demo", "--threads", "0"], "--threads", "from 1 to 512, got 0"),
+    (["demo", "--threads", "0"], "--threads",
+     "from 1 to 2147483647 (more than the hardware threads run as that many), got 0"),
     (["demo", "--threads", "-1"], "--threads", "got -1"),
     (["demo", "--max-tokens", "0"], "--max-tokens", "from 1 to 2147483647, got 0"),
     (["demo", "--max-tokens", "2147483648"], "--max-tokens", "got 2147483648"),
@@ -116,8 +118,10 @@ def test_console_script_is_installed() -> None:
     (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--n-ctx", "0"], "--n-ctx", "got 0"),
     (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--n-gpu-layers", "-2"],
      "--n-gpu-layers", "(-1: every layer), got -2"),
-    (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--threads-batch", "10000"],
-     "--threads-batch", "got 10000"),
+    (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--threads-batch", "2147483648"],
+     "--threads-batch", "got 2147483648"),
+    (["run", "--model", "m", "--mmproj", "p", "--image", "i", "--query", "q", "--repack", "maybe"],
+     "--repack", "invalid choice: 'maybe'"),
     (["data-engine", "--input", "x", "--out", "y", "--limit", "-1"], "--limit", "got -1"),
     (["data-engine", "--input", "x", "--out", "y", "--gpus-per-actor", "inf"], "--gpus-per-actor", "got 'inf'"),
     (["data-engine", "--input", "x", "--out", "y", "--actors", "0"], "--actors", "got 0"),
@@ -138,7 +142,7 @@ def test_bad_numbers_on_the_command_line_exit_2_with_one_line(
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"ecso-edge {argv[0]}: error: argument {flag}: must be "), err
+    assert err.startswith(f"ecso-edge {argv[0]}: error: argument {flag}: "), err
     assert shown in err
 
 
@@ -158,3 +162,104 @@ def test_a_bad_serve_config_is_one_line_and_exit_1(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ecso-edge: error: "), err
     assert shown in err and "incompatible function arguments" not in err
+
+
+MODEL_COMMANDS = [["eval", "--benchmark", "jsonl", "--root", "r"], ["data-engine", "--input", "x", "--out", "y"],
+                  ["serve"], ["chat"]]
+
+
+def _args(argv: list[str]) -> "argparse.Namespace":
+    from ecso_edge.cli import _parser
+
+    return _parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", MODEL_COMMANDS, ids=lambda a: a[0])
+def test_without_a_model_the_tiny_pair_runs_with_a_warning(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                           tiny_paths: tuple[Path, Path]) -> None:
+    from ecso_edge.cli_options import TINY_WARNING, model_pair
+
+    assert model_pair(_args(argv)) == (str(tiny_paths[0]), str(tiny_paths[1]))
+    assert capsys.readouterr().err == TINY_WARNING + "\n"
+    assert "--tiny" in TINY_WARNING and "random weights" in TINY_WARNING
+
+
+@pytest.mark.parametrize("argv", MODEL_COMMANDS, ids=lambda a: a[0])
+def test_tiny_asks_for_the_tiny_pair_without_a_warning(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                       tiny_paths: tuple[Path, Path]) -> None:
+    from ecso_edge.cli_options import model_pair
+
+    assert model_pair(_args([*argv, "--tiny"])) == (str(tiny_paths[0]), str(tiny_paths[1]))
+    assert capsys.readouterr().err == ""
+
+
+TINY_AND_MODEL = "--tiny runs the shipped tiny pair and cannot go with --model/--mmproj; drop --tiny to run your pair"
+
+
+@pytest.mark.parametrize("flags, shown", [
+    (["--tiny", "--model", "m.gguf", "--mmproj", "p.gguf"], TINY_AND_MODEL),
+    (["--tiny", "--mmproj", "p.gguf"], TINY_AND_MODEL),
+    (["--model", "m.gguf"], "--model and --mmproj go together (or --tiny for the shipped tiny pair)"),
+])
+def test_tiny_with_a_model_or_half_a_pair_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str],
+                                                                 flags: list[str], shown: str) -> None:
+    from ecso_edge.cli import main
+
+    assert main(["data-engine", "--input", "x", "--out", "y", *flags]) == 1
+    assert capsys.readouterr().err == f"ecso-edge: error: {shown}\n"
+
+
+def test_eval_warns_once_when_it_falls_back_to_the_tiny_pair(tmp_path: Path) -> None:
+    data = tmp_path / "items.jsonl"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    data.write_text(json.dumps({"id": "a", "image": "a.png", "query": "What is this?"}) + "\n")
+    argv = ["eval", "--benchmark", "jsonl", "--root", str(data), "--image-root", str(tmp_path),
+            "--out-dir", str(tmp_path / "rep"), "--max-tokens", "2", "--threads", "1"]
+    fallback, asked = ecso(*argv), ecso(*argv, "--tiny")
+    from ecso_edge.cli_options import TINY_WARNING
+
+    assert fallback.returncode == 0 and asked.returncode == 0, fallback.stderr + asked.stderr
+    assert fallback.stderr.count(TINY_WARNING) == 1 and TINY_WARNING not in asked.stderr
+    assert fallback.stdout == asked.stdout  # the same pair ran
+
+
+@pytest.mark.parametrize("value, repack", [("on", True), ("off", False)])
+def test_repack_flag_reaches_the_model(value: str, repack: bool) -> None:
+    from ecso_edge.cli_options import load_model
+
+    model = load_model(_args(["eval", "--benchmark", "jsonl", "--root", "r", "--tiny", "--threads", "1",
+                              "--repack", value]))
+    assert model.repack is repack
+
+
+def test_repack_auto_is_the_models_default(tiny_paths: tuple[Path, Path]) -> None:
+    from ecso_edge.cli_options import load_model
+
+    model = load_model(_args(["serve", "--tiny", "--threads", "1"]))
+    assert model.repack is ecso_edge.Model(*tiny_paths, n_threads=1).repack
+
+
+def test_serve_passes_repack_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    import ecso_edge.server.runner as runner
+    from ecso_edge.cli import main
+
+    seen: list[object] = []
+
+    def model(*args: object, **kwargs: object) -> None:
+        seen.append(kwargs["repack"])
+        raise ecso_edge.ModelLoadError("stop here")
+
+    monkeypatch.setattr(runner, "Model", model)
+    assert main(["serve", "--tiny", "--repack", "off"]) == 1
+    assert main(["serve", "--tiny"]) == 1
+    assert seen == [False, None]
+
+
+def test_cli_threads_follow_the_models_rule(tiny_paths: tuple[Path, Path]) -> None:
+    from ecso_edge.cli_options import load_model
+
+    many = 1_000_000  # far above any machine's hardware threads: the core clamps, as Model(n_threads=...)
+    from_cli = load_model(_args(["eval", "--benchmark", "jsonl", "--root", "r", "--tiny", "--threads", str(many)]))
+    from_api = ecso_edge.Model(*tiny_paths, n_threads=many)
+    assert from_cli.n_threads == from_api.n_threads == os.cpu_count()

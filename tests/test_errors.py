@@ -624,8 +624,8 @@ def test_mixed_byte_tokens_decode_like_python(tiny_model: ecso_edge.Model, byte_
         r = _byte_sampling_run(tiny_model, image, bias, temperature=1.0, seed=seed)
         tokens = r.steps[0].tokens
         assert set(tokens) <= set(bias), tokens
-        assert isinstance(r.answer, str)
-        assert r.answer.encode("utf-8").decode("utf-8") == r.answer
+        # only C3 and A9 bytes were generated: a joined pair is "é", any other byte U+FFFD, nothing else
+        assert set(r.answer) <= {"é", "\ufffd"} and r.answer, (seed, r.answer)
         assert r.answer == _decoded(tiny_model, tokens), (seed, tokens)
         texts.append(r.answer)
     # some run joins C3 A9 across two tokens into one character, and some byte stays invalid

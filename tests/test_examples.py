@@ -38,6 +38,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
         proc = subprocess.run([sys.executable, "-m", "ecso_edge.cli", *argv[1:]], cwd=work, env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{line}\n{proc.stderr}"
+        assert "warning: no --model/--mmproj given" not in proc.stderr, f"{line}: say --tiny or name a pair"
         outputs.append(proc.stdout)
     return work, outputs
 

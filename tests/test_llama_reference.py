@@ -18,6 +18,7 @@ from llama_reference import LlamaReference
 
 N_CTX = 1024
 QUERY = "What is shown here? Answer {briefly}."
+MEDIA = "<__media__>"  # mtmd's default marker, where the image goes in a user message
 
 
 def fill(template: str, **values: str) -> str:
@@ -45,10 +46,15 @@ def test_every_step_picks_llama_cpps_tokens(pair: tuple[Path, Path, np.ndarray],
     config = EcsoConfig(verdict_override=True)
     session = Session(model, config)
     r = session.run(image, QUERY, max_tokens=40)
-    head, tail = session._core.prompt_head, session._core.prompt_tail
 
     def image_step(user_text: str) -> list[tuple[str, bool]]:
+        # the user's turn is the image, a newline and the text: framed by llama.cpp around all of it
+        head, tail = reference.frame(config.system_prompt, MEDIA + "\n" + user_text)
         return [(head, True), ("\n" + user_text, False), (tail, True)]  # the image goes after the head
+
+    def text_step(user_text: str) -> list[tuple[str, bool]]:
+        head, tail = reference.frame(config.system_prompt, user_text)
+        return [(head, True), (user_text, False), (tail, True)]
 
     judge = fill(config.judge_template, query=QUERY, response=r.initial_answer[: config.response_cut_chars])
     caption = fill(config.caption_template, query=QUERY)
@@ -58,7 +64,22 @@ def test_every_step_picks_llama_cpps_tokens(pair: tuple[Path, Path, np.ndarray],
         "answer": reference.greedy(image_step(QUERY), image, 1, 40),
         "judge": reference.greedy(image_step(judge), image, 1, config.max_tokens_judge),
         "caption": reference.greedy(image_step(caption), image, 1, 40),
-        "text_only": reference.greedy([(head, True), (text_only, False), (tail, True)], None, 0, 40),
+        "text_only": reference.greedy(text_step(text_only), None, 0, 40),
     }
     assert {s.name: s.tokens for s in r.steps} == expected
     assert all(expected.values())  # every step generated something to compare
+
+
+def test_the_llava_pair_is_framed_as_vicuna_written_out(family_pairs: dict[str, tuple[Path, Path]]) -> None:
+    # The LLaVA pair's GGUF has no template, so ecso-edge and llama.cpp both use vicuna: spelled out
+    # here, so that a framing both got wrong the same way would still fail.
+    text, mmproj = family_pairs["llava15"]
+    system = EcsoConfig().system_prompt
+    expected = (system + "\n\nUSER: ", "\nASSISTANT:")
+    session = Session(ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=256))
+    assert (session._core.prompt_head, session._core.prompt_tail) == expected
+    ref = LlamaReference(text, mmproj, n_ctx=256)
+    try:
+        assert ref.frame(system, MEDIA + "\n" + QUERY) == expected
+    finally:
+        ref.close()

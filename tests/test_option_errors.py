@@ -1,6 +1,7 @@
 """The options a user types into Model, EcsoConfig and Session calls: every bad value is a
 TypeError (wrong type) or a ConfigError (out of range) that names the option, never an abort, a
-hang, or pybind11's list of C++ signatures. Regression tests of issue 11's findings included."""
+hang, or pybind11's list of C++ signatures. Includes regression tests of
+what the option fuzzing found (docs/robustness.md)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ def test_threads_above_the_hardware_threads_are_clamped(tiny_paths: tuple[Path, 
     hardware = os.cpu_count() or 1
     assert model.n_threads == hardware and model.n_threads_batch == hardware
     assert len(Session(model).answer(image, "What is this?", max_tokens=2).steps[0].tokens) <= 2
+
+
+def test_a_context_larger_than_the_machines_memory_is_refused_at_load(tiny_paths: tuple[Path, Path]) -> None:
+    # its KV cache used to fail with std::bad_alloc at the first session, as a bare EcsoError
+    with pytest.raises(ecso_edge.ModelLoadError, match=r"^n_ctx 2147483647 needs a KV cache of at least 1024\.0 GiB "
+                       r"for text model '.*tiny-llava-text\.gguf', more than this machine's [0-9.]+ GiB of memory\. "
+                       r"Lower n_ctx \(the model was trained on 4096 tokens\)$"):
+        ecso_edge.Model(*tiny_paths, n_ctx=2**31 - 1, n_threads=1)
+
+
+def test_a_large_context_that_fits_still_loads(tiny_paths: tuple[Path, Path]) -> None:
+    # 2^20 cells of the tiny pair's cache are 512 MiB: the check refuses only what cannot fit
+    assert ecso_edge.Model(*tiny_paths, n_ctx=2**20, n_threads=1).n_threads == 1
 
 
 @pytest.mark.parametrize("option, value, error, message", [

@@ -123,11 +123,16 @@ def test_weight_repacking_is_off_by_default_only_where_the_cpu_offers_amx(tiny_p
     # the pinned llama.cpp's AMX matmul crashes on quantized models (system_info.hpp); the tiny pair is
     # F32, which no extra buffer type takes, so both settings load and answer here
     default = ecso_edge.system_info()["repack_by_default"]
-    assert ecso_edge.Model(*tiny_paths, n_ctx=256).repack is default
+    image = np.zeros((32, 32, 3), np.uint8)
+    base = ecso_edge.Model(*tiny_paths, n_ctx=256)
+    assert base.repack is default
+    expected = ecso_edge.Session(base).answer(image, "hi", max_tokens=2).steps[0]
+    assert len(expected.tokens) == 2 and expected.stop_reason == "length"
     for repack in (True, False):
         model = ecso_edge.Model(*tiny_paths, n_ctx=256, repack=repack)
         assert model.repack is repack
-        assert ecso_edge.Session(model).answer(np.zeros((32, 32, 3), np.uint8), "hi", max_tokens=2).answer is not None
+        step = ecso_edge.Session(model).answer(image, "hi", max_tokens=2).steps[0]
+        assert (step.tokens, step.text) == (expected.tokens, expected.text)  # the same kernels on F32
 
 
 def test_public_api_names() -> None:

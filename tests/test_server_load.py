@@ -15,6 +15,8 @@ from typing import Iterator
 import httpx
 import pytest
 
+import ecso_edge
+from ecso_edge import Session
 from serve_helpers import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.mark.slow
-def test_fifty_concurrent_clients(server: ServerProcess) -> None:
+def test_fifty_concurrent_clients(server: ServerProcess, tiny_model: ecso_edge.Model) -> None:
     bench = load_bench()
     report = bench.run_load(server.url, clients=50, seconds=10.0, max_tokens=8)
     outcomes = report.outcomes
@@ -50,7 +52,15 @@ def test_fifty_concurrent_clients(server: ServerProcess) -> None:
         assert int(o.retry_after) >= 1 and o.body["error"]["code"] == "queue_full"
     for o in ok:
         assert o.body["ecso"]["query"] == o.query
-        assert o.body["choices"][0]["message"]["content"] is not None
+        choice, usage = o.body["choices"][0], o.body["usage"]
+        assert isinstance(choice["message"]["content"], str) and choice["message"]["content"]
+        assert choice["finish_reason"] == ("length" if usage["completion_tokens"] == 8 else "stop"), o.body
+    # the answers are the ones a session gives for the same request (greedy: one answer per query)
+    session, image = Session(tiny_model), bench.png_data_uri()
+    for o in ok[:3]:
+        expected = session.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                                              {"type": "text", "text": o.query}]}], max_tokens=8)
+        assert o.body["choices"][0]["message"]["content"] == expected.answer, o.query
     ids = [o.body["id"] for o in ok]
     assert len(set(ids)) == len(ids)
     queries = [o.query for o in outcomes]

@@ -74,8 +74,11 @@ def test_a_request_whose_judge_cannot_fit_is_refused_before_step_1(small_model: 
         Session(small_model, config).run(image, "What is this?", max_tokens=8,
                                          on_progress=lambda step, phase, *_: events.append((step, phase)))
     assert events == []  # not even step 1's prompt was evaluated
-    # answer() runs step 1 only, so it is not refused
-    assert Session(small_model, config).answer(image, "What is this?", max_tokens=2).answer is not None
+    # answer() runs step 1 only, so it is not refused, and the judge's template does not change it
+    r = Session(small_model, config).answer(image, "What is this?", max_tokens=2)
+    plain = Session(small_model).answer(image, "What is this?", max_tokens=2)
+    assert r.steps[0].tokens == plain.steps[0].tokens and len(r.steps[0].tokens) == 2
+    assert r.answer == plain.answer and r.steps[0].stop_reason == "length"
 
 
 def test_a_request_whose_eyes_closed_step_cannot_fit_is_refused_unless_forced_safe(

@@ -68,7 +68,7 @@ enum class JudgeMode {
                   // layout, logits rule); text judged safe is released to the stream at once
 };
 
-// The ECSO preset. The defaults are the paper's evaluation preset (see ecso-method.md).
+// The ECSO preset. The defaults are the paper's evaluation preset (docs/paper-method.md).
 struct EcsoConfig {
     std::string judge_template = prompts::kJudgeTemplate;          // {query}, {response}
     std::string caption_template = prompts::kCaptionTemplate;      // {query}

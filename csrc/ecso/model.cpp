@@ -2,8 +2,12 @@
 #include "ecso/model.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <unistd.h>
+
+#include "ggml-backend.h"
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
@@ -51,6 +55,7 @@ Model::Model(const std::string & text_model_path, const std::string & mmproj_pat
                              ". Check that the file is a complete GGUF of an architecture this llama.cpp supports");
     }
     vocab_ = llama_model_get_vocab(model_.get());
+    check_context_fits();
 
     mtmd_context_params cparams = mtmd_context_params_default();
     cparams.use_gpu = options.mmproj_gpu;
@@ -87,6 +92,63 @@ void Model::check_image_layout_tokens() const {
         // an image mtmd cannot take is reported with the request that sends one
     } catch (const RuntimeFailure &) {
         // so is a prompt mtmd cannot tokenize
+    }
+}
+
+namespace {
+
+int64_t meta_int(const llama_model * model, const std::string & key, int64_t fallback) {
+    char buf[64];
+    if (llama_model_meta_val_str(model, key.c_str(), buf, sizeof(buf)) < 0) {
+        return fallback;
+    }
+    char * end = nullptr;
+    const long long v = std::strtoll(buf, &end, 10);
+    return end != buf && v > 0 ? v : fallback;
+}
+
+std::string gib(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.1f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+    return buf;
+}
+
+}  // namespace
+
+// A context whose KV cache cannot be allocated fails inside llama.cpp with std::bad_alloc, and
+// only when the first session creates it, as an error that does not say which option to change.
+// The cache's f16 keys and values for n_ctx cells are a lower bound of what that allocation needs
+// (the real cache also has padding and, with flash attention off, scratch buffers); only when that
+// bound exceeds the RAM plus the offload devices' memory is the load refused, so no context that
+// could fit is.
+void Model::check_context_fits() const {
+    const llama_model * m = model_.get();
+    char arch[128] = "";
+    llama_model_meta_val_str(m, "general.architecture", arch, sizeof(arch));
+    const int64_t n_head = std::max<int32_t>(1, llama_model_n_head(m));
+    const int64_t head = std::max<int64_t>(1, llama_model_n_embd(m) / n_head);
+    const int64_t key = meta_int(m, std::string(arch) + ".attention.key_length", head);
+    const int64_t value = meta_int(m, std::string(arch) + ".attention.value_length", head);
+    const double per_cell = 2.0 * static_cast<double>(llama_model_n_layer(m)) *
+                            static_cast<double>(std::max<int32_t>(0, llama_model_n_head_kv(m))) *
+                            static_cast<double>(key + value);
+    const double needed = per_cell * static_cast<double>(options_.n_ctx);
+    double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    if (options_.n_gpu_layers != 0) {
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            if (ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+                size_t free = 0, total = 0;
+                ggml_backend_dev_memory(dev, &free, &total);
+                memory += static_cast<double>(total);
+            }
+        }
+    }
+    if (memory > 0 && needed > memory) {
+        throw ModelLoadError("n_ctx " + std::to_string(options_.n_ctx) + " needs a KV cache of at least " +
+                             gib(needed) + " for text model '" + text_info_.path + "', more than this machine's " +
+                             gib(memory) + " of memory. Lower n_ctx (the model was trained on " +
+                             std::to_string(llama_model_n_ctx_train(m)) + " tokens)");
     }
 }
 

@@ -83,6 +83,8 @@ private:
     void admit_projector(const std::string & text_model_path, const std::string & mmproj_path);
     // Throws ModelLoadError when mtmd's layout of an image uses a token the text model lacks.
     void check_image_layout_tokens() const;
+    // Throws ModelLoadError when n_ctx's KV cache alone is larger than the machine's memory.
+    void check_context_fits() const;
     static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
     mutable std::atomic<const EncodeObserver *> encode_observer_{nullptr};
     mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)

@@ -1,4 +1,4 @@
-// The paper's default prompts (ecso-method.md) and placeholder filling.
+// The paper's default prompts (docs/paper-method.md) and placeholder filling.
 #include "ecso/prompts.hpp"
 
 #include "ecso/errors.hpp"

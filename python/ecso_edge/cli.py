@@ -16,8 +16,7 @@ import numpy as np
 
 from . import _core
 from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_model_options, add_parallel_option,
-                          config_option, int_in,
-                          load_model, model_pair, number_in)
+                          add_repack_option, config_option, int_in, load_model, model_pair, number_in, repack_of)
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
 from .images import load_rgb
@@ -53,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     text, mmproj = tiny_pair()
     print(f"ecso-edge demo on the shipped tiny random-weight pair:\n  {text}\n  {mmproj}")
     print("(random weights: the texts are gibberish; the branch is forced so both paths show)\n")
-    model = Model(text, mmproj, n_threads=args.threads, n_ctx=2048)
+    model = Model(text, mmproj, n_threads=args.threads, n_ctx=2048, repack=repack_of(args))
     image = _demo_image()
     query = "What is in this picture and how do I make it?"
     for unsafe in (False, True):
@@ -89,6 +88,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         n_gpu_layers=args.n_gpu_layers,
         n_threads=args.threads,
         n_threads_batch=args.threads_batch,
+        repack=repack_of(args),
         verbose=args.verbose,
     )
     config = _core.EcsoConfig()
@@ -135,7 +135,7 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
     from .data_engine import run_data_engine, trace_path_for
     from .datasets import read_records
 
-    model_pair(args)  # --model without --mmproj fails before the records are read
+    pair = model_pair(args)  # --model without --mmproj fails before the records are read
     records = read_records(Path(args.input), fmt=args.format, variant=args.variant)
     out = Path(args.out)
     image_root = Path(args.image_root) if args.image_root else None
@@ -143,15 +143,16 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
         from .ray_engine import run_data_engine_ray
 
         summary = run_data_engine_ray(
-            records, out, model_path=args.model, mmproj_path=args.mmproj,
-            model_kwargs={"n_ctx": args.n_ctx, "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads},
+            records, out, model_path=pair[0], mmproj_path=pair[1],
+            model_kwargs={"n_ctx": args.n_ctx, "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads,
+                          "repack": repack_of(args)},
             actors=args.actors, cpus_per_actor=args.threads or 1, gpus_per_actor=args.gpus_per_actor,
             image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
             ray_address=args.ray_address,
         )
     else:
         summary = run_data_engine(
-            Session(load_model(args), parallel=args.parallel), records, out,
+            Session(load_model(args, pair), parallel=args.parallel), records, out,
             image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
         )
     print(
@@ -179,7 +180,13 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    text, mmproj = model_pair(args)
+    # the self-test's subject is the shipped tiny pair; --model/--mmproj point it at another
+    if args.model or args.mmproj:
+        if not (args.model and args.mmproj):
+            raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
+        text, mmproj = args.model, args.mmproj
+    else:
+        text, mmproj = (str(p) for p in tiny_pair())
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
     return subprocess.call([str(selftest_program()), str(text), str(mmproj)], env=env)
@@ -197,8 +204,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"`ecso-edge serve` needs the server extra: pip install 'ecso-edge[server]' ({e})") from e
     from pathlib import Path
 
+    config = config_option(args.config)  # a typo fails before anything else is decided
     text, mmproj = model_pair(args)
-    config = config_option(args.config)
     options = ServerOptions(
         model_name=args.alias or Path(text).stem,
         api_key=args.api_key or os.environ.get("ECSO_EDGE_API_KEY") or None,
@@ -209,7 +216,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_remote_images=args.allow_remote_images,
     )
     serve(text, mmproj, host=args.host, port=args.port, options=options, config=config,
-          n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, log_level=args.log_level)
+          n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, repack=repack_of(args),
+          log_level=args.log_level)
     return 0
 
 
@@ -220,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run both ECSO branches on the shipped tiny model and show every step")
     d.add_argument("--threads", type=THREADS, default=1)
     d.add_argument("--max-tokens", type=TOKENS, default=24)
+    add_repack_option(d)
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="one ECSO request on your own model pair")
@@ -231,8 +240,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
     r.add_argument("--max-tokens", type=TOKENS, default=512)
     r.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
-    r.add_argument("--threads", type=THREADS, default=None, help="generation threads")
+    r.add_argument("--threads", type=THREADS, default=None,
+                   help="generation threads (default: half the cores; clamped to the hardware threads)")
     r.add_argument("--threads-batch", type=THREADS, default=None, help="prompt/image threads (default: --threads)")
+    add_repack_option(r)
     r.add_argument("--n-ctx", type=N_CTX, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")

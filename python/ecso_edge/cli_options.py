@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from typing import Any, Callable, NoReturn, Optional
 
 from . import _core
@@ -16,12 +17,11 @@ from .errors import ConfigError
 from .session import Model
 from .shipped import tiny_pair
 
-__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "model_pair", "load_model",
-           "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL", "MAX_THREADS", "INT32_MAX",
-           "add_parallel_option"]
+__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_repack_option", "repack_of",
+           "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL", "INT32_MAX",
+           "TINY_WARNING", "add_parallel_option"]
 
 INT32_MAX = 2**31 - 1
-MAX_THREADS = 512  # GGML_MAX_N_THREADS: llama.cpp's thread pool holds no more
 MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
 INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -66,7 +66,8 @@ def number_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-THREADS = int_in(1, MAX_THREADS)
+# Model(n_threads=...)'s rule: any int32 from 1, clamped by the core to the hardware threads
+THREADS = int_in(1, INT32_MAX, " (more than the hardware threads run as that many)")
 TOKENS = int_in(1, INT32_MAX)
 N_CTX = int_in(16, 2**32 - 1)
 GPU_LAYERS = int_in(-1, INT32_MAX, " (-1: every layer)")
@@ -112,26 +113,55 @@ def config_option(text: Optional[str]) -> _core.EcsoConfig:
     return _config_from_json(_json_object(text)) if text else _core.EcsoConfig()
 
 
+TINY_WARNING = ("ecso-edge: warning: no --model/--mmproj given: running the shipped tiny pair (random weights, "
+                "gibberish answers); pass --tiny to ask for it, or --model M.gguf --mmproj P.gguf for yours")
+
+
+def add_repack_option(p: argparse.ArgumentParser) -> None:
+    """--repack, as Model(repack=...): llama-server's --no-repack is `--repack off`."""
+    p.add_argument("--repack", choices=["auto", "on", "off"], default="auto",
+                   help="repack the weights for the CPU's fastest kernels (auto: on, except on CPUs with AMX)")
+
+
+def repack_of(args: argparse.Namespace) -> Optional[bool]:
+    """Model's repack argument for --repack."""
+    return {"auto": None, "on": True, "off": False}[args.repack]
+
+
 def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generation threads") -> None:
-    """--model and --mmproj (both, or neither for the shipped tiny pair), --n-ctx, --n-gpu-layers, --threads."""
-    p.add_argument("--model", default=None, help="text model GGUF (default: the shipped tiny pair)")
+    """--model and --mmproj (both), or --tiny for the shipped tiny pair; --n-ctx, --n-gpu-layers,
+    --threads, --repack."""
+    p.add_argument("--model", default=None, help="text model GGUF")
     p.add_argument("--mmproj", default=None, help="vision projector GGUF")
+    p.add_argument("--tiny", action="store_true",
+                   help="run the shipped random-weight tiny pair (a format check: its answers are gibberish)")
     p.add_argument("--n-ctx", type=N_CTX, default=4096)
     p.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
-    p.add_argument("--threads", type=THREADS, default=None, help=threads_help)
+    p.add_argument("--threads", type=THREADS, default=None,
+                   help=f"{threads_help} (default: half the cores; clamped to the hardware threads)")
+    add_repack_option(p)
 
 
 def model_pair(args: argparse.Namespace) -> tuple[str, str]:
-    """The text model and projector the flags name, or the shipped tiny pair without either."""
-    if bool(args.model) != bool(args.mmproj):
-        raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
-    if args.model:
+    """The text model and projector the flags name, or the shipped tiny pair: asked for with
+    --tiny, or (with a warning on stderr) when neither --model nor --mmproj is given."""
+    if args.tiny:
+        if args.model or args.mmproj:
+            raise ConfigError("--tiny runs the shipped tiny pair and cannot go with --model/--mmproj; "
+                              "drop --tiny to run your pair")
+    elif bool(args.model) != bool(args.mmproj):
+        raise ConfigError("--model and --mmproj go together (or --tiny for the shipped tiny pair)")
+    elif args.model:
         return str(args.model), str(args.mmproj)
+    else:
+        print(TINY_WARNING, file=sys.stderr, flush=True)
     text, mmproj = tiny_pair()
     return str(text), str(mmproj)
 
 
-def load_model(args: argparse.Namespace) -> Model:
-    """The pair of add_model_options' flags, loaded with their settings."""
-    text, mmproj = model_pair(args)
-    return Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads)
+def load_model(args: argparse.Namespace, pair: Optional[tuple[str, str]] = None) -> Model:
+    """The pair of add_model_options' flags (or `pair`, already resolved by model_pair), loaded
+    with their settings."""
+    text, mmproj = pair if pair is not None else model_pair(args)
+    return Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
+                 repack=repack_of(args))

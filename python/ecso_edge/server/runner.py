@@ -39,6 +39,7 @@ def serve(
     n_ctx: int = 4096,
     n_gpu_layers: int = 0,
     n_threads: Optional[int] = None,
+    repack: Optional[bool] = None,
     log_level: str = "info",
 ) -> None:
     """Load the pair and serve it until interrupted (Ctrl-C / SIGTERM stop it cleanly). Arguments
@@ -56,7 +57,7 @@ def serve(
             "address can use the model",
             file=sys.stderr,
         )
-    model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
+    model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, repack=repack)
     app = create_app(model, config if config is not None else EcsoConfig(), options)
     print(f"ecso-edge serve: {options.model_name} on http://{host}:{port}/ (demo page at /)", file=sys.stderr,
           flush=True)
