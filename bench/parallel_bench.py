@@ -50,6 +50,33 @@ def config_for(tokens: dict[str, int]) -> Any:
                                 ignore_eos=True)
 
 
+def run_clients(n: int, concurrency: int, one: Any) -> tuple[float, list[float]]:
+    """`concurrency` client threads taking requests 0..n-1 in turn: the wall time and each
+    request's latency."""
+    latency = [0.0] * n
+    next_i = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= n:
+                return
+            t0 = time.perf_counter()
+            one(i)
+            latency[i] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, latency
+
+
 def worker_ecso(args: argparse.Namespace) -> dict[str, Any]:
     """One contender: `concurrency` client threads, each sending its share of the requests."""
     import ecso_edge
@@ -63,29 +90,12 @@ def worker_ecso(args: argparse.Namespace) -> dict[str, Any]:
     qs = queries(n)
     session.run(images[0], "warm up", max_tokens=4)
     out: list[Any] = [None] * n
-    latency = [0.0] * n
-    next_i = [0]
-    lock = threading.Lock()
 
-    def client() -> None:
-        while True:
-            with lock:
-                i = next_i[0]
-                next_i[0] += 1
-            if i >= n:
-                return
-            t0 = time.perf_counter()
-            out[i] = session.run(images[i], qs[i], max_tokens=tokens["answer"], force_verdict=i % 2 == 1)
-            latency[i] = time.perf_counter() - t0
+    def one(i: int) -> None:
+        out[i] = session.run(images[i], qs[i], max_tokens=tokens["answer"], force_verdict=i % 2 == 1)
 
     stats0 = session.engine_stats()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall, latency = run_clients(n, args.concurrency, one)
     stats1 = session.engine_stats()
     generated = sum(s.tokens_generated for r in out for s in r.steps)
     return {"wall_s": wall, "latency_s": latency, "generated_tokens": generated,
@@ -111,28 +121,9 @@ def worker_llama_server(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(n)]
         qs = queries(n)
         ecso_request(server, config, uris[0], "warm up", {k: 4 for k in tokens}, "direct", None)
-        latency = [0.0] * n
-        next_i = [0]
-        lock = threading.Lock()
-
-        def client() -> None:
-            while True:
-                with lock:
-                    i = next_i[0]
-                    next_i[0] += 1
-                if i >= n:
-                    return
-                t0 = time.perf_counter()
-                ecso_request(server, config, uris[i], qs[i], tokens, "unsafe" if i % 2 else "safe", None)
-                latency[i] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall, latency = run_clients(
+            n, args.concurrency,
+            lambda i: ecso_request(server, config, uris[i], qs[i], tokens, "unsafe" if i % 2 else "safe", None))
         per = {"safe": tokens["answer"] + tokens["judge"], "unsafe": sum(tokens.values())}
         generated = sum(per["unsafe" if i % 2 else "safe"] for i in range(n))
         return {"wall_s": wall, "latency_s": latency, "generated_tokens": generated}
