@@ -51,6 +51,8 @@ class ScriptedSession:
     """Stands in for a Session: each item's run returns the texts and verdicts scripted for it (by
     scenario and id), and the judge of ECSO's final answer returns the scripted verdict."""
 
+    parallel = 1  # one item at a time, as a Session(parallel=1) runs them
+
     def __init__(self, script: dict[tuple[str, str], Any]) -> None:
         self.script = script
         self.judged: list[tuple[str, str]] = []

@@ -218,11 +218,29 @@ def test_a_callback_exception_fails_only_its_request(tiny_model: ecso_edge.Model
 
 def test_a_waiting_call_can_be_cancelled(tiny_model: ecso_edge.Model) -> None:
     session = Session(tiny_model, parallel=2)
+    release = threading.Event()
+    holding = threading.Semaphore(0)
+
+    def hold(piece: str) -> None:
+        holding.release()
+        release.wait()  # the direct answer streams live: its slot stays taken while this waits
+
+    busy = [threading.Thread(target=session.answer, args=(make_image(seed=i), "hold"),
+                             kwargs={"max_tokens": 2, "on_token": hold}) for i in range(2)]
+    for t in busy:
+        t.start()
+    holding.acquire()
+    holding.acquire()  # both slots are taken now
     token = CancelToken()
     token.cancel()
-    with pytest.raises(CancelledError):
-        session.run(make_image(), "hello", max_tokens=4, cancel=token)
-    assert session.engine_stats()["requests"] == 0
+    try:
+        with pytest.raises(CancelledError, match="cancelled while waiting for a free slot"):
+            session.run(make_image(), "hello", max_tokens=4, cancel=token)
+        assert session.engine_stats()["requests"] == 2
+    finally:
+        release.set()
+        for t in busy:
+            t.join()
 
 
 def test_conversations_keep_their_cache_per_slot(tiny_model: ecso_edge.Model) -> None:

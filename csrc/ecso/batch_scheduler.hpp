@@ -65,9 +65,11 @@ public:
     int32_t lane_batch() const { return lane_batch_; }
     llama_context * ctx() { return ctx_.get(); }
     std::mutex & context_mutex() { return context_mutex_; }
+    bool on_scheduler_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
 
     // A lane takes part in rounds between join() and leave(); join() waits for the round in
-    // progress to end. leave() frees nothing: the lane drops its own cells first.
+    // progress to end. leave() frees nothing: the lane drops its own cells first. A lane may also
+    // leave for a while (in a caller's callback) and join again.
     void join(int lane);
     void leave(int lane);
 

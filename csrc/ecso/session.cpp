@@ -48,7 +48,6 @@ public:
     ~Lease() { session_.release(index_, join_); }
     Lease(const Lease &) = delete;
     Lease & operator=(const Lease &) = delete;
-    Slot & slot() { return *session_.slots_[index_]; }
     int index() const { return static_cast<int>(index_); }
 
 private:
@@ -94,17 +93,24 @@ size_t EcsoSession::acquire(const Conversation * messages, const CancelToken * c
     const std::vector<uint64_t> prints = messages ? fingerprints(*messages) : std::vector<uint64_t>();
     std::unique_lock<std::mutex> lock(slots_mutex_);
     for (;;) {
-        if (cancel != nullptr && cancel->cancelled()) {
-            throw CancelledError("cancelled while waiting for a free slot");
-        }
+        // A conversation: the free slot that holds the most of it; with none, the one least
+        // recently used (its caches are the oldest), as llama-server picks a slot. A single-turn
+        // request: the first free slot, whose kept template head it may reuse.
         size_t best = slots_.size();
         size_t best_shared = 0;
         for (size_t i = 0; i < slots_.size(); ++i) {
-            if (slots_[i]->busy) {
+            const Slot & slot = *slots_[i];
+            if (slot.busy) {
                 continue;
             }
-            const size_t shared = shared_prefix(prints, slots_[i]->history);
-            if (best == slots_.size() || shared > best_shared) {
+            size_t shared = 0;
+            for (const auto & h : slot.history) {
+                shared = std::max(shared, shared_prefix(prints, h));
+            }
+            const bool better = best == slots_.size() ||
+                                (messages != nullptr && (shared > best_shared || (shared == best_shared &&
+                                                                                 slot.last_used < slots_[best]->last_used)));
+            if (better) {
                 best = i;
                 best_shared = shared;
             }
@@ -112,13 +118,21 @@ size_t EcsoSession::acquire(const Conversation * messages, const CancelToken * c
         if (best < slots_.size()) {
             Slot & slot = *slots_[best];
             slot.busy = true;
+            slot.last_used = ++tick_;
             if (messages != nullptr) {
-                slot.history = prints;
+                constexpr size_t kKept = 8;
+                slot.history.insert(slot.history.begin(), prints);
+                if (slot.history.size() > kKept) {
+                    slot.history.pop_back();
+                }
             }
             if (join && scheduler_) {
                 scheduler_->join(static_cast<int>(best));
             }
             return best;
+        }
+        if (cancel != nullptr && cancel->cancelled()) {
+            throw CancelledError("cancelled while waiting for a free slot");
         }
         // The token has no way to wake this wait: look at it a few times a second.
         slot_freed_.wait_for(lock, std::chrono::milliseconds(100));
@@ -136,7 +150,38 @@ void EcsoSession::release(size_t index, bool leave) {
     slot_freed_.notify_all();
 }
 
-EcsoResult EcsoSession::run_item(Slot & slot, const BatchItem & item, const CallOptions & call) {
+EcsoResult EcsoSession::run_item(size_t index, const BatchItem & item, const CallOptions & given) {
+    Slot & slot = *slots_[index];
+    // A lane away in a caller's sink (a slow client, a blocked stream) must not hold the rounds
+    // of the others: it leaves them for the call and joins again after. Progress from an encode
+    // comes on the scheduler's thread, inside a round the lane is parked in.
+    CallOptions call = given;
+    if (scheduler_) {
+        BatchScheduler & rounds = *scheduler_;
+        const int lane = static_cast<int>(index);
+        struct Away {
+            BatchScheduler & rounds;
+            int lane;
+            Away(BatchScheduler & r, int l) : rounds(r), lane(l) { rounds.leave(lane); }
+            ~Away() { rounds.join(lane); }
+        };
+        if (given.on_text) {
+            call.on_text = [&rounds, lane, &given](const std::string & piece) {
+                const Away away(rounds, lane);
+                given.on_text(piece);
+            };
+        }
+        if (given.on_progress) {
+            call.on_progress = [&rounds, lane, &given](const Progress & p) {
+                if (rounds.on_scheduler_thread()) {
+                    given.on_progress(p);
+                    return;
+                }
+                const Away away(rounds, lane);
+                given.on_progress(p);
+            };
+        }
+    }
     if (call.sampling) {
         EcsoConfig checked = config_;
         checked.sampling = *call.sampling;
@@ -167,19 +212,19 @@ EcsoResult EcsoSession::run_item(Slot & slot, const BatchItem & item, const Call
 
 EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
-    return run_item(lease.slot(), BatchItem{image, query, std::nullopt, true}, call);
+    return run_item(static_cast<size_t>(lease.index()), BatchItem{image, query, std::nullopt, true}, call);
 }
 
 EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
-    return run_item(lease.slot(), BatchItem{image, query, std::nullopt, false}, call);
+    return run_item(static_cast<size_t>(lease.index()), BatchItem{image, query, std::nullopt, false}, call);
 }
 
 EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response,
                               const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
     BatchItem item{image, query, std::nullopt, true, response};
-    return run_item(lease.slot(), item, call);
+    return run_item(static_cast<size_t>(lease.index()), item, call);
 }
 
 EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & call, bool protect) {
@@ -187,7 +232,7 @@ EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & 
     BatchItem item;
     item.messages = messages;
     item.protect = protect;
-    return run_item(lease.slot(), item, call);
+    return run_item(static_cast<size_t>(lease.index()), item, call);
 }
 
 void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call) {
@@ -244,7 +289,7 @@ void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink &
             std::optional<EcsoResult> result;
             std::exception_ptr error;
             try {
-                result = run_item(lease.slot(), source(i), item_call);
+                result = run_item(static_cast<size_t>(lease.index()), source(i), item_call);
             } catch (...) {
                 error = std::current_exception();
             }

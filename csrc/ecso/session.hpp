@@ -106,7 +106,10 @@ private:
     struct Slot {
         std::unique_ptr<DecodingEngine> engine;
         ConversationCache conversations;
-        std::vector<uint64_t> history;  // fingerprints of the messages of its last conversation
+        // Message fingerprints of the conversations it answered last (newest first, a few kept,
+        // as its cache keeps a few), and when it last took a call.
+        std::vector<std::vector<uint64_t>> history;
+        uint64_t last_used = 0;
         bool busy = false;
     };
     class Lease;
@@ -115,7 +118,7 @@ private:
     // scheduler joins its rounds.
     size_t acquire(const Conversation * messages, const CancelToken * cancel, bool join);
     void release(size_t slot, bool leave);
-    EcsoResult run_item(Slot & slot, const BatchItem & item, const CallOptions & call);
+    EcsoResult run_item(size_t slot, const BatchItem & item, const CallOptions & call);
 
     std::shared_ptr<const Model> model_;
     EcsoConfig config_;
@@ -125,6 +128,7 @@ private:
     std::mutex slots_mutex_;
     std::condition_variable slot_freed_;
     uint64_t requests_ = 0;
+    uint64_t tick_ = 0;  // for Slot::last_used
     int in_flight_ = 0;
     int max_in_flight_ = 0;
 };

@@ -174,8 +174,8 @@ def _outcomes(session: Session, items: list[tuple[str, Record]], image_root: Pat
             except ImageError as e:
                 results.append(e)
             tick(0, None)
-    ecso_unsafe = [r.judged_unsafe if isinstance(r, EcsoResult) else False for r in results]
-    again = [i for i, r in enumerate(results) if isinstance(r, EcsoResult) and r.unsafe]
+    ecso_unsafe = [False if isinstance(r, BaseException) else r.judged_unsafe for r in results]
+    again = [i for i, r in enumerate(results) if not isinstance(r, BaseException) and r.unsafe]
     judge_items = [(images[i], items[i][1].query, results[i].answer) for i in again]  # type: ignore[union-attr]
     if session.parallel > 1:
         verdicts = session.judge_many(judge_items)

@@ -126,6 +126,7 @@ class RequestQueue:
                 "queued": len(self._waiting),
                 "running": bool(self._running),
                 "in_progress": len(self._running),
+                "engine": self._session.engine_stats(),
                 "parallel": self.parallel,
                 "max_queue": self.max_queue,
                 "mean_run_s": self._mean_run_s,
@@ -162,6 +163,7 @@ class RequestQueue:
             job.state = "running"
             job.started_at = time.perf_counter()
             self._running.add(job)
+            self._lock.notify_all()  # stats() watchers: a job started
             return job
 
     def _work(self) -> None:
