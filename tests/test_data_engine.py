@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,36 @@ def test_bad_input_files_raise_config_errors(tmp_path: Path) -> None:
     no_query.write_text('{"id": "a", "image": "x.png"}\n')
     with pytest.raises(ecso_edge.ConfigError, match="missing the string field 'query'"):
         list(read_records(no_query))
+
+
+def test_parallel_run_killed_mid_way_resumes_with_every_record_once(tmp_path: Path) -> None:
+    """--parallel 3 traces records in completion order; a kill -9 while records are in flight
+    loses only those, and --resume runs exactly the ones missing."""
+    n = 40
+    names = [f"{i}.png" for i in range(n)]
+    write_images(tmp_path / "imgs", names)
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "image": n, "query": f"Picture {i}?"}) + "\n"
+                            for i, n in enumerate(names)))
+    out = tmp_path / "par.json"
+    trace = trace_path_for(out)
+    cmd = [sys.executable, "-m", "ecso_edge.cli", "data-engine", "--tiny", "--input", str(data), "--image-root",
+           str(tmp_path / "imgs"), "--out", str(out), "--max-tokens", "96", "--threads", "1", "--parallel", "3"]
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        # kill once two records are on disk (the file is the state the run shares with us)
+        while proc.poll() is None and (not trace.exists() or trace.read_bytes().count(b"\n") < 2):
+            threading.Event().wait(0.005)
+        proc.kill()
+    finally:
+        proc.wait()
+    assert proc.returncode == -9, "the run ended before it could be killed: give it more records"
+    done_before = {json.loads(x)["id"] for x in trace.read_text().splitlines() if x.strip()}
+    assert 2 <= len(done_before) < n
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    ids = [json.loads(x)["id"] for x in trace.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n)) and len(ids) == n
+    assert f"({len(done_before)} already done)" in resumed.stdout
+    assert sorted(e["id"] for e in json.loads(out.read_text())) == sorted(f"r{i}" for i in range(n))

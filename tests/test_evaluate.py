@@ -138,6 +138,21 @@ def test_report_of_a_tiny_model_run(tiny_model: ecso_edge.Model, tmp_path: Path)
     assert json.loads(paths["json"].read_text())["overall"]["n"] == 5
 
 
+def test_a_parallel_eval_reports_the_same_items(tiny_model: ecso_edge.Model, tmp_path: Path) -> None:
+    make_mm_safetybench(tmp_path)
+    make_typo_images(tmp_path)
+    items, image_root = load_benchmark("mm-safetybench", tmp_path, variant="TYPO")
+    cfg = EcsoConfig(verdict_override=True, max_tokens_judge=2)
+    one = evaluate(Session(tiny_model, cfg), items, image_root, max_tokens=6, progress=False)
+    three = evaluate(Session(tiny_model, cfg, parallel=3), items, image_root, max_tokens=6, progress=False)
+    # the same items in the same order, each through both passes (run, then the judge of ECSO's answer)
+    assert [(e["scenario"], e["id"], e["unsafe"]) for e in three.items] == \
+        [(e["scenario"], e["id"], e["unsafe"]) for e in one.items]
+    assert all(isinstance(e["ecso_judged_unsafe"], bool) and e["caption"] is not None for e in three.items)
+    assert {k: (t.n, t.unsafe) for k, t in three.per_scenario.items()} == \
+        {k: (t.n, t.unsafe) for k, t in one.per_scenario.items()}
+
+
 def test_judge_alone_gives_the_runs_verdict(tiny_model: ecso_edge.Model, image: np.ndarray) -> None:
     session = Session(tiny_model, EcsoConfig())
     r = session.run(image, "What is this?", max_tokens=8)
