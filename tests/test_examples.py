@@ -1,5 +1,5 @@
-"""The README's example run on the fixture datasets in examples/: the exact command lines of its
-`example-run: commands` block, run in a copy of examples/, give the outputs the README shows."""
+"""The example run on the fixture datasets in examples/: the exact command lines of its
+`example-run: commands` block (docs/evaluation.md), run in a copy of examples/, give the outputs the page shows."""
 
 from __future__ import annotations
 
@@ -18,21 +18,24 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_WAIT_POLICY="passive")
 
 
-def readme_block(marker: str) -> str:
-    """The fenced block that follows `<!-- example-run: {marker} ...-->` in the README."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+EXAMPLE_RUN_PAGE = ROOT / "docs" / "evaluation.md"
+
+
+def doc_block(marker: str) -> str:
+    """The fenced block that follows `<!-- example-run: {marker} ...-->` on the example run's page."""
+    text = EXAMPLE_RUN_PAGE.read_text(encoding="utf-8")
     m = re.search(r"<!-- example-run: " + re.escape(marker) + r"\b[^>]*-->\n```[a-z]*\n(.*?)```", text, re.S)
-    assert m, f"README has no example-run block '{marker}'"
+    assert m, f"{EXAMPLE_RUN_PAGE.name} has no example-run block '{marker}'"
     return m.group(1)
 
 
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    """Runs the README's commands, in order, in a folder holding a copy of examples/."""
+    """Runs the page's commands, in order, in a folder holding a copy of examples/."""
     work = tmp_path_factory.mktemp("readme-example")
     shutil.copytree(ROOT / "examples", work / "examples")
     outputs = []
-    for line in readme_block("commands").strip().splitlines():
+    for line in doc_block("commands").strip().splitlines():
         argv = shlex.split(line)
         assert argv[0] == "ecso-edge", line
         proc = subprocess.run([sys.executable, "-m", "ecso_edge.cli", *argv[1:]], cwd=work, env=ENV,
@@ -54,15 +57,14 @@ def test_data_engine_example(example_run: tuple[Path, list[str]]) -> None:
     assert all(e["conversations"][0]["value"].startswith("<image>\n") for e in sft)
     trace = [json.loads(line) for line in (work / "ecso-out" / "sft.trace.jsonl").read_text().splitlines()]
     broken = [t for t in trace if "error" in t]
-    shown = json.loads(next(line for line in (ROOT / "README.md").read_text().splitlines()
-                            if line.startswith('{"id": "ex-3"')))
+    shown = json.loads(doc_block("trace"))
     assert broken == [shown]
 
 
-def test_eval_example_prints_the_readme_table(example_run: tuple[Path, list[str]]) -> None:
+def test_eval_example_prints_the_table_it_shows(example_run: tuple[Path, list[str]]) -> None:
     work, outputs = example_run
     assert outputs[1].strip() == "wrote 6 TYPO images under examples/mm-safetybench-mini/data/imgs"
     table = [line for line in outputs[2].splitlines() if line.startswith("|")]
-    assert table == readme_block("eval table").strip().splitlines()
+    assert table == doc_block("eval table").strip().splitlines()
     for name in ("report.md", "report.csv", "report.json", "report.html", "report.png", "report.svg"):
         assert (work / "ecso-out" / "eval" / name).stat().st_size > 0
