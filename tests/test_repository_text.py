@@ -110,3 +110,13 @@ def test_the_paper_method_page_quotes_the_default_prompts() -> None:
     assert c.verdict_rule == "exact" and c.image_placement == "before"
     prose = " ".join(doc.split())
     assert "must be exactly `yes` or `yes.`" in prose and "**image first, then a newline, then the text**" in prose
+
+
+def test_the_docs_index_links_every_docs_page() -> None:
+    # docs/README.md is the one place a newcomer finds the reference pages: a page it leaves out is
+    # found by no one
+    index = (REPO / "docs" / "README.md").read_text()
+    linked = set(MD_LINK.findall(index))
+    pages = {p.name for p in (REPO / "docs").glob("*.md")} - {"README.md"}
+    assert pages <= linked, sorted(pages - linked)
+    assert "docs/README.md" in (REPO / "README.md").read_text()
