@@ -140,6 +140,7 @@ def test_each_family_gets_its_own_default_system_message(family_pairs: dict[str,
     assert EcsoConfig().system_prompt is None
     session = Session(model)
     assert (session._core.prompt_head, session._core.prompt_tail) == _frame(family, DEFAULT_SYSTEM[family])
+    assert EcsoConfig().system_prompt_for(model._core) == DEFAULT_SYSTEM[family]
     # an explicit "" is no system message on every family, LLaVA's included
     bare = Session(model, EcsoConfig(system_prompt=""))
     assert (bare._core.prompt_head, bare._core.prompt_tail) == _frame(family, "")
@@ -154,6 +155,7 @@ def test_the_paper_preset_puts_llavas_line_in_every_familys_template(family_pair
     assert preset.replace(system_prompt=None) == EcsoConfig()  # only the system line differs
     session = Session(model, preset)
     assert (session._core.prompt_head, session._core.prompt_tail) == _frame(family, LLAVA_LINE)
+    assert preset.system_prompt_for(model._core) == LLAVA_LINE
 
 
 @pytest.mark.parametrize("family", FAMILIES)

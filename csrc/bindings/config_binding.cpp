@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings/registry.hpp"
+#include "ecso/chat_frame.hpp"
 #include "ecso/config.hpp"
 #include "ecso/errors.hpp"
 
@@ -122,6 +123,10 @@ decoding, and KV-cache reuse on.
             "Keyword arguments set fields; anything unknown is a TypeError, anything invalid a ConfigError.");
     cls.def_static("paper_preset", &EcsoConfig::paper_preset,
                    "The paper's exact prompts on any model: the defaults with LLaVA-1.5's system line set.");
+    cls.def(
+        "system_prompt_for",
+        [](const EcsoConfig & c, const ecso::Model & model) { return ecso::ChatFrame::build(model, c).system_prompt; },
+        py::arg("model"), "The system message this config gives `model`'s steps ('' for none).");
     cls.def_readwrite("judge_template", &EcsoConfig::judge_template, "Step 2 prompt; placeholders {query}, {response}.")
         .def_readwrite("caption_template", &EcsoConfig::caption_template, "Step 3 prompt; placeholder {query}.")
         .def_readwrite("text_only_template", &EcsoConfig::text_only_template,
