@@ -113,7 +113,7 @@ def build_contenders(
     if any(n in NAIVE for n in names):
         from naive_pipeline import NaiveEcso  # llama-cpp-python: only in the naive contenders' process
 
-        head, tail = chat_frame_of(text, mmproj)
+        head, tail, _ = chat_frame_of(text, mmproj)
         naive = NaiveEcso(str(text), str(mmproj), head=head, tail=tail, config=EcsoConfig(), n_ctx=n_ctx,
                           n_threads=gen, n_threads_batch=threads)
         for name in (n for n in names if n in NAIVE):
@@ -121,19 +121,20 @@ def build_contenders(
     return calls
 
 
-def chat_frame_of(text: Path, mmproj: Path) -> tuple[str, str]:
-    """The chat-template head and tail ecso-edge frames each step with, read in a short-lived child
-    process so that the naive contenders' process never decodes with ecso-edge's library."""
+def chat_frame_of(text: Path, mmproj: Path) -> tuple[str, str, str]:
+    """The chat-template head and tail ecso-edge frames each step with, and the system message in
+    the head (the family's default), read in a short-lived child process so that the naive
+    contenders' process never decodes with ecso-edge's library."""
     import subprocess
 
     code = ("import json, sys, ecso_edge\n"
             "m = ecso_edge.Model(sys.argv[1], sys.argv[2], n_ctx=512)\n"
             "c = ecso_edge.Session(m)._core\n"
-            "print(json.dumps([c.prompt_head, c.prompt_tail]))\n")
+            "print(json.dumps([c.prompt_head, c.prompt_tail, ecso_edge.EcsoConfig().system_prompt_for(m._core)]))\n")
     out = subprocess.run([sys.executable, "-c", code, str(text), str(mmproj)], capture_output=True, text=True,
                          check=True)
-    head, tail = json.loads(out.stdout.strip().splitlines()[-1])
-    return head, tail
+    head, tail, system = json.loads(out.stdout.strip().splitlines()[-1])
+    return head, tail, system
 
 
 def timed(run: Callable[[Callable[[str], None]], Any]) -> tuple[Any, float, float]:
@@ -302,6 +303,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     identical = True
     fresh = 1000  # llama-server's images: a new one per request
     config = EcsoConfig()
+    # llama-server gets the system message ecso-edge frames this family with (none on most)
+    server_system = chat_frame_of(text, mmproj)[2] if server else ""
     try:
         for rep in range(warmups + reps):
             for name in names:
@@ -312,7 +315,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     server.resume()  # type: ignore[union-attr]
                     try:
                         out = ecso_request(server, config, uri, QUERY, TOKENS, name.removeprefix("llama_server_"),
-                                           config.system_prompt)  # type: ignore[arg-type]
+                                           server_system)
                     finally:
                         server.pause()  # type: ignore[union-attr]
                     out["image_encodes"], out["reused"] = None, None

@@ -109,32 +109,65 @@ def _apply_template(model: ecso_edge.Model, system: str, user: str) -> str:
     return buf.raw[:n].decode()
 
 
+# Step 1's frame (prompt text before and after the user's message) per family, written out, with a
+# system message `{system}` ("" leaves the template's own default: no system message in any of
+# these). Gemma has no system turn: llama.cpp puts the system message at the top of the user turn.
+def _frame(family: str, system: str) -> tuple[str, str]:
+    if family == "gemma3":
+        return f"<start_of_turn>user\n{system + chr(10) + chr(10) if system else ''}", "<end_of_turn>\n<start_of_turn>model\n"
+    if family in ("qwen2.5vl", "qwen3vl", "qwen2vl", "internvl", "minicpmv"):
+        turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+        return turn + "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+    if family == "pixtral":
+        return (f"[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT]" if system else "") + "[INST] ", "[/INST]"
+    if family == "smolvlm":
+        return f"<|im_start|>{system + chr(10) + chr(10) if system else ''}User: ", "<end_of_utterance>\nAssistant:"
+    assert family in ("llava15", "llava16", "mobilevlm")  # vicuna turns
+    return (system + "\n\n" if system else "") + "USER: ", "\nASSISTANT:"
+
+
+# The paper's system line, written out: only the paper's family (a LLaVA projector framed by
+# vicuna) gets it by default. MobileVLM has vicuna turns but not LLaVA's projector.
+LLAVA_LINE = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+              "detailed, and polite answers to the human's questions.")
+DEFAULT_SYSTEM = {family: LLAVA_LINE if family in ("llava15", "llava16") else "" for family in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_gets_its_own_default_system_message(family_pairs: dict[str, tuple[Path, Path]],
+                                                         family: str) -> None:
+    model = load(family_pairs, family)
+    assert EcsoConfig().system_prompt is None
+    session = Session(model)
+    assert (session._core.prompt_head, session._core.prompt_tail) == _frame(family, DEFAULT_SYSTEM[family])
+    assert EcsoConfig().system_prompt_for(model._core) == DEFAULT_SYSTEM[family]
+    # an explicit "" is no system message on every family, LLaVA's included
+    bare = Session(model, EcsoConfig(system_prompt=""))
+    assert (bare._core.prompt_head, bare._core.prompt_tail) == _frame(family, "")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_paper_preset_puts_llavas_line_in_every_familys_template(family_pairs: dict[str, tuple[Path, Path]],
+                                                                       family: str) -> None:
+    model = load(family_pairs, family)
+    preset = EcsoConfig.paper_preset()
+    assert preset.system_prompt == LLAVA_LINE
+    assert preset.replace(system_prompt=None) == EcsoConfig()  # only the system line differs
+    session = Session(model, preset)
+    assert (session._core.prompt_head, session._core.prompt_tail) == _frame(family, LLAVA_LINE)
+    assert preset.system_prompt_for(model._core) == LLAVA_LINE
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
         family_pairs: dict[str, tuple[Path, Path]], family: str, image: np.ndarray) -> None:
     model = load(family_pairs, family)
-    session = Session(model)
+    session = Session(model, EcsoConfig.paper_preset())
     head, tail = session._core.prompt_head, session._core.prompt_tail
-    assert head + QUERY + tail == _apply_template(model, EcsoConfig().system_prompt, QUERY)
+    assert head + QUERY + tail == _apply_template(model, LLAVA_LINE, QUERY)
     r = session.answer(image, QUERY, max_tokens=1)
     tokens = r.steps[0].input_tokens
     first, last = tokens.index(-1), len(tokens) - 1 - tokens[::-1].index(-1)
-    system = EcsoConfig().system_prompt
-    if family == "gemma3":
-        # Gemma has no system turn: llama.cpp puts the system message at the top of the user turn
-        assert head.startswith("<start_of_turn>user\n" + system)
-        assert tail == "<end_of_turn>\n<start_of_turn>model\n"
-    elif family in ("qwen2.5vl", "qwen3vl", "qwen2vl", "internvl", "minicpmv"):
-        assert head == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
-        assert tail == "<|im_end|>\n<|im_start|>assistant\n"
-    elif family == "pixtral":
-        assert head == f"[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT][INST] "
-        assert tail == "[/INST]"
-    elif family == "smolvlm":
-        assert head == f"<|im_start|>{system}\n\nUser: "
-        assert tail == "<end_of_utterance>\nAssistant:"
-    else:
-        assert head.endswith("USER: ") and tail == "\nASSISTANT:"
     if family in IMAGE_MARKERS:
         start_marker, end_marker = IMAGE_MARKERS[family]
         end = model.tokenize(end_marker, parse_special=True)

@@ -43,17 +43,20 @@ def reference(pair: tuple[Path, Path, np.ndarray]) -> Iterator[LlamaReference]:
 def test_every_step_picks_llama_cpps_tokens(pair: tuple[Path, Path, np.ndarray], reference: LlamaReference) -> None:
     text, mmproj, image = pair
     model = ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=N_CTX)
-    config = EcsoConfig(verdict_override=True)
+    # the paper's prompts on every family: each then frames LLaVA's line in its own template
+    config = EcsoConfig.paper_preset().replace(verdict_override=True)
+    assert config.system_prompt is not None
+    system = config.system_prompt
     session = Session(model, config)
     r = session.run(image, QUERY, max_tokens=40)
 
     def image_step(user_text: str) -> list[tuple[str, bool]]:
         # the user's turn is the image, a newline and the text: framed by llama.cpp around all of it
-        head, tail = reference.frame(config.system_prompt, MEDIA + "\n" + user_text)
+        head, tail = reference.frame(system, MEDIA + "\n" + user_text)
         return [(head, True), ("\n" + user_text, False), (tail, True)]  # the image goes after the head
 
     def text_step(user_text: str) -> list[tuple[str, bool]]:
-        head, tail = reference.frame(config.system_prompt, user_text)
+        head, tail = reference.frame(system, user_text)
         return [(head, True), (user_text, False), (tail, True)]
 
     judge = fill(config.judge_template, query=QUERY, response=r.initial_answer[: config.response_cut_chars])
@@ -71,10 +74,11 @@ def test_every_step_picks_llama_cpps_tokens(pair: tuple[Path, Path, np.ndarray],
 
 
 def test_the_llava_pair_is_framed_as_vicuna_written_out(family_pairs: dict[str, tuple[Path, Path]]) -> None:
-    # The LLaVA pair's GGUF has no template, so ecso-edge and llama.cpp both use vicuna: spelled out
-    # here, so that a framing both got wrong the same way would still fail.
+    # The LLaVA pair is framed by vicuna, in ecso-edge and in llama.cpp: spelled out here, so that a
+    # framing both got wrong the same way would still fail. Its default system message is the paper's.
     text, mmproj = family_pairs["llava15"]
-    system = EcsoConfig().system_prompt
+    system = EcsoConfig.paper_preset().system_prompt
+    assert system is not None
     expected = (system + "\n\nUSER: ", "\nASSISTANT:")
     session = Session(ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=256))
     assert (session._core.prompt_head, session._core.prompt_tail) == expected

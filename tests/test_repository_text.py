@@ -105,7 +105,7 @@ def test_the_paper_method_page_quotes_the_default_prompts() -> None:
     assert _blocks_after(doc, "(`EcsoConfig.judge_template`)") == c.judge_template
     assert _blocks_after(doc, "(`EcsoConfig.caption_template`)") == c.caption_template
     assert _blocks_after(doc, "(`EcsoConfig.text_only_template`)") == c.text_only_template
-    assert _blocks_after(doc, "(`EcsoConfig.system_prompt`)") == c.system_prompt
+    assert _blocks_after(doc, "(`EcsoConfig.system_prompt`)") == ecso_edge.EcsoConfig.paper_preset().system_prompt
     assert f"**{c.response_cut_chars} characters**" in doc
     assert c.verdict_rule == "exact" and c.image_placement == "before"
     prose = " ".join(doc.split())

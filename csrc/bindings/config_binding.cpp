@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings/registry.hpp"
+#include "ecso/chat_frame.hpp"
 #include "ecso/config.hpp"
 #include "ecso/errors.hpp"
 
@@ -27,7 +28,7 @@ struct Field {
 };
 const Field kFields[] = {
     {"judge_template", "a str"}, {"caption_template", "a str"}, {"text_only_template", "a str"},
-    {"system_prompt", "a str"}, {"chat_template", "a str or None"}, {"image_placement", "'before' or 'after'"},
+    {"system_prompt", "a str or None"}, {"chat_template", "a str or None"}, {"image_placement", "'before' or 'after'"},
     {"response_cut_chars", "an int in 1..18446744073709551615"}, {"verdict_rule", "'exact', 'prefix' or 'logits'"},
     {"reuse_kv", "True or False"}, {"shadow_judge", "True or False"}, {"verdict_override", "None, True or False"},
     {"temperature", "a float >= 0"}, {"top_p", "a float in (0, 1]"}, {"top_k", "an int in 0..2147483647"},
@@ -120,12 +121,19 @@ decoding, and KV-cache reuse on.
                 return std::unique_ptr<EcsoConfig>(cfg);
             }),
             "Keyword arguments set fields; anything unknown is a TypeError, anything invalid a ConfigError.");
+    cls.def_static("paper_preset", &EcsoConfig::paper_preset,
+                   "The paper's exact prompts on any model: the defaults with LLaVA-1.5's system line set.");
+    cls.def(
+        "system_prompt_for",
+        [](const EcsoConfig & c, const ecso::Model & model) { return ecso::ChatFrame::build(model, c).system_prompt; },
+        py::arg("model"), "The system message this config gives `model`'s steps ('' for none).");
     cls.def_readwrite("judge_template", &EcsoConfig::judge_template, "Step 2 prompt; placeholders {query}, {response}.")
         .def_readwrite("caption_template", &EcsoConfig::caption_template, "Step 3 prompt; placeholder {query}.")
         .def_readwrite("text_only_template", &EcsoConfig::text_only_template,
                        "Step 4 prompt; placeholders {query}, {caption}.")
         .def_readwrite("system_prompt", &EcsoConfig::system_prompt,
-                       "System message of every step (LLaVA-1.5's line by default; '' for none).")
+                       "System message of every step. None: the family's default (LLaVA-1.5's line on a LLaVA "
+                       "projector, mlp or mlp_norm, framed by vicuna; no system message elsewhere); '' for none.")
         .def_property(
             "chat_template",
             [](const EcsoConfig & c) -> std::optional<std::string> {

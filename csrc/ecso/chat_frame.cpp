@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ecso/errors.hpp"
+#include "ecso/prompts.hpp"
 #include "llama.h"
 
 namespace ecso {
@@ -22,6 +23,18 @@ std::string builtin_names() {
     return out;
 }
 
+// The paper's family: LLaVA-1.5 (and 1.6, its successor), whose projector llama.cpp calls "mlp"
+// ("mlp_norm": the same with a Yi-style norm), framed by vicuna_v1's turns. Its system line belongs
+// to that conversation format, so a LLaVA GGUF with another template (LLaVA-1.6 Mistral's
+// [INST] turns) gets that template's own default instead. `text` is the one-message chat rendered
+// with no system message: vicuna's ends in "USER: <message>\nASSISTANT:".
+bool is_paper_family(const Model & model, const std::string & text) {
+    const std::string & type = model.projector_info().projector_type;
+    const std::string vicuna_turns = "USER: " + std::string(kSentinel) + "\nASSISTANT:";
+    return (type == "mlp" || type == "mlp_norm") && text.size() >= vicuna_turns.size() &&
+           text.compare(text.size() - vicuna_turns.size(), vicuna_turns.size(), vicuna_turns) == 0;
+}
+
 }  // namespace
 
 ChatFrame ChatFrame::build(const Model & model, const EcsoConfig & config) {
@@ -37,28 +50,41 @@ ChatFrame ChatFrame::build(const Model & model, const EcsoConfig & config) {
         frame.template_name = config.chat_template.size() < 40 ? config.chat_template : "custom";
     }
 
-    std::vector<llama_chat_message> chat;
-    if (!config.system_prompt.empty()) {
-        chat.push_back({"system", config.system_prompt.c_str()});
-    }
-    chat.push_back({"user", kSentinel});
-
-    std::vector<char> buf(4096 + config.system_prompt.size() * 2);
-    int32_t n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
+    // Step 1's frame decides the family default: LLaVA's line needs vicuna's turns (below).
+    auto render = [&tmpl](const std::string & system, std::string & text) {
+        std::vector<llama_chat_message> chat;
+        if (!system.empty()) {
+            chat.push_back({"system", system.c_str()});
+        }
+        chat.push_back({"user", kSentinel});
+        std::vector<char> buf(4096 + system.size() * 2);
+        int32_t n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
+                                              static_cast<int32_t>(buf.size()));
+        if (n > static_cast<int32_t>(buf.size())) {
+            buf.resize(static_cast<size_t>(n));
+            n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
                                           static_cast<int32_t>(buf.size()));
-    if (n > static_cast<int32_t>(buf.size())) {
-        buf.resize(static_cast<size_t>(n));
-        n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
-                                      static_cast<int32_t>(buf.size()));
+        }
+        if (n >= 0) {
+            text.assign(buf.data(), static_cast<size_t>(n));
+        }
+        return n >= 0;
+    };
+    std::string text;
+    bool known = render(config.system_prompt.value_or(""), text);
+    if (known && !config.system_prompt && is_paper_family(model, text)) {
+        frame.system_prompt = prompts::kLlavaSystemPrompt;
+        known = render(frame.system_prompt, text);
+    } else {
+        frame.system_prompt = config.system_prompt.value_or("");
     }
-    if (n < 0) {
+    if (!known) {
         throw ConfigError("llama.cpp does not recognise the chat template " +
                           (frame.template_name == "model" ? std::string("stored in the text model")
                                                           : "'" + frame.template_name + "'") +
                           ". Set EcsoConfig.chat_template to one of llama.cpp's built-in names: " + builtin_names());
     }
     frame.source = tmpl;
-    const std::string text(buf.data(), static_cast<size_t>(n));
     const size_t at = text.find(kSentinel);
     if (at == std::string::npos || text.find(kSentinel, at + 1) != std::string::npos) {
         throw ConfigError("the chat template '" + frame.template_name +

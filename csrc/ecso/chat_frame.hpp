@@ -14,9 +14,11 @@ struct ChatFrame {
     std::string source;         // what llama_chat_apply_template takes (a name or the template text)
     std::string head;           // e.g. "<system line>\n\nUSER: " for vicuna
     std::string tail;           // e.g. "\nASSISTANT:" for vicuna
+    std::string system_prompt;  // the system message in head ("" for none): config's, or the family's
 
     // Applies `config.chat_template` (or the model's own, or vicuna when the GGUF has none) to a
-    // one-message chat with llama_chat_apply_template. Throws ConfigError if llama.cpp does not
+    // one-message chat with llama_chat_apply_template, with config.system_prompt or, where that is
+    // nullopt, the family's default (chat_frame.cpp's is_paper_family). Throws ConfigError if llama.cpp does not
     // recognise the template.
     static ChatFrame build(const Model & model, const EcsoConfig & config);
 };

@@ -17,6 +17,12 @@ void require_positive(const std::optional<int32_t> & v, const char * name) {
 
 }  // namespace
 
+EcsoConfig EcsoConfig::paper_preset() {
+    EcsoConfig c;
+    c.system_prompt = prompts::kLlavaSystemPrompt;
+    return c;
+}
+
 void EcsoConfig::validate() const {
     prompts::require_placeholders(judge_template, {"response"}, "judge_template");
     prompts::require_placeholders(caption_template, {"query"}, "caption_template");

@@ -73,7 +73,9 @@ struct EcsoConfig {
     std::string judge_template = prompts::kJudgeTemplate;          // {query}, {response}
     std::string caption_template = prompts::kCaptionTemplate;      // {query}
     std::string text_only_template = prompts::kTextOnlyTemplate;   // {query}, {caption}
-    std::string system_prompt = prompts::kLlavaSystemPrompt;       // "" for none
+    // nullopt: the family's own default (ChatFrame::build): LLaVA-1.5's line for the paper's
+    // family, no system message for every other; "" for none on any model.
+    std::optional<std::string> system_prompt;
     std::string chat_template;           // "": the model's own, else vicuna; or a built-in name / template text
     ImagePlacement image_placement = ImagePlacement::BeforeText;
     size_t response_cut_chars = 1927;    // the judge quotes this many characters of the answer
@@ -113,6 +115,10 @@ struct EcsoConfig {
     // a fresh evaluation prefills them in one batch: equal only where the backend computes both
     // alike (measured: CPU with one thread yes, two threads no), so off by default.
     bool reuse_answer_cells = false;
+
+    // The paper's exact prompts on any model: the defaults, with LLaVA-1.5's system line set
+    // explicitly, so a non-LLaVA family gets it inside its own template.
+    static EcsoConfig paper_preset();
 
     // Throws ConfigError naming the first invalid field.
     void validate() const;

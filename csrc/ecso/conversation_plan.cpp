@@ -35,8 +35,8 @@ std::vector<RenderMessage> ConversationPlan::system_messages(const Conversation 
             out.push_back({"system", {text_part(message_text(m))}});
         }
     }
-    if (out.empty() && !config_.system_prompt.empty()) {
-        out.push_back({"system", {text_part(config_.system_prompt)}});
+    if (out.empty() && !frame_.system_prompt.empty()) {
+        out.push_back({"system", {text_part(frame_.system_prompt)}});
     }
     return out;
 }
