@@ -282,6 +282,7 @@ def test_smollm_requests_agree_with_parallel_one(smollm_pair: tuple[Any, Any]) -
     got = session.run_many(items, max_tokens=16)
     # beside neighbours every request runs the same steps; their tokens agree in part (measured
     # 30 of 64 steps here, docs/parallel.md), and the same input gives the same output again
-    agree, steps = agreeing_steps(got, reference)
-    assert steps == 64 and agree >= 1
+    assert all(isinstance(r, ecso_edge.EcsoResult) for r in got)
+    pairs = [(a, b) for r, ref in zip(got, reference) for a, b in zip(r.steps, ref.steps) if a.name == b.name]
+    assert sum(list(a.tokens) == list(b.tokens) for a, b in pairs) >= 1
     assert [tokens_of(r) for r in session.run_many(items, max_tokens=16)] == [tokens_of(r) for r in got]

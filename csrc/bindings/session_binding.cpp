@@ -303,7 +303,7 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
         .def(
             "cache_stats",
             [](ecso::EcsoSession & s) {
-                const ecso::ConversationCache::Stats st = [&] {
+                const ecso::CacheStats st = [&] {
                     py::gil_scoped_release release;  // waits for a call in progress
                     return s.cache_stats();
                 }();

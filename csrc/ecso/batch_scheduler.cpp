@@ -7,6 +7,7 @@
 #include "ecso/cancel_token.hpp"
 #include "ecso/context_factory.hpp"
 #include "ecso/errors.hpp"
+#include "ecso/model_impl.hpp"
 
 namespace ecso {
 
@@ -210,7 +211,7 @@ void BatchScheduler::run_round(const std::vector<int> & solo, const std::vector<
     }
     const int32_t status = llama_decode(ctx_.get(), merged_->get());
     count_decodes(1, static_cast<uint64_t>(merged_->size()));
-    const int32_t n_vocab = llama_vocab_n_tokens(model_->vocab());
+    const int32_t n_vocab = llama_vocab_n_tokens(model_->impl().vocab());
     int32_t row = 0;
     for (int i : tokens) {
         Work & w = *lanes_[static_cast<size_t>(i)].work;

@@ -34,21 +34,13 @@
 #include <vector>
 
 #include "ecso/model.hpp"
+#include "ecso/stats.hpp"
 #include "ecso/token_batch.hpp"
 #include "llama-cpp.h"
 
 namespace ecso {
 
 class CancelToken;
-
-// Counts of what the decoder did, so batching can be seen rather than assumed.
-struct EngineStats {
-    uint64_t requests = 0;        // requests started
-    uint64_t decode_calls = 0;    // llama_decode calls (an image's embeddings count one per chunk)
-    uint64_t batched_tokens = 0;  // tokens evaluated over all decode calls (image positions included)
-    uint64_t rounds = 0;          // scheduler rounds (0 for a session with one lane)
-    int32_t max_in_flight = 0;    // most requests running at once
-};
 
 class BatchScheduler {
 public:

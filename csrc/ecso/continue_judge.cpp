@@ -1,7 +1,7 @@
 // The continue-layout judge and incremental judging (see continue_judge.hpp).
 #include "ecso/continue_judge.hpp"
 
-#include "ecso/conversation.hpp"
+#include "ecso/conversation_render.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/prompts.hpp"
 #include "ecso/verdict.hpp"

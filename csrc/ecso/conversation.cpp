@@ -1,5 +1,6 @@
 // Conversation checks and chat-template rendering (see conversation.hpp).
 #include "ecso/conversation.hpp"
+#include "ecso/conversation_render.hpp"
 
 #include "ecso/errors.hpp"
 #include "ecso/session_internal.hpp"

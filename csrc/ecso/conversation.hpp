@@ -1,7 +1,6 @@
 // A conversation as chat apps send it (OpenAI-style messages: roles system/user/assistant, each
-// content a list of text and image parts), its checks, and its rendering through the model's chat
-// template into prompt parts. Template text is parsed for special tokens; what the messages say
-// never is, so a message cannot inject template tokens or image slots.
+// content a list of text and image parts) and its checks. Public, so it names no llama.cpp type:
+// rendering it into prompt parts is conversation_render.hpp's.
 #pragma once
 
 #include <memory>
@@ -10,7 +9,6 @@
 
 #include "ecso/chat_frame.hpp"
 #include "ecso/image.hpp"
-#include "ecso/prompt.hpp"
 
 namespace ecso {
 
@@ -33,18 +31,5 @@ void validate_conversation(const Conversation & messages, uint64_t max_image_pix
 
 // The text of a message's text parts, joined by newlines.
 std::string message_text(const ChatMessage & message);
-
-// A message ready to render: its role and its content as prompt parts (text or image).
-struct RenderMessage {
-    std::string role;
-    std::vector<PromptPart> content;
-};
-
-// The parts of `messages` framed by `frame`'s chat template (llama_chat_apply_template, with the
-// assistant prefix added). Adjacent content parts are joined by a newline, as the paper's prompts
-// join the image and the query. Each template segment and each message starts a batch, so a
-// later prompt that shares whole messages with a cached one reuses them. ConfigError when the
-// template does not place every message exactly once.
-std::vector<PromptPart> render_conversation(const ChatFrame & frame, const std::vector<RenderMessage> & messages);
 
 }  // namespace ecso

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "ecso/decoding_engine.hpp"
+#include "ecso/model_impl.hpp"
 
 namespace ecso {
 namespace {
@@ -72,7 +73,7 @@ void ConversationCache::save(DecodingEngine & engine, int seq, size_t turn_end) 
     }
     // A window cache saves only the cells inside the window of the sequence's last position; a
     // later turn that shares less than all of it would find the cells it needs missing.
-    const int32_t n_swa = llama_model_n_swa(engine.model().llama());
+    const int32_t n_swa = llama_model_n_swa(engine.model().impl().llama());
     if (n_swa > 0 && engine.seq_pos_max(seq) >= n_swa) {
         return;
     }

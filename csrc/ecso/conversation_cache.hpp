@@ -19,6 +19,7 @@
 
 #include "ecso/kv_sequences.hpp"
 #include "ecso/prompt.hpp"
+#include "ecso/stats.hpp"
 #include "llama.h"
 
 namespace ecso {
@@ -27,13 +28,7 @@ class DecodingEngine;
 
 class ConversationCache {
 public:
-    struct Stats {
-        int32_t conversations = 0;     // saved answer sequences
-        uint64_t state_bytes = 0;      // their KV cells
-        int32_t images = 0;            // images whose encoder output is kept
-        uint64_t embedding_bytes = 0;  // that output
-        int32_t captions = 0;
-    };
+    using Stats = CacheStats;
     using Embeddings = std::map<std::string, std::vector<float>>;  // the engine's, by media id
 
     void set_limits(int32_t max_conversations, uint64_t max_bytes);

@@ -18,6 +18,7 @@
 #include "ecso/call_options.hpp"
 #include "ecso/chat_frame.hpp"
 #include "ecso/conversation.hpp"
+#include "ecso/conversation_render.hpp"
 #include "ecso/conversation_cache.hpp"
 #include "ecso/decoding_engine.hpp"
 #include "ecso/result.hpp"

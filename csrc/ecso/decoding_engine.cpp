@@ -9,6 +9,7 @@
 #include "ecso/context_factory.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
+#include "ecso/model_impl.hpp"
 #include "ecso/prompts.hpp"
 #include "ecso/sampling.hpp"
 #include "ecso/session_internal.hpp"
@@ -85,7 +86,7 @@ const float * DecodingEngine::last_logits() const {
     if (scheduler_ == nullptr) {
         return llama_get_logits_ith(ctx_, -1);
     }
-    const auto n_vocab = static_cast<size_t>(llama_vocab_n_tokens(model_->vocab()));
+    const auto n_vocab = static_cast<size_t>(llama_vocab_n_tokens(model_->impl().vocab()));
     if (lane_logits_.size() < n_vocab) {
         throw RuntimeFailure("internal: no logits to sample from");
     }
@@ -96,7 +97,7 @@ llama_token DecodingEngine::sample_next(Sampler & sampler) {
     if (scheduler_ == nullptr) {
         return sampler.sample(ctx_);
     }
-    return sampler.sample(last_logits(), llama_vocab_n_tokens(model_->vocab()));
+    return sampler.sample(last_logits(), llama_vocab_n_tokens(model_->impl().vocab()));
 }
 
 int32_t DecodingEngine::exclusive(const std::function<int32_t()> & work) {
@@ -189,7 +190,7 @@ void DecodingEngine::check_prompt_fits(const char * step, const Prompt & prompt)
     for (const auto & item : prompt.items()) {
         // Non-causal image attention (Gemma 3) needs every image token in one ubatch: split over
         // two, the first half never sees the second (llama.cpp's own helper aborts here).
-        if (item.is_media() && item.media != nullptr && mtmd_decode_use_non_causal(model_->mtmd(), item.media)) {
+        if (item.is_media() && item.media != nullptr && mtmd_decode_use_non_causal(model_->impl().mtmd(), item.media)) {
             const auto n_tokens = static_cast<int32_t>(mtmd_input_chunk_get_n_tokens(item.media));
             if (n_tokens > n_ubatch) {
                 throw ConfigError("the image is " + std::to_string(n_tokens) + " tokens, and this model (projector '" +
@@ -395,15 +396,15 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
         const size_t n_tokens = mtmd_input_chunk_get_n_tokens(item.media);
         std::vector<float> out;
         const int32_t status = exclusive([&] {
-            std::lock_guard<std::mutex> lock(model_->vision_mutex());
+            std::lock_guard<std::mutex> lock(model_->impl().vision_mutex());
             clear_log_errors();
-            const Model::EncodeObserver observer{active_cancel_.load(), active_progress_, rec.name.c_str()};
-            model_->set_encode_observer(&observer);
-            const int32_t encoded = mtmd_encode_chunk(model_->mtmd(), item.media);
-            model_->set_encode_observer(nullptr);
+            const Model::Impl::EncodeObserver observer{active_cancel_.load(), active_progress_, rec.name.c_str()};
+            model_->impl().set_encode_observer(&observer);
+            const int32_t encoded = mtmd_encode_chunk(model_->impl().mtmd(), item.media);
+            model_->impl().set_encode_observer(nullptr);
             if (encoded == 0) {
                 // mtmd's output holds a row per image token (not per position: M-RoPE images differ).
-                const float * embd = mtmd_get_output_embd(model_->mtmd());
+                const float * embd = mtmd_get_output_embd(model_->impl().mtmd());
                 out.assign(embd, embd + n_tokens * static_cast<size_t>(model_->n_embd()));
             }
             return encoded;
@@ -422,7 +423,7 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
     const auto n_batch = static_cast<int32_t>(llama_n_batch(ctx_));
     const int32_t status = exclusive([&] {
         llama_pos new_pos = 0;
-        return mtmd_helper_decode_image_chunk(model_->mtmd(), ctx_, item.media, cached->second.data(), pos,
+        return mtmd_helper_decode_image_chunk(model_->impl().mtmd(), ctx_, item.media, cached->second.data(), pos,
                                               kv_->seq_base() + seq, n_batch, &new_pos, nullptr, nullptr);
     });
     const auto n_image = static_cast<uint64_t>(mtmd_input_chunk_get_n_tokens(item.media));

@@ -3,7 +3,10 @@
 // another sequence holds (media chunks through the embedding cache), generates with the sampler,
 // feeds the shadow judge beside step 1, and serves the call in progress (its cancel token, its
 // progress sink). The plans (single_turn_plan, conversation_plan) say which steps run in which
-// order; the engine knows nothing of ECSO's steps beyond their names.
+// order. The engine knows ECSO's steps by their names and sequence numbers (kSeq*, which size its
+// cell pool), with one exception: shadow judging (ShadowJudge, open_shadow, finish_shadow) lives
+// here, because it feeds the judge's sequence inside step 1's own decode batches and quotes each
+// answer token as generation samples it, and so needs the batch and the token loop themselves.
 //
 // Where the context lives: an engine either owns its llama_context (a session with one lane:
 // every call on the context is direct) or is one lane of a BatchScheduler, whose context it shares

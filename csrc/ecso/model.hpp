@@ -1,22 +1,19 @@
-// A loaded vision-language pair: the text model (llama_model) and its vision projector
-// (mtmd_context), validated before either loader runs.
+// A loaded vision-language pair: the text model and its vision projector, validated before either
+// loader runs. This is the public face: it names no llama.cpp type, so ecso.hpp compiles without
+// llama.cpp's headers. The handles and the loading live in Model::Impl (model_impl.hpp), which the
+// core's internals reach through impl().
 //
-// Ownership: Model owns both handles; the projector is released before the text model it points
-// to. Thread safety: const methods may be called from any thread; the vision encoder is shared
-// state inside mtmd, so encode calls from sessions on one Model are serialised by vision_mutex().
+// Thread safety: const methods may be called from any thread.
 #pragma once
 
-#include <atomic>
+#include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "ecso/call_options.hpp"
 #include "ecso/config.hpp"
 #include "ecso/gguf_check.hpp"
-#include "llama-cpp.h"
-#include "mtmd.h"
 
 namespace ecso {
 
@@ -24,78 +21,39 @@ class Model {
 public:
     // Throws ModelLoadError when either file is missing, malformed or does not fit the other.
     Model(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options);
+    ~Model();
     Model(const Model &) = delete;
     Model & operator=(const Model &) = delete;
 
-    llama_model * llama() const { return model_.get(); }
-    const llama_vocab * vocab() const { return vocab_; }
-    mtmd_context * mtmd() const { return mtmd_.get(); }
-    std::mutex & vision_mutex() const { return vision_mutex_; }
-    // Who watches the next encode: while set (non-null), the encoder reports progress every few
-    // graph nodes, and when the token is cancelled it stops there and its output is garbage: the
-    // caller must check the token after mtmd_encode_chunk. mtmd's encoder has no abort callback;
-    // the ggml scheduler's eval callback serves as one. Call with vision_mutex() held, and again
-    // with nullptr when the encode is done.
-    struct EncodeObserver {
-        const CancelToken * cancel = nullptr;
-        const ProgressSink * progress = nullptr;
-        const char * step = "";
-    };
-    void set_encode_observer(const EncodeObserver * observer) const {
-        encode_nodes_ = 0;
-        encode_observer_.store(observer);
-    }
-
-    const ModelOptions & options() const { return options_; }
-    const TextModelInfo & text_info() const { return text_info_; }
-    const ProjectorInfo & projector_info() const { return projector_info_; }
+    const ModelOptions & options() const;
+    const TextModelInfo & text_info() const;
+    const ProjectorInfo & projector_info() const;
     // How the projector was made safe to load: "tensor table", "child process" or "child process (cached)".
-    const std::string & projector_check() const { return projector_check_; }
+    const std::string & projector_check() const;
     // Thread counts in effect: the options' values, defaulted and clamped to the hardware threads.
-    int32_t n_threads() const { return n_threads_; }
-    int32_t n_threads_batch() const { return n_threads_batch_; }
+    int32_t n_threads() const;
+    int32_t n_threads_batch() const;
     // Whether the weights were repacked into the CPU backend's extra buffer types (the options'
     // value, or repack_by_default()).
-    bool repack() const { return repack_; }
-    // The flash-attention setting for contexts on this model (auto unless the options force it).
-    llama_flash_attn_type flash_attn_type() const;
-    int32_t n_embd() const;       // the text model's input embedding size
+    bool repack() const;
+    int32_t n_embd() const;  // the text model's input embedding size
     int32_t n_ctx_train() const;
     // The chat template stored in the text GGUF, or "" when it has none.
     std::string own_chat_template() const;
 
-    // Text tokenization with llama.cpp's tokenizer (no chat framing).
-    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    // Text tokenization with llama.cpp's tokenizer (no chat framing). Token ids are llama.cpp's
+    // (llama_token is int32_t).
+    std::vector<int32_t> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     // The bytes of one token (special tokens render as "" unless `special`).
-    std::string token_piece(llama_token token, bool special = false) const;
-    bool is_end_of_generation(llama_token token) const;
+    std::string token_piece(int32_t token, bool special = false) const;
+    bool is_end_of_generation(int32_t token) const;
+
+    // The llama.cpp and mtmd handles, for the core's internals (model_impl.hpp defines it).
+    class Impl;
+    const Impl & impl() const { return *impl_; }
 
 private:
-    ModelOptions options_;
-    TextModelInfo text_info_;
-    ProjectorInfo projector_info_;
-    int32_t n_threads_ = 1;
-    int32_t n_threads_batch_ = 1;
-    bool repack_ = true;
-    std::string projector_check_;
-    // Refuses an unsupported type (unless ECSO_TRUST_PROJECTOR=1) and runs the child-process check
-    // for types gguf_check.cpp does not validate tensor by tensor.
-    void admit_projector(const std::string & text_model_path, const std::string & mmproj_path);
-    // Throws ModelLoadError when mtmd's layout of an image uses a token the text model lacks.
-    void check_image_layout_tokens() const;
-    // Throws ModelLoadError when n_ctx's KV cache alone is larger than the machine's memory.
-    void check_context_fits() const;
-    static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
-    mutable std::atomic<const EncodeObserver *> encode_observer_{nullptr};
-    mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)
-    // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
-    llama_model_ptr model_;
-    const llama_vocab * vocab_ = nullptr;
-    mtmd::context_ptr mtmd_;
-    mutable std::mutex vision_mutex_;
+    std::unique_ptr<Impl> impl_;
 };
-
-// The error for a pair whose projector frames images with tokens the text model does not have.
-std::string missing_layout_token_message(const Model & model);
 
 }  // namespace ecso

@@ -6,6 +6,7 @@
 
 #include "ecso/errors.hpp"
 #include "ecso/logging.hpp"
+#include "ecso/model_impl.hpp"
 
 namespace ecso {
 
@@ -33,7 +34,8 @@ std::vector<PromptPart> Prompt::frame_parts(const ChatFrame & frame, const std::
 
 Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & parts) {
     Prompt prompt;
-    const llama_vocab * vocab = model.vocab();
+    const Model::Impl & m = model.impl();
+    const llama_vocab * vocab = m.vocab();
     const int32_t n_vocab = llama_vocab_n_tokens(vocab);
     if (llama_vocab_get_add_bos(vocab)) {
         prompt.items_.push_back({llama_vocab_bos(vocab), nullptr, std::string(), 1, 1});
@@ -58,9 +60,9 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
             if (part.text.empty()) {
                 continue;
             }
-            for (llama_token t : model.tokenize(part.text, false, part.parse_special)) {
+            for (llama_token t : m.tokenize(part.text, false, part.parse_special)) {
                 if (t < 0 || t >= n_vocab) {
-                    throw ModelLoadError(missing_layout_token_message(model));  // Model checks this at load
+                    throw ModelLoadError(missing_layout_token_message(m));  // Model checks this at load
                 }
                 prompt.items_.push_back({t, nullptr, std::string(), 1, 1});
             }
@@ -82,7 +84,7 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
         // within the image part, so an image's chunks have the same names wherever it is sent.
         size_t ordinal = 0;
         clear_log_errors();
-        const int32_t status = mtmd_tokenize_from_parts(model.mtmd(), chunks.get(), &part_ptr, 1, false);
+        const int32_t status = mtmd_tokenize_from_parts(m.mtmd(), chunks.get(), &part_ptr, 1, false);
         if (status == 2) {
             throw ImageError("the projector could not preprocess the image" + last_log_suffix());
         }
@@ -97,7 +99,7 @@ Prompt Prompt::build_parts(const Model & model, const std::vector<PromptPart> & 
                 const llama_token * tokens = mtmd_input_chunk_get_tokens_text(chunk, &n);
                 for (size_t k = 0; k < n; ++k) {
                     if (tokens[k] < 0 || tokens[k] >= n_vocab) {
-                        throw ModelLoadError(missing_layout_token_message(model));
+                        throw ModelLoadError(missing_layout_token_message(m));
                     }
                     prompt.items_.push_back({tokens[k], nullptr, std::string(), 1, 1});
                 }

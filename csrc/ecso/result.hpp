@@ -6,15 +6,13 @@
 #include <string>
 #include <vector>
 
-#include "llama.h"
-
 namespace ecso {
 
 // One evaluated step: its output and how its prompt reached the KV cache.
 struct StepRecord {
     std::string name;            // "answer", "judge", "caption", "text_only"
     std::string text;            // the step's output, stripped, valid UTF-8
-    std::vector<llama_token> tokens;  // generated token ids (EOS excluded)
+    std::vector<int32_t> tokens; // generated token ids (EOS excluded; llama_token is int32_t)
     std::string stop_reason;     // "eos", "length" or "context"
     int32_t prompt_tokens = 0;   // positions in the step's prompt (image tokens included)
     int32_t tokens_reused = 0;   // prompt positions copied from another sequence's KV cells
@@ -22,7 +20,7 @@ struct StepRecord {
     int32_t tokens_generated = 0;
     int32_t tokens_shadowed = 0; // judge input evaluated inside step 1's decode batches (shadow judging)
     std::optional<double> p_yes;  // a judge step's P(yes) under the logits rule (incremental checks too)
-    std::vector<llama_token> input_tokens;  // the prompt's text tokens, -1 standing for each image
+    std::vector<int32_t> input_tokens;  // the prompt's text tokens, -1 standing for each image
     int32_t image_encodes = 0;   // times the vision encoder ran for this step
     double encode_seconds = 0.0;  // of which: vision encoder
     double prefill_seconds = 0.0;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ecso/errors.hpp"
+#include "ecso/model_impl.hpp"
 
 namespace ecso {
 
@@ -13,7 +14,7 @@ Sampler::Sampler(const Model & model, const SamplingConfig & config, uint32_t de
     params.no_perf = true;
     chain_.reset(llama_sampler_chain_init(params));
 
-    const int32_t n_vocab = llama_vocab_n_tokens(model.vocab());
+    const int32_t n_vocab = llama_vocab_n_tokens(model.impl().vocab());
     std::vector<llama_logit_bias> biases;
     for (const auto & [token, bias] : config.logit_bias) {
         if (token < 0 || token >= n_vocab) {

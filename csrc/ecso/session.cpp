@@ -6,7 +6,13 @@
 #include <chrono>
 #include <thread>
 
+#include <condition_variable>
+#include <mutex>
+
+#include "ecso/batch_scheduler.hpp"
+#include "ecso/conversation_cache.hpp"
 #include "ecso/conversation_plan.hpp"
+#include "ecso/decoding_engine.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/single_turn_plan.hpp"
@@ -40,23 +46,77 @@ size_t shared_prefix(const std::vector<uint64_t> & a, const std::vector<uint64_t
 
 }  // namespace
 
-// Holds a slot for one call (or one run_many lane) and gives it back, whatever happens.
-class EcsoSession::Lease {
+// What a session holds: its slots, their engines and the scheduler they share.
+class EcsoSession::Impl {
 public:
-    Lease(EcsoSession & session, const Conversation * messages, const CancelToken * cancel, bool join)
+    Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel);
+    ~Impl();
+
+    EcsoResult run(const RgbImage & image, const std::string & query, const CallOptions & call);
+    EcsoResult answer(const RgbImage & image, const std::string & query, const CallOptions & call);
+    EcsoResult judge(const RgbImage & image, const std::string & query, const std::string & response,
+                     const CallOptions & call);
+    EcsoResult chat(const Conversation & messages, const CallOptions & call, bool protect);
+    CacheStats cache_stats();
+    void clear_cache();
+    void run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call);
+    EngineStats engine_stats();
+    int parallel() const { return static_cast<int>(slots_.size()); }
+    void cancel();
+    const EcsoConfig & config() const { return config_; }
+    const ChatFrame & frame() const { return frame_; }
+    const Model & model() const { return *model_; }
+    uint32_t n_ctx() const;
+
+private:
+    struct Slot {
+        std::unique_ptr<DecodingEngine> engine;
+        ConversationCache conversations;
+        // Message fingerprints of the conversations it answered last (newest first, a few kept,
+        // as its cache keeps a few), and when it last took a call.
+        std::vector<std::vector<uint64_t>> history;
+        uint64_t last_used = 0;
+        bool busy = false;
+    };
+    class Lease;
+    // Waits for a free slot: for a conversation, the free one whose last conversation it
+    // continues (as llama-server picks a slot by prompt similarity). `join`: a lane of the
+    // scheduler joins its rounds.
+    size_t acquire(const Conversation * messages, const CancelToken * cancel, bool join);
+    void release(size_t slot, bool leave);
+    EcsoResult run_item(size_t slot, const BatchItem & item, const CallOptions & call);
+
+    std::shared_ptr<const Model> model_;
+    EcsoConfig config_;
+    ChatFrame frame_;
+    std::unique_ptr<BatchScheduler> scheduler_;  // null with parallel = 1
+    std::vector<std::unique_ptr<Slot>> slots_;
+    std::mutex slots_mutex_;
+    std::condition_variable slot_freed_;
+    uint64_t requests_ = 0;
+    uint64_t tick_ = 0;  // for Slot::last_used
+    int in_flight_ = 0;
+    int max_in_flight_ = 0;
+};
+
+// Holds a slot for one call (or one run_many lane) and gives it back, whatever happens.
+class EcsoSession::Impl::Lease {
+public:
+    Lease(Impl & session, const Conversation * messages, const CancelToken * cancel, bool join)
         : session_(session), index_(session.acquire(messages, cancel, join)), join_(join) {}
     ~Lease() { session_.release(index_, join_); }
     Lease(const Lease &) = delete;
     Lease & operator=(const Lease &) = delete;
+    size_t slot_index() const { return index_; }
     int index() const { return static_cast<int>(index_); }
 
 private:
-    EcsoSession & session_;
+    Impl & session_;
     size_t index_;
     bool join_;
 };
 
-EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel)
+EcsoSession::Impl::Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel)
     : model_(std::move(model)), config_(std::move(config)) {
     if (!model_) {
         throw ConfigError("a session needs a loaded model");
@@ -79,17 +139,17 @@ EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, 
 }
 
 // The engines go before the scheduler whose context they use.
-EcsoSession::~EcsoSession() { slots_.clear(); }
+EcsoSession::Impl::~Impl() { slots_.clear(); }
 
-uint32_t EcsoSession::n_ctx() const { return slots_.front()->engine->n_ctx(); }
+uint32_t EcsoSession::Impl::n_ctx() const { return slots_.front()->engine->n_ctx(); }
 
-void EcsoSession::cancel() {
+void EcsoSession::Impl::cancel() {
     for (auto & slot : slots_) {
         slot->engine->cancel();
     }
 }
 
-size_t EcsoSession::acquire(const Conversation * messages, const CancelToken * cancel, bool join) {
+size_t EcsoSession::Impl::acquire(const Conversation * messages, const CancelToken * cancel, bool join) {
     const std::vector<uint64_t> prints = messages ? fingerprints(*messages) : std::vector<uint64_t>();
     std::unique_lock<std::mutex> lock(slots_mutex_);
     for (;;) {
@@ -139,7 +199,7 @@ size_t EcsoSession::acquire(const Conversation * messages, const CancelToken * c
     }
 }
 
-void EcsoSession::release(size_t index, bool leave) {
+void EcsoSession::Impl::release(size_t index, bool leave) {
     {
         std::lock_guard<std::mutex> lock(slots_mutex_);
         if (leave && scheduler_) {
@@ -150,7 +210,7 @@ void EcsoSession::release(size_t index, bool leave) {
     slot_freed_.notify_all();
 }
 
-EcsoResult EcsoSession::run_item(size_t index, const BatchItem & item, const CallOptions & given) {
+EcsoResult EcsoSession::Impl::run_item(size_t index, const BatchItem & item, const CallOptions & given) {
     Slot & slot = *slots_[index];
     // A lane away in a caller's sink (a slow client, a blocked stream) must not hold the rounds
     // of the others: it leaves them for the call and joins again after. Progress from an encode
@@ -193,7 +253,7 @@ EcsoResult EcsoSession::run_item(size_t index, const BatchItem & item, const Cal
         max_in_flight_ = std::max(max_in_flight_, ++in_flight_);
     }
     struct InFlight {
-        EcsoSession & s;
+        Impl & s;
         ~InFlight() {
             std::lock_guard<std::mutex> lock(s.slots_mutex_);
             --s.in_flight_;
@@ -210,32 +270,32 @@ EcsoResult EcsoSession::run_item(size_t index, const BatchItem & item, const Cal
     return SingleTurnPlan(engine, frame_).run(item.image, item.query, call, item.protect);
 }
 
-EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
+EcsoResult EcsoSession::Impl::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
-    return run_item(static_cast<size_t>(lease.index()), BatchItem{image, query, std::nullopt, true}, call);
+    return run_item(lease.slot_index(), BatchItem{image, query, std::nullopt, true}, call);
 }
 
-EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
+EcsoResult EcsoSession::Impl::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
-    return run_item(static_cast<size_t>(lease.index()), BatchItem{image, query, std::nullopt, false}, call);
+    return run_item(lease.slot_index(), BatchItem{image, query, std::nullopt, false}, call);
 }
 
-EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response,
+EcsoResult EcsoSession::Impl::judge(const RgbImage & image, const std::string & query, const std::string & response,
                               const CallOptions & call) {
     Lease lease(*this, nullptr, call.cancel.get(), true);
     BatchItem item{image, query, std::nullopt, true, response};
-    return run_item(static_cast<size_t>(lease.index()), item, call);
+    return run_item(lease.slot_index(), item, call);
 }
 
-EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & call, bool protect) {
+EcsoResult EcsoSession::Impl::chat(const Conversation & messages, const CallOptions & call, bool protect) {
     Lease lease(*this, &messages, call.cancel.get(), true);
     BatchItem item;
     item.messages = messages;
     item.protect = protect;
-    return run_item(static_cast<size_t>(lease.index()), item, call);
+    return run_item(lease.slot_index(), item, call);
 }
 
-void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call) {
+void EcsoSession::Impl::run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call) {
     if (n == 0) {
         return;
     }
@@ -289,7 +349,7 @@ void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink &
             std::optional<EcsoResult> result;
             std::exception_ptr error;
             try {
-                result = run_item(static_cast<size_t>(lease.index()), source(i), item_call);
+                result = run_item(lease.slot_index(), source(i), item_call);
             } catch (...) {
                 error = std::current_exception();
             }
@@ -328,7 +388,7 @@ void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink &
     }
 }
 
-EngineStats EcsoSession::engine_stats() {
+EngineStats EcsoSession::Impl::engine_stats() {
     EngineStats out;
     if (scheduler_) {
         out = scheduler_->stats();
@@ -341,8 +401,8 @@ EngineStats EcsoSession::engine_stats() {
     return out;
 }
 
-ConversationCache::Stats EcsoSession::cache_stats() {
-    ConversationCache::Stats total;
+CacheStats EcsoSession::Impl::cache_stats() {
+    CacheStats total;
     for (size_t i = 0; i < slots_.size(); ++i) {
         // Each slot in turn, once no call uses it: its cache is its call's while it runs.
         std::unique_lock<std::mutex> lock(slots_mutex_);
@@ -357,7 +417,7 @@ ConversationCache::Stats EcsoSession::cache_stats() {
     return total;
 }
 
-void EcsoSession::clear_cache() {
+void EcsoSession::Impl::clear_cache() {
     for (size_t i = 0; i < slots_.size(); ++i) {
         std::unique_lock<std::mutex> lock(slots_mutex_);
         slot_freed_.wait(lock, [&] { return !slots_[i]->busy; });
@@ -365,5 +425,35 @@ void EcsoSession::clear_cache() {
         slots_[i]->history.clear();
     }
 }
+
+EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel)
+    : impl_(std::make_unique<Impl>(std::move(model), std::move(config), parallel)) {}
+EcsoSession::~EcsoSession() = default;
+
+EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
+    return impl_->run(image, query, call);
+}
+EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
+    return impl_->answer(image, query, call);
+}
+EcsoResult EcsoSession::judge(const RgbImage & image, const std::string & query, const std::string & response,
+                              const CallOptions & call) {
+    return impl_->judge(image, query, response, call);
+}
+EcsoResult EcsoSession::chat(const Conversation & messages, const CallOptions & call, bool protect) {
+    return impl_->chat(messages, call, protect);
+}
+CacheStats EcsoSession::cache_stats() { return impl_->cache_stats(); }
+void EcsoSession::clear_cache() { impl_->clear_cache(); }
+void EcsoSession::run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call) {
+    impl_->run_many(n, source, sink, call);
+}
+EngineStats EcsoSession::engine_stats() { return impl_->engine_stats(); }
+int EcsoSession::parallel() const { return impl_->parallel(); }
+void EcsoSession::cancel() { impl_->cancel(); }
+const EcsoConfig & EcsoSession::config() const { return impl_->config(); }
+const ChatFrame & EcsoSession::frame() const { return impl_->frame(); }
+const Model & EcsoSession::model() const { return impl_->model(); }
+uint32_t EcsoSession::n_ctx() const { return impl_->n_ctx(); }
 
 }  // namespace ecso

@@ -11,26 +11,22 @@
 // progress, if any.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "ecso/batch_scheduler.hpp"
 #include "ecso/call_options.hpp"
 #include "ecso/chat_frame.hpp"
 #include "ecso/config.hpp"
 #include "ecso/conversation.hpp"
-#include "ecso/conversation_cache.hpp"
-#include "ecso/decoding_engine.hpp"
 #include "ecso/image.hpp"
 #include "ecso/model.hpp"
 #include "ecso/result.hpp"
+#include "ecso/stats.hpp"
 
 namespace ecso {
 
@@ -66,7 +62,7 @@ public:
     EcsoResult chat(const Conversation & messages, const CallOptions & call, bool protect = true);
 
     // What the session keeps between chat calls (summed over its slots), and a way to drop it.
-    ConversationCache::Stats cache_stats();
+    CacheStats cache_stats();
     void clear_cache();
 
     // One request of run_many: an image and a query (run / answer, or judge when `response` is
@@ -91,46 +87,22 @@ public:
 
     // Requests, decode calls, tokens batched and the most requests in flight at once.
     EngineStats engine_stats();
-    int parallel() const { return static_cast<int>(slots_.size()); }
+    int parallel() const;
 
     // Cancels the call in progress (its token); does nothing when no call runs, so it can never
     // stop a later call. To cancel a call that may not have started yet, cancel its own token.
     void cancel();
 
-    const EcsoConfig & config() const { return config_; }
-    const ChatFrame & frame() const { return frame_; }
-    const Model & model() const { return *model_; }
+    const EcsoConfig & config() const;
+    const ChatFrame & frame() const;
+    const Model & model() const;
     uint32_t n_ctx() const;
 
 private:
-    struct Slot {
-        std::unique_ptr<DecodingEngine> engine;
-        ConversationCache conversations;
-        // Message fingerprints of the conversations it answered last (newest first, a few kept,
-        // as its cache keeps a few), and when it last took a call.
-        std::vector<std::vector<uint64_t>> history;
-        uint64_t last_used = 0;
-        bool busy = false;
-    };
-    class Lease;
-    // Waits for a free slot: for a conversation, the free one whose last conversation it
-    // continues (as llama-server picks a slot by prompt similarity). `join`: a lane of the
-    // scheduler joins its rounds.
-    size_t acquire(const Conversation * messages, const CancelToken * cancel, bool join);
-    void release(size_t slot, bool leave);
-    EcsoResult run_item(size_t slot, const BatchItem & item, const CallOptions & call);
-
-    std::shared_ptr<const Model> model_;
-    EcsoConfig config_;
-    ChatFrame frame_;
-    std::unique_ptr<BatchScheduler> scheduler_;  // null with parallel = 1
-    std::vector<std::unique_ptr<Slot>> slots_;
-    std::mutex slots_mutex_;
-    std::condition_variable slot_freed_;
-    uint64_t requests_ = 0;
-    uint64_t tick_ = 0;  // for Slot::last_used
-    int in_flight_ = 0;
-    int max_in_flight_ = 0;
+    // Slots, engines and scheduler live in session.cpp, so this header (the public door, through
+    // ecso.hpp) names no llama.cpp type.
+    class Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace ecso

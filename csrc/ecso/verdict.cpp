@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ecso/errors.hpp"
+#include "ecso/model_impl.hpp"
 
 namespace ecso {
 namespace {
@@ -43,7 +44,7 @@ bool judge_verdict(const std::string & judge_text, VerdictRule rule) {
 
 YesNoTokens YesNoTokens::find(const Model & model) {
     YesNoTokens found;
-    const int32_t n_vocab = llama_vocab_n_tokens(model.vocab());
+    const int32_t n_vocab = llama_vocab_n_tokens(model.impl().vocab());
     for (llama_token t = 0; t < n_vocab; ++t) {
         const std::string piece = lower_stripped(model.token_piece(t));
         if (piece == "yes") {

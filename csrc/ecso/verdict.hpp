@@ -6,6 +6,7 @@
 
 #include "ecso/config.hpp"
 #include "ecso/model.hpp"
+#include "llama.h"
 
 namespace ecso {
 

@@ -16,7 +16,7 @@ from ._preload import preload_llama_cpp_libraries
 preload_llama_cpp_libraries()
 
 from . import _core  # noqa: E402  (after the preload, by design)
-from ._core import EcsoConfig  # noqa: E402, EcsoResult, StepRecord
+from ._core import EcsoConfig, EcsoResult, StepRecord  # noqa: E402
 from .errors import (
     CancelledError,
     ConfigError,

@@ -1,0 +1,27 @@
+// What a session reports about itself: its decoder's counts and its conversation cache's size.
+// Public (through session.hpp) and free of llama.cpp types.
+#pragma once
+
+#include <cstdint>
+
+namespace ecso {
+
+// Counts of what the decoder did, so batching can be seen rather than assumed.
+struct EngineStats {
+    uint64_t requests = 0;        // requests started
+    uint64_t decode_calls = 0;    // llama_decode calls (an image's embeddings count one per chunk)
+    uint64_t batched_tokens = 0;  // tokens evaluated over all decode calls (image positions included)
+    uint64_t rounds = 0;          // scheduler rounds (0 for a session with one lane)
+    int32_t max_in_flight = 0;    // most requests running at once
+};
+
+// What a conversation cache keeps between chat calls.
+struct CacheStats {
+    int32_t conversations = 0;     // saved answer sequences
+    uint64_t state_bytes = 0;      // their KV cells
+    int32_t images = 0;            // images whose encoder output is kept
+    uint64_t embedding_bytes = 0;  // that output
+    int32_t captions = 0;
+};
+
+}  // namespace ecso
