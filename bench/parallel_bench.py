@@ -97,7 +97,7 @@ def worker_ecso(args: argparse.Namespace) -> dict[str, Any]:
     stats0 = session.engine_stats()
     wall, latency = run_clients(n, args.concurrency, one)
     stats1 = session.engine_stats()
-    generated = sum(s.tokens_generated for r in out for s in r.steps)
+    generated = sum(len(s.tokens) for r in out for s in r.steps)
     return {"wall_s": wall, "latency_s": latency, "generated_tokens": generated,
             "tokens": [[list(s.tokens) for s in r.steps] for r in out],
             "decode_calls": stats1["decode_calls"] - stats0["decode_calls"],
