@@ -2,7 +2,9 @@
 plotting helpers, as PNG and SVG:
 - ecso_bench: per contender, the median latency with its min-max spread over the repetitions, the
   ratio against the llama-server contender of the same path, and the time to first token;
-- conversation_bench: per turn, each contender's latency and prompt tokens evaluated.
+- conversation_bench: per turn, each contender's latency and prompt tokens evaluated;
+- parallel_bench: per workload, throughput and p95 latency against the requests in flight, for
+  ecso-edge parallel=1, parallel=N and llama-server -np N.
 Run on a saved result to draw it again:  python bench/chart.py RESULTS.json [--out STEM]"""
 
 from __future__ import annotations
@@ -94,6 +96,37 @@ def conversation_figure(r: dict[str, Any], title: str) -> "Figure":
     return fig
 
 
+def parallel_figure(r: dict[str, Any], title: str) -> "Figure":
+    workloads = sorted({k.split("@")[0] for k in r["runs"]})
+    fig = new_figure(11, 3.8 * len(workloads))
+    fig.suptitle(title, fontsize=10)
+    axes = fig.subplots(len(workloads), 2, squeeze=False)
+    for row, workload in zip(axes, workloads):
+        levels = sorted(int(k.split("@")[1]) for k in r["runs"] if k.startswith(workload + "@"))
+        lines: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for c in levels:
+            for name, m in r["runs"][f"{workload}@{c}"].items():
+                kind = "ecso_parallel" if name.startswith("ecso_p") and name != "ecso_p1" else name.rstrip("0123456789")
+                lines.setdefault(kind, []).append((c, m))
+        for kind, points in lines.items():
+            label = {"ecso_p": "ecso-edge parallel=1", "ecso_parallel": "ecso-edge parallel=N",
+                     "llama_server_np": "llama-server -np N"}.get(kind, kind)
+            style = {"color": color_of(kind), "marker": "o", "label": label}
+            row[0].plot([c for c, _ in points], [m["throughput_rps"] for _, m in points], **style)
+            row[1].plot([c for c, _ in points], [m["p95_s"] for _, m in points], **style)
+        row[0].set_title(f"{workload}: throughput", fontsize=9, loc="left")
+        row[0].set_ylabel("requests / s")
+        row[1].set_title(f"{workload}: p95 latency", fontsize=9, loc="left")
+        row[1].set_ylabel("seconds")
+        for ax in row:
+            ax.set_xlabel("concurrent requests (N)")
+            ax.set_xticks(levels)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    return fig
+
+
 def draw(r: dict[str, Any], title: str, stem: Path) -> Optional[dict[str, Path]]:
     """Writes the figure of either benchmark's results as stem.png and stem.svg; None (with a note
     on stdout saying how to get it) without matplotlib."""
@@ -101,11 +134,17 @@ def draw(r: dict[str, Any], title: str, stem: Path) -> Optional[dict[str, Path]]
     if missing:
         print(f"no chart: {missing}")
         return None
-    fig = conversation_figure(r, title) if "per_turn" in r else bench_figure(r, title)
+    if "runs" in r and "head" in r:
+        fig = parallel_figure(r, title)
+    else:
+        fig = conversation_figure(r, title) if "per_turn" in r else bench_figure(r, title)
     return save(fig, stem)
 
 
 def title_of(r: dict[str, Any]) -> str:
+    if "runs" in r and "head" in r:
+        return (f"parallel: {Path(r['files']['model']).name} + {Path(r['files']['mmproj']).name}, {r['threads']} threads, "
+                f"OMP_WAIT_POLICY {r['omp_wait_policy']}, {r['requests']} requests, {r['date']}")
     if "per_turn" in r:
         return (f"conversation: {r['model']['text']}, {r['threads']} threads, OMP_WAIT_POLICY {r['omp_wait_policy']}, "
                 f"{r['turns']} turns x {r['reps']} reps, {r['date']}")
@@ -116,7 +155,7 @@ def title_of(r: dict[str, Any]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=Path, help="a JSON that ecso_bench.py or conversation_bench.py wrote")
+    p.add_argument("results", type=Path, help="a JSON that ecso_bench.py, conversation_bench.py or parallel_bench.py wrote")
     p.add_argument("--out", type=Path, default=None, help="the figure's path without suffix (default: beside the JSON)")
     args = p.parse_args(argv)
     r = json.loads(args.results.read_text())

@@ -36,18 +36,18 @@ _QUIET_LOG = L.llama_log_callback(lambda *_: None)
 
 
 class DecodeBench:
-    def __init__(self, model_path: Path, threads: int, n_ctx: int = 4096) -> None:
+    def __init__(self, model_path: Path, threads: int, n_ctx: int = 4096, n_seq: int = 4) -> None:
         L.llama_backend_init()
         L.llama_log_set(_QUIET_LOG, None)
         self.model = L.llama_model_load_from_file(str(model_path).encode(), L.llama_model_default_params())
         if not self.model:
             raise SystemExit(f"cannot load {model_path}")
         cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = n_ctx, 512, 512, 4, True
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max, cp.kv_unified = n_ctx, 512, 512, n_seq, True
         cp.n_threads = cp.n_threads_batch = threads
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.mem = L.llama_get_memory(self.ctx)
-        self.batch = L.llama_batch_init(512, 0, 4)
+        self.batch = L.llama_batch_init(512, 0, 1)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
 
     def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
@@ -69,6 +69,21 @@ class DecodeBench:
             items = [(200, PROMPT, 0, True)] + [(201 + j, PROMPT + j, 1, False) for j in range(k - 1)]
             t0 = time.perf_counter()
             self.decode(items)
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples) * 1000
+
+
+    def sequences_ms(self, n: int, reps: int) -> float:
+        """One generation step of n requests at once: n sequences, each after a prompt of its own
+        (PROMPT tokens), decode one token each in one batch, logits for all (what a parallel
+        session's round does while every request generates)."""
+        samples = []
+        for _ in range(reps):
+            L.llama_memory_clear(self.mem, True)
+            for seq in range(n):
+                self.decode([(100 + (i + 7 * seq) % 50, i, seq, False) for i in range(PROMPT)])
+            t0 = time.perf_counter()
+            self.decode([(200 + seq, PROMPT, seq, True) for seq in range(n)])
             samples.append(time.perf_counter() - t0)
         return statistics.median(samples) * 1000
 

@@ -35,7 +35,32 @@ TARGETS = [  # (name, what, limit, higher is better)
     ("throughput_vs_p1", "ecso_p4 throughput / ecso_p1 throughput", 1.2, True),
     ("throughput_vs_llama_server", "ecso_p4 throughput / llama_server_np4 throughput", 1.10, True),
     ("p95_vs_llama_server", "ecso_p4 p95 / llama_server_np4 p95", 1.0, False),
+    ("rss_per_slot_vs_kv", "|peak RSS growth per extra slot / one slot's KV cells - 1|", 0.10, False),
 ]
+
+
+def kv_bytes_per_slot(text_model: str, n_ctx: int) -> int:
+    """One slot's K and V cells (f16, every layer), from the text GGUF's header: what a slot adds."""
+    import gguf
+
+    reader = gguf.GGUFReader(text_model)
+
+    def value(key: str) -> int:
+        field = reader.get_field(key)
+        if field is None:
+            raise KeyError(key)
+        return int(field.parts[field.data[0]][0])
+
+    arch = bytes(reader.get_field("general.architecture").parts[-1]).decode()
+    layers = value(f"{arch}.block_count")
+    heads = value(f"{arch}.attention.head_count")
+    kv_heads = value(f"{arch}.attention.head_count_kv") if reader.get_field(f"{arch}.attention.head_count_kv") else heads
+    try:
+        head_dim = value(f"{arch}.attention.key_length")
+    except KeyError:
+        head_dim = value(f"{arch}.embedding_length") // heads
+    cells = (n_ctx + 255) // 256 * 256
+    return 2 * layers * kv_heads * head_dim * 2 * cells
 
 
 def queries(n: int) -> list[str]:
@@ -98,11 +123,15 @@ def worker_ecso(args: argparse.Namespace) -> dict[str, Any]:
     wall, latency = run_clients(n, args.concurrency, one)
     stats1 = session.engine_stats()
     generated = sum(len(s.tokens) for r in out for s in r.steps)
+    steps = [st for r in out for st in r.stats["steps"].values()]
+    decode_s = sum(st["decode_seconds"] for st in steps)
+    busy_s = sum(st["seconds"] for st in steps)
     return {"wall_s": wall, "latency_s": latency, "generated_tokens": generated,
             "tokens": [[list(s.tokens) for s in r.steps] for r in out],
             "decode_calls": stats1["decode_calls"] - stats0["decode_calls"],
             "batched_tokens": stats1["batched_tokens"] - stats0["batched_tokens"],
-            "max_in_flight": stats1["max_in_flight"], "peak_rss_mb": peak_rss_mb()}
+            "max_in_flight": stats1["max_in_flight"], "peak_rss_mb": peak_rss_mb(),
+            "decode_share": decode_s / busy_s if busy_s else 0.0}
 
 
 def worker_llama_server(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +160,16 @@ def worker_llama_server(args: argparse.Namespace) -> dict[str, Any]:
         server.close()
 
 
+def worker_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """The cost model: one generation round of N requests (N sequences, a token each) at N = 1,
+    2, 4, 8, on the same text model and threads."""
+    from decode_cost import DecodeBench
+
+    bench = DecodeBench(Path(args.model), args.threads, n_ctx=4096, n_seq=8)
+    bench.sequences_ms(1, 2)  # warm-up
+    return {"round_ms": {str(n): bench.sequences_ms(n, 10) for n in (1, 2, 4, 8)}}
+
+
 def peak_rss_mb() -> float:
     import resource
 
@@ -155,7 +194,7 @@ def summarize(r: dict[str, Any], n: int) -> dict[str, Any]:
     out = {"throughput_rps": n / r["wall_s"], "p50_s": statistics.median(lat),
            "p95_s": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
            "tokens_per_s": r["generated_tokens"] / r["wall_s"]}
-    for k in ("decode_calls", "batched_tokens", "max_in_flight", "peak_rss_mb"):
+    for k in ("decode_calls", "batched_tokens", "max_in_flight", "peak_rss_mb", "decode_share"):
         if k in r:
             out[k] = r[k]
     return out
@@ -177,13 +216,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--requests", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--rescore", default=None, help="score the runs of a saved JSON again (targets, cost model, chart)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--parallel", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--workload", default="quick", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        result = worker_ecso(args) if args.worker == "ecso" else worker_llama_server(args)
+        workers = {"ecso": worker_ecso, "llama_server": worker_llama_server, "cost": worker_cost}
+        result = workers[args.worker](args)
         print(json.dumps(result))
         return 0
     from bench_inputs import default_pair
@@ -198,6 +239,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     workloads = ["quick"] if args.quick else ["decode-heavy", "quick"]
     levels = [1, 4] if args.quick else [1, 2, 4, 8]
     runs: dict[str, Any] = {}
+    if args.rescore:
+        saved = json.loads(Path(args.rescore).read_text())
+        runs, workloads = saved["runs"], []
+        args.quick = saved["head"].startswith("quick")
+        args.json = args.json or args.rescore
     for workload in workloads:
         for c in levels:
             key = f"{workload}@{c}"
@@ -220,19 +266,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     p4, p1, ls = head.get("ecso_p4"), head["ecso_p1"], head.get("llama_server_np4")
     values = {"throughput_vs_p1": p4["throughput_rps"] / p1["throughput_rps"] if p4 else None,
               "throughput_vs_llama_server": p4["throughput_rps"] / ls["throughput_rps"] if p4 and ls else None,
-              "p95_vs_llama_server": p4["p95_s"] / ls["p95_s"] if p4 and ls else None}
+              "p95_vs_llama_server": p4["p95_s"] / ls["p95_s"] if p4 and ls else None,
+              "rss_per_slot_vs_kv": abs((p4["peak_rss_mb"] - p1["peak_rss_mb"]) / 3 * 2**20
+                                        / kv_bytes_per_slot(args.model, args.n_ctx) - 1) if p4 else None}
     for name, what, limit, higher in TARGETS:
         v = values[name]
         met = None if v is None else (v >= limit if higher else v <= limit)
         targets.append({"name": name, "what": what, "limit": limit, "higher_is_better": higher, "value": v,
                         "met": met})
-    # the cost model: decode cost per round at each batch size, from the decode-heavy runs
-    cost = {k: v["ecso_p" + k.split("@")[1]]["decode_calls"] for k, v in runs.items()
-            if "ecso_p" + k.split("@")[1] in v}
+    # The cost model: a round of N generating requests costs round_ms[N]; if decoding were all the
+    # work, N at once would give N * round_ms[1] / round_ms[N] the throughput. The rest of a request
+    # (image encode, prefill) gains nothing from batching: with `decode_share` of parallel=1's time
+    # in decoding, Amdahl's bound is 1 / ((1 - share) + share / gain).
+    cost = run_worker("cost", args, 1, 1, "quick")["round_ms"]
+    bounds: dict[str, Any] = {}
+    for key, row in runs.items():
+        c = key.split("@")[1]
+        if f"ecso_p{c}" in row and c in cost and "decode_share" in row["ecso_p1"]:
+            gain = int(c) * cost["1"] / cost[c]
+            share = row["ecso_p1"]["decode_share"]
+            bound = 1 / ((1 - share) + share / gain)
+            reached = row[f"ecso_p{c}"]["throughput_rps"] / row["ecso_p1"]["throughput_rps"]
+            bounds[key] = {"decode_gain": gain, "decode_share": share, "bound": bound, "reached": reached}
+            print(f"cost model {key}: decode gain {gain:.2f}, decode share {share:.2f}, bound {bound:.2f}x, "
+                  f"reached {reached:.2f}x", flush=True)
     report = {"date": time.strftime("%Y-%m-%d"), "files": {"model": args.model, "mmproj": args.mmproj},
+              "kv_mb_per_slot": kv_bytes_per_slot(args.model, args.n_ctx) / 2**20,
               "threads": args.threads, "requests": args.requests, "omp_wait_policy":
               os.environ.get("OMP_WAIT_POLICY", "unset (the default)"), "llama_server": server_note,
-              "head": head_key, **top, "targets": targets, "decode_calls": cost, "runs": runs}
+              "head": head_key, **top, "targets": targets, "round_ms": cost, "cost_model": bounds, "runs": runs}
     print("\ntargets at", head_key, "on", Path(args.model).name, "+", Path(args.mmproj).name)
     for t in targets:
         shown = "not measured" if t["value"] is None else f"{t['value']:.3f}"
@@ -240,6 +302,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"  {t['what']}: {shown} ({'>=' if t['higher_is_better'] else '<='} {t['limit']}) {verdict}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+        from chart import draw, title_of
+
+        paths = draw(report, title_of(report), Path(args.json).with_suffix(""))
+        if paths:
+            print("wrote " + ", ".join(str(v) for v in paths.values()))
     return 0
 
 

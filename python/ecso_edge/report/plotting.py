@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'ecso-edge[report]'"
 # Direct (or a peer) and ECSO keep the same colours in every figure.
 COLORS = {"direct": "#7f7f7f", "ecso": "#1f6fc8", "reference": "#9a9ad2", "ecso_no_reuse": "#9a9ad2",
+          "ecso_parallel": "#0b2f6b",
           "naive": "#d25a3c", "llama_server": "#3ca05a"}
 
 
