@@ -88,12 +88,17 @@ def conversation_figure(r: dict[str, Any], title: str) -> "Figure":
     prefilled.set_ylabel("prompt tokens evaluated")
     prefilled.set_title("prompt tokens evaluated per turn", fontsize=9, loc="left")
     for ax in (seconds, prefilled):
-        ax.set_xlabel("turn")
-        ax.set_xticks(turns)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _line_axes(ax, "turn", turns)
     return fig
+
+
+def _line_axes(ax: "Axes", xlabel: str, xticks: list[int]) -> None:
+    """The look every line chart here shares: labelled x ticks, y from 0, a light grid, a legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_xticks(xticks)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def parallel_figure(r: dict[str, Any], title: str) -> "Figure":
@@ -119,11 +124,7 @@ def parallel_figure(r: dict[str, Any], title: str) -> "Figure":
         row[1].set_title(f"{workload}: p95 latency", fontsize=9, loc="left")
         row[1].set_ylabel("seconds")
         for ax in row:
-            ax.set_xlabel("concurrent requests (N)")
-            ax.set_xticks(levels)
-            ax.set_ylim(bottom=0)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            _line_axes(ax, "concurrent requests (N)", levels)
     return fig
 
 

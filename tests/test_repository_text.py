@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # the word issue or ticket followed by a number, or the tracker's notes named as such; the number
 # or the notes make it a tracker's (test_the_tracker_matcher_... shows examples)
-TRACKER = re.compile(r"\b(?:issues?|tickets?)\s*#?\s*[0-9]+\b|`issues`\s+notes|\bissue\s+tracker\b", re.IGNORECASE)
+TRACKER = re.compile(r"\b(?:issues?|tickets?)\s*#?\s*[0-9]+\b|\x60issues\x60\s+notes|\bissue\s+tracker\b", re.IGNORECASE)
 # what may stand just before such words: an upstream project's issue is a public reference
 UPSTREAM = re.compile(r"(llama\.cpp|ggml|upstream|github\.com/\S*)[^\n]{0,12}$", re.IGNORECASE)
 # a document named in code, comments or prose: a path from the repository root or the citing
