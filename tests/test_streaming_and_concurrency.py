@@ -60,13 +60,19 @@ def test_leaving_the_iterator_early_cancels_the_request(tiny_model: ecso_edge.Mo
     # the context (about 1,900 tokens), so the first piece comes with nearly all of it still to go.
     session = Session(tiny_model, EcsoConfig(verdict_override=True, max_tokens_caption=1, **LONG))
     generated: list[tuple[int, int]] = []
+    queued_more = threading.Event()
 
     def progress(step: str, phase: str, done: int, total: int) -> None:
         if step == "text_only" and phase == "generate":
             generated.append((done, total))
+            if done >= 8:
+                queued_more.set()
 
     with session.stream(image, QUERY, max_tokens=100000, on_progress=progress) as stream:
         next(iter(stream))
+        # The worker runs ahead of the reader: pieces it queued before close() was called are
+        # part of the cancelled request and must not come out of the stream afterwards.
+        assert queued_more.wait(timeout=60)
     # close() has joined the run: it stopped inside step 4, short of its limit, with no result
     assert stream.result is None
     done, total = generated[-1]

@@ -481,6 +481,14 @@ class EcsoStream:
         """Cancel the request if it is still running and wait for the worker to stop."""
         self._cancel.cancel()
         self._thread.join()
+        # Pieces the worker queued before it saw the cancel were never read and belong to a request
+        # that is gone: drop them, so the next next() reports how the request ended (CancelledError).
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(_DONE)
 
     def __enter__(self) -> "EcsoStream":
         return self
