@@ -9,13 +9,34 @@ batch size and threads), so the numbers are computed by the same kernels."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
+
+
+@contextlib.contextmanager
+def finite_heap_garbage() -> Iterator[None]:
+    """Pixtral's graph reads a tensor it never initialises (see csrc/ecso/image_embeddings.hpp), so
+    the reference would answer from NaN whenever mtmd's compute buffer is allocated on recycled
+    heap memory that held a NaN pattern. glibc's M_PERTURB fills what malloc hands out (and what
+    is freed) with a byte pattern; 0xFE and 0x01 bytes are finite floats, so the reference computes
+    what llama.cpp means to. Elsewhere than glibc this does nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    M_PERTURB = -6
+    mallopt(M_PERTURB, 1)
+    try:
+        yield
+    finally:
+        mallopt(M_PERTURB, 0)
 
 
 class LlamaReference:
@@ -87,8 +108,9 @@ class LlamaReference:
                 try:
                     assert mtmd.mtmd_tokenize_from_parts(self.mtmd, chunks, array, len(entries), add_special) == 0
                     new_n_past = ctypes.c_int(0)
-                    assert mtmd.mtmd_helper_eval_chunks(self.mtmd, ctx, chunks, n_past, 0, self.n_batch, last,
-                                                        ctypes.byref(new_n_past)) == 0
+                    with finite_heap_garbage():  # the image encoder's buffers are allocated in here
+                        assert mtmd.mtmd_helper_eval_chunks(self.mtmd, ctx, chunks, n_past, 0, self.n_batch, last,
+                                                            ctypes.byref(new_n_past)) == 0
                 finally:
                     mtmd.mtmd_input_chunks_free(chunks)
                 entries.clear()

@@ -8,6 +8,7 @@
 
 #include "ecso/context_factory.hpp"
 #include "ecso/errors.hpp"
+#include "ecso/image_embeddings.hpp"
 #include "ecso/logging.hpp"
 #include "ecso/model_impl.hpp"
 #include "ecso/prompts.hpp"
@@ -413,6 +414,9 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
         if (status != 0) {
             throw ImageError("the vision projector failed to encode the image" + last_log_suffix());
         }
+        const ProjectorInfo & projector = model_->projector_info();
+        check_image_embeddings(out, n_tokens, static_cast<size_t>(model_->n_embd()), projector.image_break_row,
+                               "'" + projector.path + "' (type '" + projector.projector_type + "')");
         if (!config_.reuse_kv) {
             embd_cache_.clear();  // the reference path keeps nothing between steps
         }

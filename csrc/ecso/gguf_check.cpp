@@ -261,6 +261,9 @@ ProjectorInfo check_projector(const std::string & path, const TextModelInfo & te
     if (t == "pixtral" || t == "qwen2vl_merger" || t == "qwen2.5vl_merger" || t == "qwen3vl_merger") {
         check_rotary_heads(f, info);
     }
+    if ((t == "pixtral" || t == "lightonocr") && f.has_tensor("v.token_embd.img_break")) {
+        info.image_break_row = f.read_tensor_f32("v.token_embd.img_break");
+    }
     if (t == "mlp" || t == "mlp_norm") {
         check_llava_mlp(f, info);
         check_grid_pinpoints(f, info);

@@ -27,6 +27,9 @@ struct ProjectorInfo {
     int64_t n_blocks = 0;
     int64_t output_n_embd = 0;   // 0 when the projector type is not one we can size
     std::vector<int64_t> grid_pinpoints;  // LLaVA-1.6 slicing resolutions (w, h pairs); empty: no slices
+    // Pixtral's [IMG_BREAK] embedding (v.token_embd.img_break), which its graph adds at the end of
+    // every row of patches but the last; empty for other projectors. See image_embeddings.hpp.
+    std::vector<float> image_break_row;
     bool fully_validated = false;  // every tensor checked here (LLaVA); else the child-process check is due
 };
 

@@ -267,6 +267,34 @@ public:
         return {ne[0], ne[1], ne[2], ne[3]};
     }
 
+    // A tensor's values as floats, read from the file (the context holds no tensor data). Any
+    // type ggml can convert to f32; throws if the tensor is absent.
+    std::vector<float> read_tensor_f32(const std::string & name) const {
+        const auto ne = require_tensor(name);
+        const int64_t id = gguf_find_tensor(ctx_.get(), name.c_str());
+        const ggml_type type = gguf_get_tensor_type(ctx_.get(), id);
+        const int64_t n = ne[0] * ne[1] * ne[2] * ne[3];
+        const ggml_type_traits * traits = ggml_get_type_traits(type);
+        if (type != GGML_TYPE_F32 && (traits == nullptr || traits->to_float == nullptr)) {
+            fail(role_, path_, "tensor '" + name + "' has the type " + ggml_type_name(type) + ", which has no f32 form",
+                 "The file is malformed");
+        }
+        std::vector<char> raw(gguf_get_tensor_size(ctx_.get(), id));
+        std::ifstream in(path_, std::ios::binary);
+        in.seekg(static_cast<std::streamoff>(gguf_get_data_offset(ctx_.get()) + gguf_get_tensor_offset(ctx_.get(), id)));
+        in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+        if (!in) {
+            fail(role_, path_, "tensor '" + name + "' could not be read", "Check that the file is complete and readable");
+        }
+        std::vector<float> out(static_cast<size_t>(n));
+        if (type == GGML_TYPE_F32) {
+            std::memcpy(out.data(), raw.data(), out.size() * sizeof(float));
+        } else {
+            traits->to_float(raw.data(), out.data(), n);
+        }
+        return out;
+    }
+
     ggml_type tensor_type(const std::string & name) const {
         return gguf_get_tensor_type(ctx_.get(), gguf_find_tensor(ctx_.get(), name.c_str()));
     }
