@@ -1,4 +1,4 @@
-// Model's insides (see model.hpp): the text model (llama_model) and its vision projector
+// Model's insides (see model.hpp): the text model (TextWeights) and its vision projector
 // (mtmd_context), and the loading that validates them. Internal to the core: it names llama.cpp types.
 //
 // Ownership: Impl owns both handles; the projector is released before the text model it points
@@ -9,6 +9,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "ecso/config.hpp"
 #include "ecso/gguf_check.hpp"
 #include "ecso/model.hpp"
+#include "ecso/text_weights.hpp"
 #include "llama-cpp.h"
 #include "mtmd.h"
 
@@ -29,8 +31,8 @@ public:
     Impl(const Impl &) = delete;
     Impl & operator=(const Impl &) = delete;
 
-    llama_model * llama() const { return model_.get(); }
-    const llama_vocab * vocab() const { return vocab_; }
+    llama_model * llama() const { return text_->llama(); }
+    const llama_vocab * vocab() const { return text_->vocab(); }
     mtmd_context * mtmd() const { return mtmd_.get(); }
     std::mutex & vision_mutex() const { return vision_mutex_; }
     // Who watches the next encode: while set (non-null), the encoder reports progress every few
@@ -48,49 +50,36 @@ public:
         encode_observer_.store(observer);
     }
 
-    const ModelOptions & options() const { return options_; }
-    const TextModelInfo & text_info() const { return text_info_; }
+    const ModelOptions & options() const { return text_->options(); }
+    const TextWeights & text() const { return *text_; }
+    const TextModelInfo & text_info() const { return text_->info(); }
     const ProjectorInfo & projector_info() const { return projector_info_; }
     // How the projector was made safe to load: "tensor table", "child process" or "child process (cached)".
     const std::string & projector_check() const { return projector_check_; }
-    // Thread counts in effect: the options' values, defaulted and clamped to the hardware threads.
-    int32_t n_threads() const { return n_threads_; }
-    int32_t n_threads_batch() const { return n_threads_batch_; }
-    // Whether the weights were repacked into the CPU backend's extra buffer types (the options'
-    // value, or repack_by_default()).
-    bool repack() const { return repack_; }
-    // The flash-attention setting for contexts on this model (auto unless the options force it).
-    llama_flash_attn_type flash_attn_type() const;
-    int32_t n_embd() const;       // the text model's input embedding size
-    int32_t n_ctx_train() const;
-    // The chat template stored in the text GGUF, or "" when it has none.
-    std::string own_chat_template() const;
-
-    // Text tokenization with llama.cpp's tokenizer (no chat framing).
-    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
-    // The bytes of one token (special tokens render as "" unless `special`).
-    std::string token_piece(llama_token token, bool special = false) const;
-    bool is_end_of_generation(llama_token token) const;
+    int32_t n_threads() const { return text_->n_threads(); }
+    int32_t n_threads_batch() const { return text_->n_threads_batch(); }
+    bool repack() const { return text_->repack(); }
+    llama_flash_attn_type flash_attn_type() const { return text_->flash_attn_type(); }
+    int32_t n_embd() const { return text_->n_embd(); }
+    int32_t n_ctx_train() const { return text_->n_ctx_train(); }
+    std::string own_chat_template() const { return text_->own_chat_template(); }
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const {
+        return text_->tokenize(text, add_special, parse_special);
+    }
+    std::string token_piece(llama_token token, bool special = false) const { return text_->token_piece(token, special); }
+    bool is_end_of_generation(llama_token token) const { return text_->is_end_of_generation(token); }
 
 private:
-    ModelOptions options_;
-    TextModelInfo text_info_;
+    // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
+    std::optional<TextWeights> text_;
     ProjectorInfo projector_info_;
-    int32_t n_threads_ = 1;
-    int32_t n_threads_batch_ = 1;
-    bool repack_ = true;
     std::string projector_check_;
     // Refuses an unsupported type (unless ECSO_TRUST_PROJECTOR=1) and runs the child-process check
     // for types gguf_check.cpp does not validate tensor by tensor.
     void admit_projector(const std::string & text_model_path, const std::string & mmproj_path);
-    // Throws ModelLoadError when n_ctx's KV cache alone is larger than the machine's memory.
-    void check_context_fits() const;
     static bool encode_eval_callback(ggml_tensor * node, bool ask, void * model);
     mutable std::atomic<const EncodeObserver *> encode_observer_{nullptr};
     mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)
-    // Declared in load order: members are destroyed in reverse, so mtmd goes before the model.
-    llama_model_ptr model_;
-    const llama_vocab * vocab_ = nullptr;
     mtmd::context_ptr mtmd_;
     mutable std::mutex vision_mutex_;
 };
