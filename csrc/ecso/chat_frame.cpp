@@ -1,6 +1,7 @@
 // Chat-template framing of single-turn prompts via llama_chat_apply_template.
 #include "ecso/chat_frame.hpp"
 
+#include <optional>
 #include <vector>
 
 #include "ecso/errors.hpp"
@@ -37,66 +38,80 @@ bool is_paper_family(const Model & model, const std::string & text) {
 
 }  // namespace
 
-ChatFrame ChatFrame::build(const Model & model, const EcsoConfig & config) {
+namespace {
+
+// The one-message chat rendered with `tmpl` (a built-in name or a template text), or nullopt when
+// llama.cpp does not recognise the template.
+std::optional<std::string> render(const std::string & tmpl, const std::string & system) {
+    std::vector<llama_chat_message> chat;
+    if (!system.empty()) {
+        chat.push_back({"system", system.c_str()});
+    }
+    chat.push_back({"user", kSentinel});
+    std::vector<char> buf(4096 + system.size() * 2);
+    int32_t n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
+                                          static_cast<int32_t>(buf.size()));
+    if (n > static_cast<int32_t>(buf.size())) {
+        buf.resize(static_cast<size_t>(n));
+        n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
+                                      static_cast<int32_t>(buf.size()));
+    }
+    if (n < 0) {
+        return std::nullopt;
+    }
+    return std::string(buf.data(), static_cast<size_t>(n));
+}
+
+}  // namespace
+
+ChatFrame ChatFrame::of_template(const std::string & tmpl, const std::string & template_name,
+                                 const std::string & system_prompt) {
     ChatFrame frame;
+    frame.template_name = template_name;
+    frame.source = tmpl;
+    frame.system_prompt = system_prompt;
+    const auto text = render(tmpl, system_prompt);
+    if (!text) {
+        throw ConfigError("llama.cpp does not recognise the chat template " +
+                          (template_name == "model" ? std::string("stored in the text model")
+                                                    : "'" + template_name + "'") +
+                          ". Set EcsoConfig.chat_template to one of llama.cpp's built-in names: " + builtin_names());
+    }
+    const size_t at = text->find(kSentinel);
+    if (at == std::string::npos || text->find(kSentinel, at + 1) != std::string::npos) {
+        throw ConfigError("the chat template '" + template_name +
+                          "' does not place the user message exactly once; choose another chat_template");
+    }
+    frame.head = text->substr(0, at);
+    frame.tail = text->substr(at + std::string(kSentinel).size());
+    if (frame.tail.empty()) {
+        throw ConfigError("the chat template '" + template_name +
+                          "' has no assistant prefix after the user message; choose another chat_template");
+    }
+    return frame;
+}
+
+ChatFrame ChatFrame::build(const Model & model, const EcsoConfig & config) {
     std::string tmpl = config.chat_template;
+    std::string name;
     if (tmpl.empty()) {
         tmpl = model.own_chat_template();
-        frame.template_name = tmpl.empty() ? "vicuna" : "model";
+        name = tmpl.empty() ? "vicuna" : "model";
         if (tmpl.empty()) {
             tmpl = "vicuna";  // LLaVA-1.5 GGUFs often carry no template; LLaVA-1.5 is vicuna_v1
         }
     } else {
-        frame.template_name = config.chat_template.size() < 40 ? config.chat_template : "custom";
+        name = config.chat_template.size() < 40 ? config.chat_template : "custom";
     }
-
-    // Step 1's frame decides the family default: LLaVA's line needs vicuna's turns (below).
-    auto render = [&tmpl](const std::string & system, std::string & text) {
-        std::vector<llama_chat_message> chat;
-        if (!system.empty()) {
-            chat.push_back({"system", system.c_str()});
+    // Step 1's frame decides the family default: LLaVA's line needs vicuna's turns (above).
+    std::string system = config.system_prompt.value_or("");
+    if (!config.system_prompt) {
+        const auto plain = render(tmpl, "");
+        if (plain && is_paper_family(model, *plain)) {
+            system = prompts::kLlavaSystemPrompt;
         }
-        chat.push_back({"user", kSentinel});
-        std::vector<char> buf(4096 + system.size() * 2);
-        int32_t n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
-                                              static_cast<int32_t>(buf.size()));
-        if (n > static_cast<int32_t>(buf.size())) {
-            buf.resize(static_cast<size_t>(n));
-            n = llama_chat_apply_template(tmpl.c_str(), chat.data(), chat.size(), true, buf.data(),
-                                          static_cast<int32_t>(buf.size()));
-        }
-        if (n >= 0) {
-            text.assign(buf.data(), static_cast<size_t>(n));
-        }
-        return n >= 0;
-    };
-    std::string text;
-    bool known = render(config.system_prompt.value_or(""), text);
-    if (known && !config.system_prompt && is_paper_family(model, text)) {
-        frame.system_prompt = prompts::kLlavaSystemPrompt;
-        known = render(frame.system_prompt, text);
-    } else {
-        frame.system_prompt = config.system_prompt.value_or("");
     }
-    if (!known) {
-        throw ConfigError("llama.cpp does not recognise the chat template " +
-                          (frame.template_name == "model" ? std::string("stored in the text model")
-                                                          : "'" + frame.template_name + "'") +
-                          ". Set EcsoConfig.chat_template to one of llama.cpp's built-in names: " + builtin_names());
-    }
-    frame.source = tmpl;
-    const size_t at = text.find(kSentinel);
-    if (at == std::string::npos || text.find(kSentinel, at + 1) != std::string::npos) {
-        throw ConfigError("the chat template '" + frame.template_name +
-                          "' does not place the user message exactly once; choose another chat_template");
-    }
-    frame.head = text.substr(0, at);
-    frame.tail = text.substr(at + std::string(kSentinel).size());
-    if (frame.tail.empty()) {
-        throw ConfigError("the chat template '" + frame.template_name +
-                          "' has no assistant prefix after the user message; choose another chat_template");
-    }
-    return frame;
+    return of_template(tmpl, name, system);
 }
 
 }  // namespace ecso

@@ -21,6 +21,11 @@ struct ChatFrame {
     // nullopt, the family's default (chat_frame.cpp's is_paper_family). Throws ConfigError if llama.cpp does not
     // recognise the template.
     static ChatFrame build(const Model & model, const EcsoConfig & config);
+    // The frame of `tmpl` (a built-in name or a template's text; `template_name` names it in
+    // errors) around one user message, after `system_prompt` ("" for none). Throws ConfigError
+    // if llama.cpp does not recognise the template or it does not frame one message.
+    static ChatFrame of_template(const std::string & tmpl, const std::string & template_name,
+                                 const std::string & system_prompt);
 };
 
 }  // namespace ecso
