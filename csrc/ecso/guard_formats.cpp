@@ -238,7 +238,8 @@ std::optional<bool> parse_qwen3guard(const std::string & output, std::vector<std
 // ---- ShieldGemma -----------------------------------------------------------------------------------
 // Model card https://ai.google.dev/gemma/docs/shieldgemma/model_card (prompt-response use case,
 // its "No Dangerous Content" guideline for a chatbot response); the text is what the chat template
-// of google/shieldgemma-2b/9b/27b renders for a conversation ending with the assistant, after BOS:
+// of google/shieldgemma-9b (the 2B and 27B share it) renders for a conversation ending with the
+// assistant, after BOS:
 // no turn markers around it, one newline between the two turns, and the template's double space
 // in "must  start".
 const char * const kShieldGemmaHead =
