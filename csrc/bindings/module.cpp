@@ -15,6 +15,7 @@ PYBIND11_MODULE(_core, m) {
     ecso_bindings::register_result(m);
     ecso_bindings::register_cancel_token(m);
     ecso_bindings::register_session(m);
+    ecso_bindings::register_guard_formats(m);
 
     m.def(
         "system_info",

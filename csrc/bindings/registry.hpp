@@ -13,6 +13,7 @@ void register_model(pybind11::module_ & m);
 void register_result(pybind11::module_ & m);
 void register_cancel_token(pybind11::module_ & m);
 void register_session(pybind11::module_ & m);
+void register_guard_formats(pybind11::module_ & m);
 
 // The Python exception object (ecso_edge.errors class, RuntimeError for others) for a core error,
 // for APIs that hand errors back as values (run_many).
