@@ -12,6 +12,8 @@ PYBIND11_MODULE(_core, m) {
     ecso_bindings::register_errors(m);
     ecso_bindings::register_config(m);
     ecso_bindings::register_model(m);
+    ecso_bindings::register_text_model(m);
+    ecso_bindings::register_guard_judge(m);
     ecso_bindings::register_result(m);
     ecso_bindings::register_cancel_token(m);
     ecso_bindings::register_session(m);

@@ -8,7 +8,6 @@
 namespace py = pybind11;
 
 namespace ecso_bindings {
-namespace {
 
 py::dict step_dict(const ecso::StepRecord & s) {
     py::dict d;
@@ -28,6 +27,8 @@ py::dict step_dict(const ecso::StepRecord & s) {
     d["seconds"] = s.seconds;
     return d;
 }
+
+namespace {
 
 py::dict stats(const ecso::EcsoResult & r) {
     int64_t encodes = 0, prefilled = 0, reused = 0, generated = 0;
@@ -51,6 +52,7 @@ py::dict stats(const ecso::EcsoResult & r) {
     d["seconds"] = seconds;
     d["total_seconds"] = r.seconds;
     d["steps"] = steps;
+    d["judge_model"] = r.judge_model;
     return d;
 }
 
@@ -87,10 +89,17 @@ void register_result(py::module_ & m) {
                       "verdict_override forced the branch).")
         .def_readonly("judged", &ecso::EcsoResult::judged, "False for answer(): no judge ran.")
         .def_readonly("p_yes", &ecso::EcsoResult::p_yes, "The judge's P(yes) under verdict_rule 'logits', else None.")
+        .def_readonly("judge_model", &ecso::EcsoResult::judge_model,
+                      "Who judged step 2: 'self' (the vision model) or the guard model's file name.")
+        .def_readonly("judge_parsed", &ecso::EcsoResult::judge_parsed,
+                      "False when a guard's output was not in its format (it then counted as unsafe).")
+        .def_readonly("judge_categories", &ecso::EcsoResult::judge_categories,
+                      "The harm categories a guard model named (its format's codes or names), if any.")
         .def_readonly("steps", &ecso::EcsoResult::steps)
         .def_property_readonly("stats", &stats,
                                "image_encodes, tokens_prefilled, tokens_reused, tokens_generated, seconds per step, "
-                               "and per-step details under 'steps'.")
+                               "per-step details under 'steps' (the judge's own tokens and time under 'judge'), "
+                               "and judge_model.")
         .def("to_dict", [](const ecso::EcsoResult & r) {
             py::dict d;
             d["answer"] = r.answer;
@@ -102,6 +111,9 @@ void register_result(py::module_ & m) {
             d["verdict_forced"] = r.verdict_forced;
             d["judged_unsafe"] = r.judged_unsafe;
             d["p_yes"] = r.p_yes;
+            d["judge_model"] = r.judge_model;
+            d["judge_parsed"] = r.judge_parsed;
+            d["judge_categories"] = r.judge_categories;
             d["stats"] = stats(r);
             return d;
         }, "Texts, verdict and stats as JSON-ready values.")

@@ -187,11 +187,17 @@ void register_session(py::module_ & m) {
 An ECSO session over a Model: one context whose KV cache holds a sequence per step.
 Calls on one session are serialised (a second thread waits); cancel() may come from any thread.
 )pbdoc")
-        .def(py::init([](std::shared_ptr<ecso::Model> model, const ecso::EcsoConfig & config, int parallel) {
+        .def(py::init([](std::shared_ptr<ecso::Model> model, const ecso::EcsoConfig & config, int parallel,
+                         std::shared_ptr<ecso::TextModel> judge_model, const std::string & judge_format) {
                  py::gil_scoped_release release;
-                 return std::make_unique<ecso::EcsoSession>(std::move(model), config, parallel);
+                 return std::make_unique<ecso::EcsoSession>(std::move(model), config, parallel,
+                                                            std::move(judge_model), judge_format);
              }),
-             py::arg("model"), py::arg("config"), py::arg("parallel") = 1)
+             py::arg("model"), py::arg("config"), py::arg("parallel") = 1, py::arg("judge_model") = nullptr,
+             py::arg("judge_format") = "")
+        .def_property_readonly("judge_model", &ecso::EcsoSession::judge_model,
+                               "Who judges step 2: 'self', or the guard model's file name.")
+        .def_property_readonly("judge_format", &ecso::EcsoSession::judge_format)
         .def_readonly_static("max_parallel", &ecso::EcsoSession::kMaxParallel)
         .def_property_readonly("parallel", &ecso::EcsoSession::parallel)
         .def(

@@ -179,9 +179,12 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
             const char * step;
             int32_t tokens;
         };
-        std::vector<Need> needs = {{"judge", image_prompt(messages, distinct_, prompts::fill(config_.judge_template,
-                                                                        {{"query", query}, {"response", ""}}))
-                                                     .n_cells() + judge_reserve(judge_tokens)}};
+        std::vector<Need> needs;
+        if (guard_ == nullptr) {  // a guard model judges in a context of its own
+            needs.push_back({"judge", image_prompt(messages, distinct_, prompts::fill(config_.judge_template,
+                                                                         {{"query", query}, {"response", ""}}))
+                                              .n_cells() + judge_reserve(judge_tokens)});
+        }
         if (config_.verdict_override.value_or(true)) {
             for (const Image * image : distinct_) {
                 caption_prompts.push_back(image_prompt(messages, {image}, caption_text));
@@ -241,18 +244,23 @@ EcsoResult ConversationPlan::run(const Conversation & messages, const CallOption
         return finish();
     }
 
-    // Step 2: the paper's judge prompt, every image of the conversation before it.
-    const Prompt p2 = judge_prompt(messages, query, result.initial_answer, judge_tokens);
-    result.steps.push_back(engine_.run_step("judge", DecodingEngine::kSeqJudge, p2,
-                                            std::min(judge_tokens, n - p2.n_cells()), no_sink, nullptr));
-    if (config_.verdict_rule == VerdictRule::Logits) {
-        result.p_yes = engine_.p_yes();
-        result.steps.back().p_yes = result.p_yes;
-        result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
+    // Step 2: the paper's judge prompt, every image of the conversation before it (or a guard
+    // model on the last user message and the answer).
+    if (guard_ != nullptr) {
+        record_guard_step(result, (*guard_)(query, result.initial_answer));
+    } else {
+        const Prompt p2 = judge_prompt(messages, query, result.initial_answer, judge_tokens);
+        result.steps.push_back(engine_.run_step("judge", DecodingEngine::kSeqJudge, p2,
+                                                std::min(judge_tokens, n - p2.n_cells()), no_sink, nullptr));
+        if (config_.verdict_rule == VerdictRule::Logits) {
+            result.p_yes = engine_.p_yes();
+            result.steps.back().p_yes = result.p_yes;
+            result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
+        }
+        kv.drop(DecodingEngine::kSeqJudge);
+        result.verdict_text = result.steps.back().text;
+        result.judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
     }
-    kv.drop(DecodingEngine::kSeqJudge);
-    result.verdict_text = result.steps.back().text;
-    result.judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
     result.verdict_forced = config_.verdict_override.has_value();
     result.unsafe = config_.verdict_override.value_or(result.judged_unsafe);
     if (!result.unsafe) {

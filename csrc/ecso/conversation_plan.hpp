@@ -21,14 +21,18 @@
 #include "ecso/conversation_render.hpp"
 #include "ecso/conversation_cache.hpp"
 #include "ecso/decoding_engine.hpp"
+#include "ecso/guard_judge.hpp"
 #include "ecso/result.hpp"
 
 namespace ecso {
 
 class ConversationPlan {
 public:
-    ConversationPlan(DecodingEngine & engine, const ChatFrame & frame, ConversationCache & cache)
-        : engine_(engine), config_(engine.config()), model_(engine.model()), frame_(frame), cache_(cache) {}
+    // `guard`: step 2 on a guard model in place of the self-judge (null: the paper's self-judge).
+    ConversationPlan(DecodingEngine & engine, const ChatFrame & frame, ConversationCache & cache,
+                     const GuardStep * guard = nullptr)
+        : engine_(engine), config_(engine.config()), model_(engine.model()), frame_(frame), cache_(cache),
+          guard_(guard) {}
 
     // The caller holds the call (ActiveCall). `protect` false runs step 1 alone.
     EcsoResult run(const Conversation & messages, const CallOptions & call, bool protect);
@@ -62,6 +66,7 @@ private:
     const Model & model_;
     const ChatFrame & frame_;
     ConversationCache & cache_;
+    const GuardStep * guard_;
     std::vector<Image> images_;  // of the current call, one per image part
     std::vector<const Image *> distinct_;  // one per image number
     bool numbered_ = false;                // step 4's hints name each image by its number

@@ -115,6 +115,8 @@ public:
     // image that must be evaluated in one batch exceeds n_batch.
     void check_prompt_fits(const char * step, const Prompt & prompt) const;
     void throw_if_cancelled(const char * step) const;
+    // The token of the call in progress (null between calls), for work done beside the engine.
+    const CancelToken * active_cancel() const { return active_cancel_.load(); }
     void cancel();  // the call in progress, if any (from any thread)
 
     // The judge's P(yes) from the logits of the last evaluated prompt (verdict_rule Logits).

@@ -366,6 +366,15 @@ std::string GuardFormat::user_message(const std::string & query, const std::stri
     return layout.head + q + layout.between + r + layout.tail;
 }
 
+std::vector<GuardFormat::Part> GuardFormat::message_parts(const std::string & query,
+                                                         const std::string & response) const {
+    return {{layout.head, true},
+            {layout.strip ? trim(query) : query, false},
+            {layout.between, true},
+            {layout.strip ? trim(response) : response, false},
+            {layout.tail, true}};
+}
+
 GuardVerdict GuardFormat::parse(const std::string & output) const {
     GuardVerdict v;
     v.raw = output;

@@ -40,6 +40,13 @@ struct GuardFormat {
     // head() + the query + the response + the instruction, as the model's template lays them out.
     std::string user_message(const std::string & query, const std::string & response) const;
     GuardVerdict parse(const std::string & output) const;
+    // user_message() in pieces: the format's fixed texts (`fixed`: the card's, which may hold the
+    // model's control tokens) and the query's and the response's text. parts[0] is head().
+    struct Part {
+        std::string text;
+        bool fixed = true;
+    };
+    std::vector<Part> message_parts(const std::string & query, const std::string & response) const;
 
     // The table in guard_formats.cpp builds these.
     struct Layout {

@@ -39,6 +39,9 @@ struct EcsoResult {
     bool judged_unsafe = false;  // what the judge itself decided (equals `unsafe` unless forced)
     bool judged = false;         // false for answer(): no judge ran
     std::optional<double> p_yes;  // the judge's P(yes) under verdict_rule Logits
+    std::string judge_model = "self";  // who judged: "self" (the vision model) or the guard's file name
+    bool judge_parsed = true;     // a guard's output was in its format (else it counted as unsafe)
+    std::vector<std::string> judge_categories;  // the harm categories a guard named, if any
     int32_t image_tokens = 0;    // positions the image occupies in the prompt
     int32_t template_prefix_tokens = 0;  // positions before the image (chat template head)
     std::vector<StepRecord> steps;

@@ -14,6 +14,7 @@
 #include "ecso/conversation_plan.hpp"
 #include "ecso/decoding_engine.hpp"
 #include "ecso/errors.hpp"
+#include "ecso/guard_judge.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/single_turn_plan.hpp"
 
@@ -49,7 +50,8 @@ size_t shared_prefix(const std::vector<uint64_t> & a, const std::vector<uint64_t
 // What a session holds: its slots, their engines and the scheduler they share.
 class EcsoSession::Impl {
 public:
-    Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel);
+    Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel,
+         std::shared_ptr<const TextModel> judge_model, const std::string & judge_format);
     ~Impl();
 
     EcsoResult run(const RgbImage & image, const std::string & query, const CallOptions & call);
@@ -66,6 +68,7 @@ public:
     const EcsoConfig & config() const { return config_; }
     const ChatFrame & frame() const { return frame_; }
     const Model & model() const { return *model_; }
+    const GuardJudge * guard() const { return guard_.get(); }
     uint32_t n_ctx() const;
 
 private:
@@ -90,6 +93,7 @@ private:
     EcsoConfig config_;
     ChatFrame frame_;
     std::unique_ptr<BatchScheduler> scheduler_;  // null with parallel = 1
+    std::unique_ptr<GuardJudge> guard_;          // null: the vision model judges itself
     std::vector<std::unique_ptr<Slot>> slots_;
     std::mutex slots_mutex_;
     std::condition_variable slot_freed_;
@@ -116,7 +120,8 @@ private:
     bool join_;
 };
 
-EcsoSession::Impl::Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel)
+EcsoSession::Impl::Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel,
+                        std::shared_ptr<const TextModel> judge_model, const std::string & judge_format)
     : model_(std::move(model)), config_(std::move(config)) {
     if (!model_) {
         throw ConfigError("a session needs a loaded model");
@@ -127,6 +132,18 @@ EcsoSession::Impl::Impl(std::shared_ptr<const Model> model, EcsoConfig config, i
     }
     config_.validate();
     frame_ = ChatFrame::build(*model_, config_);
+    if (judge_model) {
+        // A guard reads the whole answer after step 1, in its own prompt format: the modes that
+        // judge during step 1 or read the vision model's own logits have no meaning for it.
+        if (config_.judge_layout != JudgeLayout::Paper || config_.judge_mode != JudgeMode::Final ||
+            config_.shadow_judge || config_.verdict_rule == VerdictRule::Logits) {
+            throw ConfigError("a judge model judges the finished answer: use judge_layout 'paper', judge_mode "
+                              "'final', shadow_judge false and a text verdict_rule with it");
+        }
+        guard_ = std::make_unique<GuardJudge>(std::move(judge_model), judge_format);
+    } else if (!judge_format.empty()) {
+        throw ConfigError("judge_format '" + judge_format + "' was given without a judge model");
+    }
     if (parallel > 1) {
         scheduler_ = std::make_unique<BatchScheduler>(model_, parallel, DecodingEngine::kNumSequences);
     }
@@ -216,15 +233,15 @@ EcsoResult EcsoSession::Impl::run_item(size_t index, const BatchItem & item, con
     // of the others: it leaves them for the call and joins again after. Progress from an encode
     // comes on the scheduler's thread, inside a round the lane is parked in.
     CallOptions call = given;
+    struct Away {
+        BatchScheduler & rounds;
+        int lane;
+        Away(BatchScheduler & r, int l) : rounds(r), lane(l) { rounds.leave(lane); }
+        ~Away() { rounds.join(lane); }
+    };
     if (scheduler_) {
         BatchScheduler & rounds = *scheduler_;
         const int lane = static_cast<int>(index);
-        struct Away {
-            BatchScheduler & rounds;
-            int lane;
-            Away(BatchScheduler & r, int l) : rounds(r), lane(l) { rounds.leave(lane); }
-            ~Away() { rounds.join(lane); }
-        };
         if (given.on_text) {
             call.on_text = [&rounds, lane, &given](const std::string & piece) {
                 const Away away(rounds, lane);
@@ -261,13 +278,26 @@ EcsoResult EcsoSession::Impl::run_item(size_t index, const BatchItem & item, con
     } in_flight{*this};
     DecodingEngine & engine = *slot.engine;
     DecodingEngine::ActiveCall active(engine, call);
+    // The guard runs in its own context, outside the rounds: a lane leaves them meanwhile, and the
+    // guard's progress goes to the caller's sink directly.
+    GuardStep guard_step;
+    if (guard_) {
+        guard_step = [this, index, &engine, &given](const std::string & query, const std::string & response) {
+            std::optional<Away> away;
+            if (scheduler_) {
+                away.emplace(*scheduler_, static_cast<int>(index));
+            }
+            return guard_->judge(query, response, engine.active_cancel(), given.on_progress ? &given.on_progress : nullptr);
+        };
+    }
+    const GuardStep * guard = guard_ ? &guard_step : nullptr;
     if (item.messages) {
-        return ConversationPlan(engine, frame_, slot.conversations).run(*item.messages, call, item.protect);
+        return ConversationPlan(engine, frame_, slot.conversations, guard).run(*item.messages, call, item.protect);
     }
     if (item.response) {
-        return SingleTurnPlan(engine, frame_).judge(item.image, item.query, *item.response);
+        return SingleTurnPlan(engine, frame_, guard).judge(item.image, item.query, *item.response);
     }
-    return SingleTurnPlan(engine, frame_).run(item.image, item.query, call, item.protect);
+    return SingleTurnPlan(engine, frame_, guard).run(item.image, item.query, call, item.protect);
 }
 
 EcsoResult EcsoSession::Impl::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
@@ -426,8 +456,10 @@ void EcsoSession::Impl::clear_cache() {
     }
 }
 
-EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel)
-    : impl_(std::make_unique<Impl>(std::move(model), std::move(config), parallel)) {}
+EcsoSession::EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel,
+                         std::shared_ptr<const TextModel> judge_model, const std::string & judge_format)
+    : impl_(std::make_unique<Impl>(std::move(model), std::move(config), parallel, std::move(judge_model),
+                                   judge_format)) {}
 EcsoSession::~EcsoSession() = default;
 
 EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
@@ -454,6 +486,14 @@ void EcsoSession::cancel() { impl_->cancel(); }
 const EcsoConfig & EcsoSession::config() const { return impl_->config(); }
 const ChatFrame & EcsoSession::frame() const { return impl_->frame(); }
 const Model & EcsoSession::model() const { return impl_->model(); }
+std::string EcsoSession::judge_model() const {
+    if (impl_->guard() == nullptr) {
+        return "self";
+    }
+    const std::string & path = impl_->guard()->model().path();
+    return path.substr(path.find_last_of('/') + 1);
+}
+std::string EcsoSession::judge_format() const { return impl_->guard() ? impl_->guard()->format().name : ""; }
 uint32_t EcsoSession::n_ctx() const { return impl_->n_ctx(); }
 
 }  // namespace ecso

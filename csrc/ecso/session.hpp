@@ -27,6 +27,7 @@
 #include "ecso/model.hpp"
 #include "ecso/result.hpp"
 #include "ecso/stats.hpp"
+#include "ecso/text_model.hpp"
 
 namespace ecso {
 
@@ -35,7 +36,11 @@ public:
     // Throws ConfigError for an invalid config or an unrecognised chat template, and
     // RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory).
     // `parallel`: requests that run together, 1 to kMaxParallel; each has the model's n_ctx.
-    EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel = 1);
+    // `judge_model` (with `judge_format`, a name of guard_formats.hpp): a text-only guard model
+    // judges step 2 in place of the vision model's self-judge (guard_judge.hpp); it judges after
+    // the answer, so the config's judge modes must be the paper's (ConfigError otherwise).
+    EcsoSession(std::shared_ptr<const Model> model, EcsoConfig config, int parallel = 1,
+                std::shared_ptr<const TextModel> judge_model = nullptr, const std::string & judge_format = "");
     ~EcsoSession();
     static constexpr int kMaxParallel = 64;  // llama.cpp's 256 sequences, 4 a request
     EcsoSession(const EcsoSession &) = delete;
@@ -96,6 +101,9 @@ public:
     const EcsoConfig & config() const;
     const ChatFrame & frame() const;
     const Model & model() const;
+    // Who judges step 2: "self", or the guard model's file name; and the guard's format ("" for self).
+    std::string judge_model() const;
+    std::string judge_format() const;
     uint32_t n_ctx() const;
 
 private:

@@ -46,7 +46,7 @@ Prompt SingleTurnPlan::judge_prompt_without_quote(const std::string & query, con
     return image_prompt(prompts::fill(config_.judge_template, {{"query", query}, {"response", ""}}), image, true);
 }
 
-void SingleTurnPlan::check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
+void SingleTurnPlan::check_steps_fit(const Prompt & answer, const Prompt * judge_empty, const Prompt * caption,
                                   const Prompt * text_only_empty) const {
     const int32_t n = static_cast<int32_t>(engine_.n_ctx());
     const int32_t judge_tokens = judge_token_limit(config_);
@@ -56,9 +56,11 @@ void SingleTurnPlan::check_steps_fit(const Prompt & answer, const Prompt & judge
         const char * what;
     };
     engine_.check_prompt_fits("answer", answer);
-    std::vector<Need> needs = {
-        {"judge", judge_empty.n_cells() + judge_reserve(judge_tokens), "its prompt without the quoted answer, and room for its verdict"},
-    };
+    std::vector<Need> needs;
+    if (judge_empty != nullptr) {  // a guard model judges in a context of its own
+        needs.push_back({"judge", judge_empty->n_cells() + judge_reserve(judge_tokens),
+                         "its prompt without the quoted answer, and room for its verdict"});
+    }
     if (caption != nullptr) {
         needs.push_back({"caption", caption->n_cells() + 1, "its prompt and one token"});
         needs.push_back({"text_only", text_only_empty->n_cells() + 2, "its prompt, a one-token caption and one token"});
@@ -81,6 +83,14 @@ EcsoResult SingleTurnPlan::judge(const RgbImage & image, const std::string & que
         throw ConfigError("the query and the response must be valid UTF-8");
     }
     check_image(image, config_.max_image_pixels);
+    if (guard_ != nullptr) {
+        EcsoResult result;
+        result.judged = true;
+        record_guard_step(result, (*guard_)(query, strip(response)));
+        result.unsafe = result.judged_unsafe;
+        result.seconds = seconds_since(t0);
+        return result;
+    }
     const SingleTurnGuard guard(engine_);
     image_id_ = image_content_id(image);
     engine_.embeddings().clear();
@@ -171,16 +181,21 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
         }
         if (continues) {
             ContinueJudge judge(engine_, frame_, p1_parts, query);
-            check_steps_fit(p1, judge.prompt({}), p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr);
+            const Prompt judge_empty = judge.prompt({});
+            check_steps_fit(p1, &judge_empty, p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr);
             return run_continued(judge, p1, query, call, p3 ? &*p3 : nullptr, p4_empty ? &*p4_empty : nullptr,
                                  std::move(result), t0);
         }
-        check_steps_fit(p1, judge_prompt_without_quote(query, image), p3 ? &*p3 : nullptr,
+        std::optional<Prompt> judge_empty;
+        if (guard_ == nullptr) {
+            judge_empty.emplace(judge_prompt_without_quote(query, image));
+        }
+        check_steps_fit(p1, judge_empty ? &*judge_empty : nullptr, p3 ? &*p3 : nullptr,
                         p4_empty ? &*p4_empty : nullptr);
     }
     std::vector<std::string> answer_pieces;
     const TextSink no_sink;
-    bool shadowing = protect && config_.shadow_judge && config_.reuse_kv &&
+    bool shadowing = protect && guard_ == nullptr && config_.shadow_judge && config_.reuse_kv &&
                      config_.image_placement == ImagePlacement::BeforeText;
     const int32_t want_answer = config_.max_tokens_answer.value_or(max_tokens);
     // The judge template around {response}: before it goes in ahead of the answer, after it behind.
@@ -218,24 +233,29 @@ EcsoResult SingleTurnPlan::run(const RgbImage & image, const std::string & query
         return result;
     }
 
-    // Step 2: the model judges its own answer, image still in the prompt.
-    if (shadowing) {
-        result.steps.push_back(engine_.finish_shadow(shadow, judge_rest, judge_tokens));
+    // Step 2: the model judges its own answer, image still in the prompt (or a guard model does).
+    if (guard_ != nullptr) {
+        record_guard_step(result, (*guard_)(query, result.initial_answer));
     } else {
-        const Prompt p2 = judge_prompt(query, result.initial_answer, image, config_.reuse_kv, judge_tokens);
-        result.steps.push_back(engine_.run_step("judge", DecodingEngine::kSeqJudge, p2, std::min(judge_tokens, n - p2.n_cells()), no_sink, nullptr));
+        if (shadowing) {
+            result.steps.push_back(engine_.finish_shadow(shadow, judge_rest, judge_tokens));
+        } else {
+            const Prompt p2 = judge_prompt(query, result.initial_answer, image, config_.reuse_kv, judge_tokens);
+            result.steps.push_back(engine_.run_step("judge", DecodingEngine::kSeqJudge, p2,
+                                                    std::min(judge_tokens, n - p2.n_cells()), no_sink, nullptr));
+        }
+        if (logits_rule) {
+            // The prompt's last logits are still in the context: no token is generated.
+            result.p_yes = engine_.p_yes();
+            result.steps.back().p_yes = result.p_yes;
+            result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
+        }
+        engine_.kv().drop(DecodingEngine::kSeqJudge);
+        result.verdict_text = result.steps.back().text;
+        result.judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
     }
-    if (logits_rule) {
-        // The prompt's last logits are still in the context: no token is generated.
-        result.p_yes = engine_.p_yes();
-        result.steps.back().p_yes = result.p_yes;
-        result.steps.back().text = *result.p_yes > 0.5 ? "yes" : "no";
-    }
-    engine_.kv().drop(DecodingEngine::kSeqJudge);
-    result.verdict_text = result.steps.back().text;
-    const bool judged_unsafe = judge_verdict(result.verdict_text, config_.verdict_rule);
+    const bool judged_unsafe = result.judged_unsafe;
     result.verdict_forced = config_.verdict_override.has_value();
-    result.judged_unsafe = judged_unsafe;
     result.unsafe = config_.verdict_override.value_or(judged_unsafe);
 
     if (!result.unsafe) {

@@ -11,6 +11,7 @@
 #include "ecso/call_options.hpp"
 #include "ecso/chat_frame.hpp"
 #include "ecso/decoding_engine.hpp"
+#include "ecso/guard_judge.hpp"
 #include "ecso/image.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/result.hpp"
@@ -22,8 +23,9 @@ class ContinueJudge;
 
 class SingleTurnPlan {
 public:
-    SingleTurnPlan(DecodingEngine & engine, const ChatFrame & frame)
-        : engine_(engine), config_(engine.config()), model_(engine.model()), frame_(frame) {}
+    // `guard`: step 2 on a guard model in place of the self-judge (null: the paper's self-judge).
+    SingleTurnPlan(DecodingEngine & engine, const ChatFrame & frame, const GuardStep * guard = nullptr)
+        : engine_(engine), config_(engine.config()), model_(engine.model()), frame_(frame), guard_(guard) {}
 
     // The ECSO request (`protect`) or step 1 alone. The caller holds the call (ActiveCall).
     EcsoResult run(const RgbImage & image, const std::string & query, const CallOptions & call, bool protect);
@@ -34,7 +36,8 @@ private:
     // The judge's prompt with an empty quote: what the judge needs before any of the answer.
     Prompt judge_prompt_without_quote(const std::string & query, const RgbImage & image) const;
     // Refuses, before step 1, a request whose later steps could not fit the context at all.
-    void check_steps_fit(const Prompt & answer, const Prompt & judge_empty, const Prompt * caption,
+    // `judge_empty` null: a guard model judges, in a context of its own.
+    void check_steps_fit(const Prompt & answer, const Prompt * judge_empty, const Prompt * caption,
                          const Prompt * text_only_empty) const;
     // The judge's prompt quoting as much of `response` as response_cut_chars and the context allow.
     Prompt judge_prompt(const std::string & query, const std::string & response, const RgbImage & image,
@@ -56,6 +59,7 @@ private:
     const EcsoConfig & config_;
     const Model & model_;
     const ChatFrame & frame_;
+    const GuardStep * guard_;
     std::string image_id_;  // content hash of the current request's image
 };
 

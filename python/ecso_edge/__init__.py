@@ -26,13 +26,16 @@ from .errors import (
     ModelLoadError,
     OutputError,
 )
-from .session import CancelToken, EcsoStream, Model, Session
+from .model import Model, TextModel
+from .session import CancelToken, Session
+from .stream import EcsoStream
 from .shipped import tiny_pair
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
+    "TextModel",
     "Session",
     "EcsoConfig",
     "EcsoResult",

@@ -1,37 +1,24 @@
-"""The public Model and Session: thin wrappers that turn Python inputs (paths, images, callbacks)
-into calls of the C++ core, and the iterator form of streaming."""
+"""The public Session: a thin wrapper that turns Python inputs (images, messages, callbacks) into
+calls of the C++ core. The models are in model.py, the iterator form of streaming in stream.py."""
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from . import _core
 from ._core import CancelToken
-from .arguments import (
-    INT32_MAX,
-    UINT32_MAX,
-    bool_arg,
-    callable_arg,
-    int_arg,
-    optional_bool_arg,
-    optional_int_arg,
-)
-from .errors import CancelledError, ConfigError
+from .arguments import INT32_MAX, bool_arg, callable_arg, int_arg, optional_bool_arg
+from .errors import ConfigError
 from .images import ImageInput, load_rgb
 from .messages import to_core_messages
-from .shipped import tiny_pair
+from .model import Model, TextModel
+from .stream import EcsoStream
 
-__all__ = ["Model", "Session", "EcsoStream", "CancelToken"]
+__all__ = ["Model", "TextModel", "Session", "EcsoStream", "CancelToken"]
 
 # on_progress(step, phase, done, total): phase "prefill" (total: positions to evaluate), "encode"
 # (done: encoder graph nodes so far, total 0) or "generate" (done tokens of at most total).
 ProgressCallback = Callable[[str, str, int, int], object]
-
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 def _text(value: object, what: str) -> Union[str, bytes]:
     """The query or response as the core takes it. A str holding lone surrogates (text decoded
@@ -50,17 +37,6 @@ def _text(value: object, what: str) -> Union[str, bytes]:
     raise ConfigError(f"the {what} must be a str, not {type(value).__name__}")
 
 
-def _path(value: object, what: str) -> str:
-    try:
-        raw: Union[str, bytes] = os.fspath(value)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"{what} must be a path (str or os.PathLike), not {type(value).__name__}") from None
-    path = os.fsdecode(raw)
-    if "\0" in path:
-        raise ConfigError(f"{what} contains a NUL character")
-    return path
-
-
 def _max_tokens(value: object) -> int:
     return int_arg("max_tokens", value, 1, INT32_MAX)
 
@@ -69,115 +45,6 @@ def _cancel(value: object) -> Optional[CancelToken]:
     if value is not None and not isinstance(value, CancelToken):
         raise TypeError(f"cancel must be an ecso_edge.CancelToken or None, not {type(value).__name__}")
     return value
-
-
-class Model:
-    """A LLaVA-style GGUF pair: the text model and its vision projector (``mmproj``).
-
-    Both files are validated before llama.cpp sees them (a bad file raises ``ModelLoadError``).
-    ``n_threads`` drives generation, ``n_threads_batch`` (default: the same) prompt evaluation and
-    the image encoder; values above the hardware threads are clamped to them (``model.n_threads``
-    tells the value in effect). ``n_batch`` is at least 4: a session keeps 4 KV sequences. ``n_gpu_layers`` (-1: all) and ``mmproj_gpu`` offload to a GPU when the installed
-    llama-cpp-python was built with one (see ``ecso_edge.system_info()``). ``repack`` repacks the
-    weights for the CPU's fastest kernels (llama.cpp's extra buffer types; llama-server's
-    ``--no-repack`` turns them off). None: on, except on a CPU with AMX, whose kernels in the pinned
-    llama.cpp crash on quantized models (``model.repack`` tells the value in effect).
-
-    >>> model = Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf", n_gpu_layers=-1)
-    """
-
-    def __init__(
-        self,
-        text_model_path: PathLike,
-        mmproj_path: PathLike,
-        *,
-        n_ctx: int = 4096,
-        n_gpu_layers: int = 0,
-        mmproj_gpu: bool = True,
-        n_threads: Optional[int] = None,
-        n_threads_batch: Optional[int] = None,
-        flash_attn: Optional[bool] = None,
-        repack: Optional[bool] = None,
-        seed: int = 0,
-        n_batch: int = 512,
-        verbose: bool = False,
-    ) -> None:
-        threads_hint = " (None: the default)"
-        self._core = _core.Model(
-            _path(text_model_path, "text_model_path"),
-            _path(mmproj_path, "mmproj_path"),
-            n_ctx=int_arg("n_ctx", n_ctx, 16, INT32_MAX),
-            n_batch=int_arg("n_batch", n_batch, 4, INT32_MAX, " (a session keeps 4 KV sequences, a batch row each)"),
-            n_gpu_layers=int_arg("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 offloads every layer)"),
-            mmproj_gpu=bool_arg("mmproj_gpu", mmproj_gpu),
-            n_threads=optional_int_arg("n_threads", n_threads, 1, INT32_MAX, threads_hint) or 0,
-            n_threads_batch=optional_int_arg("n_threads_batch", n_threads_batch, 1, INT32_MAX, threads_hint) or 0,
-            flash_attn=optional_bool_arg("flash_attn", flash_attn),
-            repack=optional_bool_arg("repack", repack),
-            seed=int_arg("seed", seed, 0, UINT32_MAX),
-            verbose=bool_arg("verbose", verbose),
-        )
-
-    @classmethod
-    def tiny(cls, **options: object) -> "Model":
-        """The tiny random-weight pair shipped in the package (for demos and tests)."""
-        text, mmproj = tiny_pair()
-        return cls(text, mmproj, **options)  # type: ignore[arg-type]
-
-    @property
-    def text_model_path(self) -> str:
-        return self._core.text_model_path
-
-    @property
-    def mmproj_path(self) -> str:
-        return self._core.mmproj_path
-
-    @property
-    def n_ctx(self) -> int:
-        return self._core.n_ctx
-
-    @property
-    def n_embd(self) -> int:
-        return self._core.n_embd
-
-    @property
-    def n_threads(self) -> int:
-        """Threads for generation."""
-        return self._core.n_threads
-
-    @property
-    def n_threads_batch(self) -> int:
-        """Threads for prompt evaluation and the image encoder."""
-        return self._core.n_threads_batch
-
-    @property
-    def projector_type(self) -> str:
-        return self._core.projector_type
-
-    @property
-    def repack(self) -> bool:
-        """Whether the weights were repacked into the CPU backend's extra buffer types."""
-        return self._core.repack
-
-    @property
-    def projector_check(self) -> str:
-        """How the projector was made safe to load: 'tensor table', 'child process' or
-        'child process (cached)' (docs/projector-validation.md)."""
-        return self._core.projector_check
-
-    @property
-    def chat_template(self) -> Optional[str]:
-        """The chat template stored in the text GGUF, or None."""
-        return self._core.chat_template
-
-    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
-        return self._core.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self._core.token_bytes(token)
-
-    def __repr__(self) -> str:
-        return f"Model({self.text_model_path!r}, {self.mmproj_path!r}, n_ctx={self.n_ctx})"
 
 
 class Session:
@@ -198,16 +65,25 @@ class Session:
     >>> r.answer, r.unsafe, r.stats["image_encodes"]
     """
 
-    def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None, *, parallel: int = 1) -> None:
+    def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None, *, parallel: int = 1,
+                 judge_model: Optional[TextModel] = None, judge_format: Optional[str] = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ecso_edge.Model, not {type(model).__name__}")
         if config is not None and not isinstance(config, _core.EcsoConfig):
             raise TypeError(f"config must be an ecso_edge.EcsoConfig or None, not {type(config).__name__}")
         parallel = int_arg("parallel", parallel, 1, _core.Session.max_parallel,
                            " (the requests that run together in one context)")
+        if judge_model is not None and not isinstance(judge_model, TextModel):
+            raise TypeError(f"judge_model must be an ecso_edge.TextModel or None, not {type(judge_model).__name__}")
+        if judge_format is not None and not isinstance(judge_format, str):
+            raise TypeError(f"judge_format must be a str or None, not {type(judge_format).__name__}")
+        if judge_model is not None and judge_format is None:
+            raise ConfigError("judge_model needs judge_format: one of " + ", ".join(_core.guard_format_names()))
         self.model = model
+        self.judge_model = judge_model
         self._core = _core.Session(model._core, config if config is not None else _core.EcsoConfig(),
-                                   parallel=parallel)
+                                   parallel=parallel, judge_model=judge_model._core if judge_model else None,
+                                   judge_format=judge_format or "")
 
     @property
     def parallel(self) -> int:
@@ -429,75 +305,3 @@ class Session:
         """Stop the call in progress, if any (safe from any thread). A call that has not started
         yet is not affected: cancel its own ``CancelToken`` to stop it whenever it runs."""
         self._core.cancel()
-
-
-_DONE = object()
-
-
-class EcsoStream:
-    """Runs a streamed call (``Session.run`` or ``Session.chat``) on a worker thread and yields its
-    pieces.
-
-    Leaving the loop early (``break``, ``close()``, garbage collection) cancels the request.
-    """
-
-    def __init__(self, work: Callable[[Callable[[str], None], CancelToken], _core.EcsoResult]) -> None:
-        self._queue: "queue.Queue[object]" = queue.Queue()
-        self.result: Optional[_core.EcsoResult] = None
-        self._error: Optional[BaseException] = None
-        # This stream's own token: a close() before the worker's call has begun still stops it.
-        self._cancel = CancelToken()
-        self._thread = threading.Thread(target=self._work, args=(work,), name="ecso-stream", daemon=True)
-        self._thread.start()
-
-    def _work(self, work: Callable[[Callable[[str], None], CancelToken], _core.EcsoResult]) -> None:
-        try:
-            self.result = work(self._queue.put, self._cancel)
-        except BaseException as e:  # re-raised on the consumer's thread
-            self._error = e
-        finally:
-            self._queue.put(_DONE)
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        item = self._queue.get()
-        if item is _DONE:
-            self._thread.join()
-            self._queue.put(_DONE)  # later next() calls end too
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            raise StopIteration
-        assert isinstance(item, str)
-        return item
-
-    def cancel(self) -> None:
-        """Cancel the request (also one still waiting to start), without waiting for it to stop."""
-        self._cancel.cancel()
-
-    def close(self) -> None:
-        """Cancel the request if it is still running and wait for the worker to stop."""
-        self._cancel.cancel()
-        self._thread.join()
-        # Pieces the worker queued before it saw the cancel were never read and belong to a request
-        # that is gone: drop them, so the next next() reports how the request ended (CancelledError).
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._queue.put(_DONE)
-
-    def __enter__(self) -> "EcsoStream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -1,0 +1,40 @@
+// A loaded text-only model (no projector): a guard model that judges answers in step 2 in place
+// of the vision model's self-judge (guard_judge.hpp). The public face names no llama.cpp type;
+// the weights live in TextModel::Impl (text_model_impl.hpp).
+//
+// Thread safety: const methods may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ecso/config.hpp"
+
+namespace ecso {
+
+class TextModel {
+public:
+    // Throws ConfigError for an option out of range and ModelLoadError when the file is missing,
+    // malformed, not a text model, or its KV cache cannot fit. mmproj_gpu is not used.
+    TextModel(const std::string & path, const ModelOptions & options);
+    ~TextModel();
+    TextModel(const TextModel &) = delete;
+    TextModel & operator=(const TextModel &) = delete;
+
+    const std::string & path() const;
+    const std::string & architecture() const;
+    const ModelOptions & options() const;
+    int32_t n_threads() const;
+    int32_t n_threads_batch() const;
+    // The chat template stored in the GGUF, or "" when it has none.
+    std::string own_chat_template() const;
+
+    class Impl;
+    const Impl & impl() const { return *impl_; }
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ecso
