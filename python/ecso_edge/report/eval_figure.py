@@ -6,26 +6,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..evaluate import METRICS, EvalReport
 from .eval_tables import fmt_p, rows_of
+from .tally import EvalReport
 from .plotting import COLORS, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-PANEL_TITLES = {"keyword": "keyword metric: the answer contains a refusal phrase",
-                "judge": "judge metric: the model's own ECSO judge calls the answer harmless"}
+PANEL_TITLES = {"keyword": "keyword metric: the answer opens with a refusal phrase (GCG's list)",
+                "guard": "guard metric: a guard model calls the answer harmless",
+                "api": "api metric: a chat endpoint with MM-SafetyBench's prompts calls the answer safe"}
 BAR = 0.38
 
 
 def eval_figure(report: EvalReport, title: str) -> "Figure":
     groups = rows_of(report)
-    fig = new_figure(max(6.5, 1.15 * len(groups) + 2.5), 3.4 * len(METRICS) + 0.6)
+    fig = new_figure(max(6.5, 1.15 * len(groups) + 2.5), 3.4 * len(report.metrics) + 0.6)
     fig.suptitle(f"{title}\nharmless rate, Direct vs ECSO; whiskers: 95 % Wilson interval; p: McNemar's exact test",
                  fontsize=10)
-    axes = fig.subplots(len(METRICS), 1, sharex=True, squeeze=False)[:, 0]
+    axes = fig.subplots(len(report.metrics), 1, sharex=True, squeeze=False)[:, 0]
     xs = list(range(len(groups)))
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, report.metrics):
         for offset, who, label in ((-BAR / 2, "direct", "Direct"), (BAR / 2, "ecso", "ECSO")):
             rates = [t.rate(f"{who}_{metric}") for _, t in groups]
             heights = [100 * r.value if r.n else 0.0 for r in rates]
@@ -35,7 +36,7 @@ def eval_figure(report: EvalReport, title: str) -> "Figure":
                    error_kw={"elinewidth": 1, "ecolor": "black"})
         for x, (_, t) in zip(xs, groups):
             d = t.paired(metric)
-            ax.annotate("no items" if t.n == 0 else fmt_p(d.p_value), (x, 103), ha="center", fontsize=8)
+            ax.annotate("no items" if d.n == 0 else fmt_p(d.p_value), (x, 103), ha="center", fontsize=8)
         ax.set_title(PANEL_TITLES[metric], fontsize=9, loc="left")
         ax.set_ylabel("harmless rate (%)")
         ax.set_ylim(0, 112)

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from ..evaluate import METRICS, EvalReport
-from .eval_tables import HEADER, LEGEND, table_cells
+from .eval_tables import LEGEND, header, table_cells
+from .tally import EvalReport, metrics_of
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -29,7 +29,9 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _verdict(harmless: bool) -> str:
+def _verdict(harmless: Optional[bool]) -> str:
+    if harmless is None:
+        return '<span class="note">not judged</span>'
     return '<span class="harmless">harmless</span>' if harmless else '<span class="harmful">not harmless</span>'
 
 
@@ -40,16 +42,20 @@ def _item(item: dict[str, Any]) -> str:
                 f"<dl><dt>image</dt><dd>{_e(item.get('image', ''))}</dd><dt>error</dt><dd>{_e(item['error'])}</dd>"
                 "</dl></details>")
     h = item["harmless"]
-    marks = "; ".join(f"{metric}: Direct {_verdict(h[f'direct_{metric}'])}, ECSO {_verdict(h[f'ecso_{metric}'])}"
-                      for metric in METRICS)
-    branch = '<span class="unsafe">judged unsafe</span>' if item["unsafe"] else "judged safe"
+    marks = "; ".join(f"{metric}: Direct {_verdict(h.get(f'direct_{metric}'))}, "
+                      f"ECSO {_verdict(h.get(f'ecso_{metric}'))}" for metric in metrics_of([item]))
+    branch = '<span class="unsafe">trigger: unsafe</span>' if item["unsafe"] else "trigger: safe"
     fields = [("query", item["query"]), ("image", item.get("image", "")), ("Direct answer (step 1)", item["direct"]),
-              ("judge's verdict (step 2)", item["verdict"])]
+              (f"trigger's verdict (step 2, {item.get('trigger', 'self')})", item["verdict"])]
     if item["unsafe"]:
-        fields += [("caption (step 3)", item["caption"] or ""), ("ECSO answer, eyes closed (step 4)", item["ecso"]),
-                   ("judge on ECSO's answer", "unsafe" if item["ecso_judged_unsafe"] else "safe")]
+        fields += [("caption (step 3)", item["caption"] or ""), ("ECSO answer, eyes closed (step 4)", item["ecso"])]
     else:
-        fields += [("ECSO answer", "the Direct answer (judged safe)")]
+        fields += [("ECSO answer", "the Direct answer (the trigger found it safe)")]
+    for name, verdicts in (item.get("judges") or {}).items():
+        for who in ("direct", "ecso"):
+            v = verdicts[who]
+            fields.append((f"{name} judge on the {'Direct' if who == 'direct' else 'ECSO'} answer",
+                           v["raw"] if v.get("error") is None else f"failed: {v['error']}"))
     body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in fields)
     return (f'<details class="item"><summary>{head} ({branch}; {marks})</summary>'
             f"<dl>{body}</dl></details>")
@@ -57,7 +63,7 @@ def _item(item: dict[str, Any]) -> str:
 
 def eval_html(report: EvalReport, title: str, figure_png: Optional[Path], missing: Optional[str],
               run: dict[str, Any]) -> str:
-    header = "".join(f"<th>{_e(h)}</th>" for h in HEADER)
+    columns = "".join(f"<th>{_e(h)}</th>" for h in header(report))
     rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in table_cells(report))
     if figure_png is not None:
         data = base64.b64encode(figure_png.read_bytes()).decode("ascii")
@@ -72,6 +78,6 @@ def eval_html(report: EvalReport, title: str, figure_png: Optional[Path], missin
         sections.append(f"<h3>{_e(scenario)} ({len(items)} items)</h3>\n" + "\n".join(items))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n<h1>{_e(title)}</h1>\n<p>{_e(LEGEND)}.</p>\n"
-            f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>\n{figure}\n{setup}\n"
+            f"<table><thead><tr>{columns}</tr></thead><tbody>{rows}</tbody></table>\n{figure}\n{setup}\n"
             f"<h2>Items</h2>\n<p class=\"note\">Every item with what the model said; open one to read it.</p>\n"
             + "\n".join(sections) + "\n</body></html>\n")

@@ -11,15 +11,26 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ..evaluate import METRICS, REFUSAL_KEYWORDS, VERDICTS, EvalReport, Tally
+from ..judges.keyword import REFUSAL_PHRASES, SOURCE
 from . import stats
 from .plotting import matplotlib_missing
+from .tally import JUDGE_METRICS, EvalReport, Tally, upgrade_item
 
-RATES = VERDICTS + ("unsafe_rate",)
-HEADER = ["scenario", "n", "Direct (keyword)", "ECSO (keyword)", "ECSO - Direct (keyword)", "Direct (judge)",
-          "ECSO (judge)", "ECSO - Direct (judge)", "judged unsafe"]
-LEGEND = ("Harmless rate (%) [95 % Wilson interval]; ECSO - Direct: the paired difference in percentage points "
-          "and McNemar's exact p (Direct and ECSO answer the same items)")
+LEGEND = ("Harmless rate (%) [95 % Wilson interval] by each metric; ECSO - Direct: the paired difference in "
+          "percentage points and McNemar's exact p (Direct and ECSO answer the same items); trigger unsafe: "
+          "how often ECSO's own judge took the eyes-closed path (it picks the branch, so it is no metric); "
+          "not judged: items an independent judge failed on, counted apart")
+
+
+def header(report: EvalReport) -> list[str]:
+    """The table's columns: per metric Direct, ECSO and their difference (and, for an
+    independent judge, the items it failed on), then the trigger's unsafe rate."""
+    out = ["scenario", "n"]
+    for metric in report.metrics:
+        out += [f"Direct ({metric})", f"ECSO ({metric})", f"ECSO - Direct ({metric})"]
+        if metric in JUDGE_METRICS:
+            out.append(f"not judged ({metric})")
+    return out + ["trigger unsafe"]
 
 
 def rows_of(report: EvalReport) -> list[tuple[str, Tally]]:
@@ -47,13 +58,15 @@ def fmt_difference(d: stats.PairedDifference) -> str:
 
 
 def table_cells(report: EvalReport) -> list[list[str]]:
-    """HEADER's cells, one row per scenario and the pooled row last (Markdown and HTML share them)."""
+    """header()'s cells, one row per scenario and the pooled row last (Markdown and HTML share them)."""
     out = []
     for name, t in rows_of(report):
         row = [name, str(t.n)]
-        for metric in METRICS:
+        for metric in report.metrics:
             row += [fmt_rate(t.rate(f"direct_{metric}")), fmt_rate(t.rate(f"ecso_{metric}")),
                     fmt_difference(t.paired(metric))]
+            if metric in JUDGE_METRICS:
+                row.append(str(t.failed[metric]))
         out.append(row + [fmt_rate(t.rate("unsafe_rate"))])
     return out
 
@@ -66,61 +79,63 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def markdown_table(report: EvalReport) -> str:
     rows = table_cells(report)
     rows[-1][0] = "**overall**"
-    return _markdown(HEADER, rows)
+    return _markdown(header(report), rows)
 
 
 def paper_table(report: EvalReport) -> str:
     """The paper's layout: rows are the scenarios, columns Direct and ECSO per metric, point rates,
     and last the mean of the scenarios' rates, as the paper averages them."""
-    header = ["scenario"] + [f"{who} ({metric})" for metric in METRICS for who in ("Direct", "ECSO")]
+    names = report.verdicts()
+    columns = ["scenario"] + [f"{who} ({metric})" for metric in report.metrics for who in ("Direct", "ECSO")]
     rows, means = [], []
     for name, t in report.per_scenario.items():
-        rates = t.rates()
-        rows.append([name] + [f"{rates[v]:.1f}" if t.n else "n/a" for v in VERDICTS])
-        if t.n:
-            means.append([100 * t.count(v) / t.n for v in VERDICTS])  # unrounded
+        rates = [t.rate(v) for v in names]
+        rows.append([name] + [f"{100 * r.value:.1f}" if r.n else "n/a" for r in rates])
+        if all(r.n for r in rates):
+            means.append([100 * r.value for r in rates])  # unrounded
     if means:
         rows.append(["**average**"] + [f"{sum(col) / len(col):.1f}" for col in zip(*means)])
-    return _markdown(header, rows)
+    return _markdown(columns, rows)
 
 
 def _pct(x: float, digits: int = 2) -> Optional[float]:
     return None if math.isnan(x) else round(100 * x, digits)
 
 
-def _tally_json(t: Tally) -> dict[str, Any]:
-    rates = {k: stats.finite(v) for k, v in t.rates().items()}
+def _tally_json(t: Tally, report: EvalReport) -> dict[str, Any]:
     intervals = {}
-    for name in RATES:
+    for name in report.verdicts() + ("unsafe_rate",):
         r = t.rate(name)
         intervals[name] = {"k": r.k, "n": r.n, "rate": _pct(r.value, 6), "low": _pct(r.low, 6),
                            "high": _pct(r.high, 6)}
     paired = {}
-    for metric in METRICS:
+    for metric in report.metrics:
         d = t.paired(metric)
         paired[metric] = {"difference": _pct(d.difference, 6), "direct_only": d.direct_only,
                           "ecso_only": d.ecso_only, "p_value": d.p_value}
     # counts at the top (n, errors, harmless items per verdict, discordant pairs), rates in percent below
-    return {**vars(t), "rates": rates, "intervals": intervals, "paired": paired}
+    return {**t.to_json(report.metrics), "intervals": intervals, "paired": paired}
 
 
 def write_csv(report: EvalReport, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
+        rates = report.verdicts() + ("unsafe_rate",)
         head = ["scenario", "n", "errors"]
-        for name in RATES:
+        for name in rates:
             head += [name, f"{name}_low", f"{name}_high"]
-        for metric in METRICS:
-            head += [f"{metric}_difference", f"{metric}_direct_only", f"{metric}_ecso_only", f"{metric}_p"]
+        for metric in report.metrics:
+            head += [f"{metric}_judged", f"{metric}_failed", f"{metric}_difference", f"{metric}_direct_only",
+                     f"{metric}_ecso_only", f"{metric}_p"]
         w.writerow(head)
         for name, t in rows_of(report):
             row: list[Any] = [name, t.n, t.errors]
-            for rate_name in RATES:
+            for rate_name in rates:
                 r = t.rate(rate_name)
                 row += [_pct(r.value), _pct(r.low), _pct(r.high)]
-            for metric in METRICS:
+            for metric in report.metrics:
                 d = t.paired(metric)
-                row += [_pct(d.difference), d.direct_only, d.ecso_only,
+                row += [t.judged[metric], t.failed[metric], _pct(d.difference), d.direct_only, d.ecso_only,
                         None if d.p_value is None else f"{d.p_value:.6g}"]
             w.writerow(["" if v is None else v for v in row])
 
@@ -131,10 +146,11 @@ def report_json(report: EvalReport, title: str, run: Optional[dict[str, Any]] = 
         "run": run or {},
         "statistics": {"interval": stats.INTERVAL_METHOD, "paired_test": stats.PAIRED_METHOD,
                        "confidence": stats.CONFIDENCE, "units": "percent; differences in percentage points"},
-        "per_scenario": {k: _tally_json(v) for k, v in report.per_scenario.items()},
-        "overall": _tally_json(report.overall()),
+        "metrics": list(report.metrics),
+        "per_scenario": {k: _tally_json(v, report) for k, v in report.per_scenario.items()},
+        "overall": _tally_json(report.overall(), report),
         "items": report.items,
-        "refusal_keywords": list(REFUSAL_KEYWORDS),
+        "refusal_phrases": {"source": SOURCE, "phrases": list(REFUSAL_PHRASES)},
     }
 
 
@@ -210,18 +226,22 @@ def read_report(path: Path) -> tuple[EvalReport, str, dict[str, Any]]:
         raise ConfigError(f"'{path}' cannot be read as JSON ({e}): give the report.json eval wrote") from None
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise ConfigError(f"'{path}' is not an eval report (it has no list of items)")
-    for i, item in enumerate(data["items"]):
+    items = [upgrade_item(item) if isinstance(item, dict) else item for item in data["items"]]
+    for i, item in enumerate(items):
         ok = isinstance(item, dict) and isinstance(item.get("scenario"), str) and isinstance(item.get("id"), str) \
             and isinstance(item.get("query"), str)
         if ok and "error" not in item:
             h = item.get("harmless")
-            ok = isinstance(h, dict) and all(isinstance(h.get(v), bool) for v in VERDICTS) and all(
+            judges = item.get("judges", {})
+            ok = isinstance(h, dict) and isinstance(judges, dict) and all(
+                isinstance(h.get(f"{who}_keyword"), bool) for who in ("direct", "ecso")) and all(
+                isinstance(h.get(f"{who}_{name}"), (bool, type(None))) and name in JUDGE_METRICS
+                for name in judges for who in ("direct", "ecso")) and all(
                 isinstance(item.get(k), str) for k in ("direct", "ecso", "verdict")) and isinstance(
-                item.get("unsafe"), bool) and isinstance(item.get("ecso_judged_unsafe"), bool) and isinstance(
-                item.get("caption"), (str, type(None)))
+                item.get("unsafe"), bool) and isinstance(item.get("caption"), (str, type(None)))
         if not ok:
             raise ConfigError(f"'{path}': item {i} is not an item of an eval report (an older ecso-edge wrote "
                               "no per-item verdicts; run the eval again)")
     run = data.get("run")
-    return EvalReport.from_items(data["items"]), str(data.get("title", path.parent.name)), run if isinstance(run, dict) \
+    return EvalReport.from_items(items), str(data.get("title", path.parent.name)), run if isinstance(run, dict) \
         else {}
