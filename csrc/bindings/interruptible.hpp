@@ -167,8 +167,19 @@ auto call_interruptibly(Work work, const std::function<void()> & cancel) -> decl
     const std::shared_ptr<WakePipe> pipe = wakeup.pipe();
     auto promise = std::make_shared<std::promise<Result>>();
     std::future<Result> done = promise->get_future();
+    // The job lets go of the pipe before this function returns, so its two descriptors are closed
+    // when the call is over, not whenever the call thread gets to it (a caller counting its open
+    // files saw them still open now and then).
+    auto released = std::make_shared<std::promise<void>>();
+    struct WaitReleased {
+        std::future<void> f;
+        ~WaitReleased() {
+            py::gil_scoped_release release;
+            f.wait();
+        }
+    } wait_released{released->get_future()};
     // `work` lives on this thread's stack: this function returns only once the job has set `done`.
-    auto job = [&work, promise, pipe] {
+    auto job = [&work, promise, pipe = std::shared_ptr<WakePipe>(pipe), released]() mutable {
         try {
             if constexpr (std::is_void_v<Result>) {
                 work();
@@ -182,6 +193,8 @@ auto call_interruptibly(Work work, const std::function<void()> & cancel) -> decl
         if (pipe) {  // after the future is ready: the main thread may wake and read it
             pipe->notify();
         }
+        pipe.reset();
+        released->set_value();
     };
     {
         py::gil_scoped_release release;
