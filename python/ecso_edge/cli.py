@@ -15,8 +15,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from . import _core
-from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_model_options, add_parallel_option,
-                          add_repack_option, config_option, int_in, load_model, model_pair, number_in, repack_of)
+from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
+                          add_parallel_option, add_repack_option, config_option, int_in, load_judge_model, load_model,
+                          model_pair, number_in, repack_of)
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
 from .images import load_rgb
@@ -94,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _core.EcsoConfig()
     if args.no_reuse:
         config.reuse_kv = False
-    session = Session(model, config)
+    session = Session(model, config, **load_judge_model(args))
     stream = args.stream and not args.json
     r = session.run(
         args.image,
@@ -122,7 +123,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         # Ctrl-C stops an answer even when the shell started us with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print(f"ecso-edge chat on {os.path.basename(model.text_model_path)} (ECSO protects every answer)\n{HELP}\n", flush=True)
-    loop = ChatLoop(Session(model, config), max_tokens=args.max_tokens, system=args.system)
+    loop = ChatLoop(Session(model, config, **load_judge_model(args)), max_tokens=args.max_tokens, system=args.system)
     for path in args.image or []:
         load_rgb(path, max_pixels=config.max_image_pixels)  # a bad --image fails the command, with its reason
         loop.attach(path)
@@ -142,6 +143,10 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
     if args.ray:
         from .ray_engine import run_data_engine_ray
 
+        if args.judge_model:
+            raise ConfigError("--judge-model does not go with --ray yet: run the data engine without --ray "
+                              "(--parallel N keeps N records in flight)")
+
         summary = run_data_engine_ray(
             records, out, model_path=pair[0], mmproj_path=pair[1],
             model_kwargs={"n_ctx": args.n_ctx, "n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads,
@@ -152,7 +157,7 @@ def _cmd_data_engine(args: argparse.Namespace) -> int:
         )
     else:
         summary = run_data_engine(
-            Session(load_model(args, pair), parallel=args.parallel), records, out,
+            Session(load_model(args, pair), parallel=args.parallel, **load_judge_model(args)), records, out,
             image_root=image_root, resume=args.resume, limit=args.limit, max_tokens=args.max_tokens,
         )
     print(
@@ -217,7 +222,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     serve(text, mmproj, host=args.host, port=args.port, options=options, config=config,
           n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, repack=repack_of(args),
-          log_level=args.log_level)
+          log_level=args.log_level, judge=lambda: load_judge_model(args))
     return 0
 
 
@@ -247,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--n-ctx", type=N_CTX, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    add_judge_model_options(r)
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("chat", help="a terminal chat with ECSO protecting every answer (/image PATH attaches an image)")
@@ -255,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="the conversation's system message (default: the config's)")
     c.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_override\": true}'")
     c.add_argument("--max-tokens", type=TOKENS, default=512)
+    add_judge_model_options(c)
     c.set_defaults(func=_cmd_chat)
 
     de = sub.add_parser("data-engine", help="ECSO over a dataset: LLaVA SFT data plus a JSONL trace, resumable")
@@ -268,6 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--resume", action="store_true", help="keep the trace and skip the records already in it")
     de.add_argument("--max-tokens", type=TOKENS, default=512)
     add_parallel_option(de, "records")
+    add_judge_model_options(de)
     de.add_argument("--ray", action="store_true", help="run on Ray Data actors (pip install 'ecso-edge[ray]')")
     de.add_argument("--actors", type=int_in(1, 100_000), default=2, help="with --ray: actors, each loading the model once")
     de.add_argument("--ray-address", default=None, help="with --ray: an existing cluster (auto, ray://host:10001)")
@@ -310,6 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_judge_model_options(sv)
     sv.set_defaults(func=_cmd_serve)
     return p
 

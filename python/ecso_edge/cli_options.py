@@ -13,15 +13,15 @@ import sys
 from typing import Any, Callable, NoReturn, Optional
 
 from . import _core
+from .arguments import INT32_MAX
 from .errors import ConfigError
-from .session import Model
+from .model import Model, TextModel
 from .shipped import tiny_pair
 
 __all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_repack_option", "repack_of",
            "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL", "INT32_MAX",
-           "TINY_WARNING", "add_parallel_option"]
+           "TINY_WARNING", "add_parallel_option", "add_judge_model_options", "load_judge_model"]
 
-INT32_MAX = 2**31 - 1
 MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
 INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -69,7 +69,7 @@ def number_in(low: float, high: float) -> Callable[[str], float]:
 # Model(n_threads=...)'s rule: any int32 from 1, clamped by the core to the hardware threads
 THREADS = int_in(1, INT32_MAX, " (more than the hardware threads run as that many)")
 TOKENS = int_in(1, INT32_MAX)
-N_CTX = int_in(16, 2**32 - 1)
+N_CTX = int_in(16, INT32_MAX)  # Model(n_ctx=...)'s range
 GPU_LAYERS = int_in(-1, INT32_MAX, " (-1: every layer)")
 COUNT = int_in(0, 2**63 - 1)
 PARALLEL = int_in(1, _core.Session.max_parallel, " (requests that run together in one context)")
@@ -165,3 +165,27 @@ def load_model(args: argparse.Namespace, pair: Optional[tuple[str, str]] = None)
     text, mmproj = pair if pair is not None else model_pair(args)
     return Model(text, mmproj, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
                  repack=repack_of(args))
+
+
+def add_judge_model_options(p: argparse.ArgumentParser) -> None:
+    """--judge-model and --judge-format: a guard model judges step 2 in place of the self-judge."""
+    p.add_argument("--judge-model", default=None,
+                   help="a text-only guard model GGUF that judges step 2 in place of the model's self-judge "
+                        "(docs/guard-formats.md)")
+    p.add_argument("--judge-format", choices=_core.guard_format_names(), default=None,
+                   help="the guard model's prompt and output format (needed with --judge-model)")
+    p.add_argument("--judge-n-ctx", type=N_CTX, default=4096,
+                   help="the guard model's context: its prompt, the query, the answer and its verdict")
+
+
+def load_judge_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Session's judge_model and judge_format for add_judge_model_options' flags ({} without them)."""
+    if args.judge_model is None:
+        if args.judge_format is not None:
+            raise ConfigError("--judge-format goes with --judge-model (the guard model it describes)")
+        return {}
+    if args.judge_format is None:
+        raise ConfigError("--judge-model needs --judge-format: one of " + ", ".join(_core.guard_format_names()))
+    model = TextModel(args.judge_model, n_ctx=args.judge_n_ctx, n_threads=getattr(args, "threads", None),
+                      repack=repack_of(args) if hasattr(args, "repack") else None)
+    return {"judge_model": model, "judge_format": args.judge_format}

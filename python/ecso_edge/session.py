@@ -86,6 +86,11 @@ class Session:
                                    judge_format=judge_format or "")
 
     @property
+    def judged_by(self) -> str:
+        """Who judges step 2: "self" (the vision model), or the guard model's file name."""
+        return self._core.judge_model
+
+    @property
     def parallel(self) -> int:
         """How many calls run together (1: one at a time)."""
         return self._core.parallel

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import CancelledError, ConfigError
-from ..session import CancelToken
+from .._core import CancelToken
 from .mm_safetybench_prompts import template_for
 
-__all__ = ["ApiJudge", "ApiVerdict", "judge_prompt", "parse_reply", "JUDGE_MAX_TOKENS"]
+__all__ = ["ApiJudge", "ApiVerdict", "ApiMetric", "judge_prompt", "parse_reply", "JUDGE_MAX_TOKENS"]
 
 # The reply is one word; a few tokens more let "unsafe" arrive whole from any tokenizer, and a
 # chattier reply is cut instead of paid for.
@@ -244,3 +244,21 @@ class ApiJudge:
                 continue
             return ApiVerdict(unsafe=parse_reply(raw), raw=raw, error=None, attempts=attempt)
         raise AssertionError("unreachable: the last attempt returns")
+
+
+class ApiMetric:
+    """The evaluation's "api" metric (an EvalJudge): an ApiJudge's verdicts as the report records
+    them. A reply that is neither "safe" nor "unsafe" is a failed judgement, as is one that never
+    came: the report counts both apart."""
+
+    name = "api"
+
+    def __init__(self, judge: ApiJudge) -> None:
+        self._judge = judge
+        self.description = f"chat endpoint {judge!r}, MM-SafetyBench's evaluation prompts"
+
+    def verdict(self, scenario: str, query: str, answer: str, cancel: Optional[CancelToken]) -> dict[str, Any]:
+        v = self._judge.judge(scenario, query, answer, cancel=cancel)
+        error = v.error if v.error is not None else (None if v.unsafe is not None else
+                                                       "the reply is neither 'safe' nor 'unsafe'")
+        return {"unsafe": v.unsafe, "raw": v.raw, "error": error, "attempts": v.attempts}

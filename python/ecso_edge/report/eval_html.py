@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from .eval_tables import LEGEND, header, table_cells
+from .eval_tables import LEGEND, header, table_cells, trigger_line
 from .tally import EvalReport, metrics_of
 
 STYLE = """
@@ -77,7 +77,7 @@ def eval_html(report: EvalReport, title: str, figure_png: Optional[Path], missin
         items = [_item(i) for i in report.items if i["scenario"] == scenario]
         sections.append(f"<h3>{_e(scenario)} ({len(items)} items)</h3>\n" + "\n".join(items))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f"<style>{STYLE}</style></head><body>\n<h1>{_e(title)}</h1>\n<p>{_e(LEGEND)}.</p>\n"
+            f"<style>{STYLE}</style></head><body>\n<h1>{_e(title)}</h1>\n<p>{_e(LEGEND)}.</p>\n<p>{_e(trigger_line(run))}</p>\n"
             f"<table><thead><tr>{columns}</tr></thead><tbody>{rows}</tbody></table>\n{figure}\n{setup}\n"
             f"<h2>Items</h2>\n<p class=\"note\">Every item with what the model said; open one to read it.</p>\n"
             + "\n".join(sections) + "\n</body></html>\n")

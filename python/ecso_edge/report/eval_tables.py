@@ -22,6 +22,15 @@ LEGEND = ("Harmless rate (%) [95 % Wilson interval] by each metric; ECSO - Direc
           "not judged: items an independent judge failed on, counted apart")
 
 
+def trigger_line(run: Optional[dict[str, Any]]) -> str:
+    """Who decided ECSO's branch in the run, for the report's readers."""
+    trigger = (run or {}).get("trigger", "self")
+    if trigger == "self":
+        return "ECSO's trigger (step 2): the model's own self-judge."
+    return (f"ECSO's trigger (step 2): the guard model {trigger}, which is also the guard metric: on the Direct "
+            "answer the guard metric is the trigger's own verdict.")
+
+
 def header(report: EvalReport) -> list[str]:
     """The table's columns: per metric Direct, ECSO and their difference (and, for an
     independent judge, the items it failed on), then the trigger's unsafe rate."""
@@ -204,7 +213,7 @@ def _write_views(report: EvalReport, out_dir: Path, title: str, run: Optional[di
         figure = save(eval_figure(report, title), out_dir / "report")
     shown = f"![harmless rates]({figure['png'].name})" if figure else f"No figure: {missing}."
     paths["md"].write_text(
-        f"# {title}\n\n{LEGEND}.\n\n{markdown_table(report)}\n\n{shown}\n\n"
+        f"# {title}\n\n{LEGEND}.\n\n{trigger_line(run)}\n\n{markdown_table(report)}\n\n{shown}\n\n"
         f"## In the paper's layout\n\nHarmless rate (%); the last row is the mean of the scenarios' rates.\n\n"
         f"{paper_table(report)}\n", encoding="utf-8")
     write_csv(report, paths["csv"])

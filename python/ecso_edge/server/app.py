@@ -27,7 +27,7 @@ from .._core import Session as CoreSession
 from ..errors import CancelledError, ConfigError, ContextOverflowError, ImageError
 from ..images import load_rgb
 from ..messages import CoreMessage, CorePart
-from ..session import Model
+from ..model import Model, TextModel
 from .openai_schema import INT32_MAX, ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
 from .request_queue import EcsoJob, QueueFull, RequestQueue
 
@@ -87,9 +87,11 @@ class _ClientGone(Exception):
     """The client disconnected while its request waited or ran; nothing is left to answer."""
 
 
-def create_app(model: Model, config: EcsoConfig, options: ServerOptions) -> FastAPI:
-    """A FastAPI app serving ECSO over `model` with `config`; requests run one at a time in order."""
-    queue = RequestQueue(model, config, options.max_queue, options.parallel)
+def create_app(model: Model, config: EcsoConfig, options: ServerOptions, judge_model: Optional[TextModel] = None,
+               judge_format: Optional[str] = None) -> FastAPI:
+    """A FastAPI app serving ECSO over `model` with `config` (and a guard model judging step 2 when
+    `judge_model` is given); `options.parallel` requests run together, the others wait in order."""
+    queue = RequestQueue(model, config, options.max_queue, options.parallel, judge_model, judge_format)
     created = int(time.time())
 
     @contextlib.asynccontextmanager

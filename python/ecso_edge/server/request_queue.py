@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 from .._core import EcsoConfig, EcsoResult
 from ..errors import CancelledError
 from ..messages import CoreMessage
-from ..session import CancelToken, Model, Session
+from ..model import Model, TextModel
+from ..session import CancelToken, Session
 
 __all__ = ["QueueFull", "EcsoJob", "RequestQueue"]
 
@@ -70,7 +71,8 @@ class RequestQueue:
     shared by every request, whatever its sampling). A follow-up turn of a conversation runs on
     the session's slot that holds its earlier turn, when that slot is free."""
 
-    def __init__(self, model: Model, config: EcsoConfig, max_queue: int, parallel: int = 1) -> None:
+    def __init__(self, model: Model, config: EcsoConfig, max_queue: int, parallel: int = 1,
+                 judge_model: Optional[TextModel] = None, judge_format: Optional[str] = None) -> None:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         self._base_config = config
@@ -78,7 +80,7 @@ class RequestQueue:
         self._lock = threading.Condition()
         self._waiting: collections.deque[EcsoJob] = collections.deque()
         self._running: set[EcsoJob] = set()
-        self._session = Session(model, config, parallel=parallel)
+        self._session = Session(model, config, parallel=parallel, judge_model=judge_model, judge_format=judge_format)
         self.parallel = self._session.parallel
         self._closing = False
         self._mean_run_s: Optional[float] = None
@@ -128,6 +130,7 @@ class RequestQueue:
                 "in_progress": len(self._running),
                 "engine": self._session.engine_stats(),
                 "parallel": self.parallel,
+                "judge_model": self._session.judged_by,
                 "max_queue": self.max_queue,
                 "mean_run_s": self._mean_run_s,
             }

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import uvicorn
 
 from .._core import EcsoConfig
 from ..errors import ConfigError
-from ..session import Model
+from ..model import Model
 from .app import ServerOptions, create_app
 
 __all__ = ["serve", "is_loopback"]
@@ -41,6 +41,7 @@ def serve(
     n_threads: Optional[int] = None,
     repack: Optional[bool] = None,
     log_level: str = "info",
+    judge: Optional[Callable[[], dict[str, Any]]] = None,
 ) -> None:
     """Load the pair and serve it until interrupted (Ctrl-C / SIGTERM stop it cleanly). Arguments
     are checked before the model is loaded: a bad one raises `ConfigError` naming it."""
@@ -58,7 +59,8 @@ def serve(
             file=sys.stderr,
         )
     model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, repack=repack)
-    app = create_app(model, config if config is not None else EcsoConfig(), options)
+    # `judge` loads the guard model (Session's judge_model and judge_format) after the pair
+    app = create_app(model, config if config is not None else EcsoConfig(), options, **(judge() if judge else {}))
     print(f"ecso-edge serve: {options.model_name} on http://{host}:{port}/ (demo page at /)", file=sys.stderr,
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
