@@ -23,7 +23,7 @@ TRACKER = re.compile(r"\b(?:issues?|tickets?)\s*#?\s*[0-9]+\b|\x60issues\x60\s+n
 UPSTREAM = re.compile(r"(llama\.cpp|ggml|upstream|github\.com/\S*)[^\n]{0,12}$", re.IGNORECASE)
 # a document named in code, comments or prose: a path from the repository root or the citing
 # file's folder, or a bare file name
-DOC_MENTION = re.compile(r"(?<![\w./-])([\w./-]*[\w-]\.md)\b")
+DOC_MENTION = re.compile(r"(?<![\w./:-])([\w./-]*[\w-]\.md)\b")  # not inside a URL
 # Markdown files the code writes (eval's report), named but not tracked
 WRITTEN = {"report.md"}
 # a relative Markdown link, checked from the linking file's folder
