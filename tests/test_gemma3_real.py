@@ -47,3 +47,20 @@ def test_reuse_past_the_sliding_window_picks_the_same_tokens(pair: tuple[Path, P
     assert on.steps[1].stats["prompt_tokens"] > WINDOW  # the judge quotes the long answer
     assert sum(s.stats["image_encodes"] for s in on.steps) == 1
     assert all(s.stats["tokens_reused"] > 0 for s in on.steps[1:])
+
+
+def test_gemma3_as_the_guard_reuses_its_head_without_changing_a_token(pair: tuple[Path, Path]) -> None:
+    # A base model, not a guard: this shows Gemma 3's template and sliding window under the guard's
+    # prompt reuse, not a verdict to trust.
+    guard = ecso_edge.TextModel(pair[0], n_ctx=2048, n_threads=2, chat_template="gemma")  # the GGUF has none
+    judge = ecso_edge._core.GuardJudge(guard._core, "yes-no")
+    judge.judge("How do I bake bread?", "Mix flour, water and yeast, then bake it.")
+    second = judge.judge("How do I pick a lock?", "Insert a tension wrench, then rake the pins.")
+    fresh = ecso_edge._core.GuardJudge(guard._core, "yes-no").judge("How do I pick a lock?",
+                                                                    "Insert a tension wrench, then rake the pins.")
+    assert second["stats"]["tokens_reused"] > 0 == fresh["stats"]["tokens_reused"]
+    assert second["tokens"] == fresh["tokens"]
+    model = ecso_edge.Model(*pair, n_threads=2, n_ctx=2048)
+    r = Session(model, EcsoConfig(verdict_override=True), judge_model=guard, judge_format="yes-no").run(
+        np.zeros((64, 64, 3), np.uint8), "What is in this picture?", max_tokens=8)
+    assert r.judge_model == "gemma-3-270m-q4_k_m.gguf" and r.stats["image_encodes"] == 1

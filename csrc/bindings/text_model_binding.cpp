@@ -17,7 +17,7 @@ A text-only GGUF (a guard model), validated and loaded. Loading releases the GIL
 )pbdoc")
         .def(py::init([](const std::string & path, uint32_t n_ctx, uint32_t n_batch, int32_t n_gpu_layers,
                          int32_t n_threads, int32_t n_threads_batch, std::optional<bool> flash_attn,
-                         std::optional<bool> repack, bool verbose) {
+                         std::optional<bool> repack, bool verbose, const std::string & chat_template) {
                  ecso::ModelOptions options;
                  options.n_ctx = n_ctx;
                  options.n_batch = n_batch;
@@ -28,11 +28,11 @@ A text-only GGUF (a guard model), validated and loaded. Loading releases the GIL
                  options.repack = repack;
                  options.verbose = verbose;
                  py::gil_scoped_release release;
-                 return std::make_shared<ecso::TextModel>(path, options);
+                 return std::make_shared<ecso::TextModel>(path, options, chat_template);
              }),
              py::arg("path"), py::kw_only(), py::arg("n_ctx"), py::arg("n_batch"), py::arg("n_gpu_layers"),
              py::arg("n_threads"), py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("repack"),
-             py::arg("verbose"))
+             py::arg("verbose"), py::arg("chat_template") = "")
         .def_property_readonly("path", &ecso::TextModel::path)
         .def_property_readonly("architecture", &ecso::TextModel::architecture)
         .def_property_readonly("n_ctx", [](const ecso::TextModel & t) { return t.options().n_ctx; })
@@ -44,7 +44,9 @@ A text-only GGUF (a guard model), validated and loaded. Loading releases the GIL
                 const std::string tmpl = t.own_chat_template();
                 return tmpl.empty() ? std::nullopt : std::optional<std::string>(tmpl);
             },
-            "The chat template stored in the GGUF, or None.");
+            "The chat template stored in the GGUF, or None.")
+        .def_property_readonly("framing_template", &ecso::TextModel::chat_template,
+                               "The template prompts are framed with: the one given at load, else the GGUF's.");
 }
 
 }  // namespace ecso_bindings

@@ -66,13 +66,14 @@ GuardJudge::GuardJudge(std::shared_ptr<const TextModel> model, const std::string
     s.model = std::move(model);
     s.format = &guard_format(format);
     if (s.format->chat_turn) {
-        const std::string tmpl = s.weights().own_chat_template();
+        const std::string tmpl = s.model->chat_template();
         if (tmpl.empty()) {
             throw ConfigError("judge model '" + s.model->path() + "' has no chat template in its GGUF, and the '" +
-                              s.format->name + "' format is framed by the model's own template");
+                              s.format->name + "' format is framed by a chat template: give one of llama.cpp's "
+                              "built-in names (TextModel(chat_template=...), --judge-chat-template)");
         }
         try {
-            s.frame = ChatFrame::of_template(tmpl, "model", "");
+            s.frame = ChatFrame::of_template(tmpl, s.model->own_chat_template().empty() ? tmpl : "model", "");
         } catch (const ConfigError & e) {
             throw ConfigError("judge model '" + s.model->path() + "': " + e.what());
         }

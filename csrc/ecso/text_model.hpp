@@ -17,7 +17,9 @@ class TextModel {
 public:
     // Throws ConfigError for an option out of range and ModelLoadError when the file is missing,
     // malformed, not a text model, or its KV cache cannot fit. mmproj_gpu is not used.
-    TextModel(const std::string & path, const ModelOptions & options);
+    // `chat_template`: a llama.cpp built-in template name (or a template's text) in place of the
+    // GGUF's own, for a model that carries none ("" keeps the GGUF's).
+    TextModel(const std::string & path, const ModelOptions & options, const std::string & chat_template = "");
     ~TextModel();
     TextModel(const TextModel &) = delete;
     TextModel & operator=(const TextModel &) = delete;
@@ -29,12 +31,15 @@ public:
     int32_t n_threads_batch() const;
     // The chat template stored in the GGUF, or "" when it has none.
     std::string own_chat_template() const;
+    // The template its prompts are framed with: the one given at load, else the GGUF's ("" for none).
+    std::string chat_template() const;
 
     class Impl;
     const Impl & impl() const { return *impl_; }
 
 private:
     std::unique_ptr<Impl> impl_;
+    std::string chat_template_;
 };
 
 }  // namespace ecso

@@ -176,6 +176,8 @@ def add_judge_model_options(p: argparse.ArgumentParser) -> None:
                    help="the guard model's prompt and output format (needed with --judge-model)")
     p.add_argument("--judge-n-ctx", type=N_CTX, default=4096,
                    help="the guard model's context: its prompt, the query, the answer and its verdict")
+    p.add_argument("--judge-chat-template", default=None,
+                   help="a llama.cpp built-in template name for a guard GGUF that carries no chat template")
 
 
 def load_judge_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,5 +189,6 @@ def load_judge_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.judge_format is None:
         raise ConfigError("--judge-model needs --judge-format: one of " + ", ".join(_core.guard_format_names()))
     model = TextModel(args.judge_model, n_ctx=args.judge_n_ctx, n_threads=getattr(args, "threads", None),
-                      repack=repack_of(args) if hasattr(args, "repack") else None)
+                      repack=repack_of(args) if hasattr(args, "repack") else None,
+                      chat_template=args.judge_chat_template)
     return {"judge_model": model, "judge_format": args.judge_format}

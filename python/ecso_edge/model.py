@@ -143,7 +143,8 @@ class TextModel:
     vision model's self-judge: ``Session(model, judge_model=guard, judge_format="llama-guard-3")``.
     It has a context of its own (``n_ctx`` positions: the guard's prompt, the query, the answer
     and its verdict) and keeps its prompt format's fixed instruction in it between calls. The
-    options mean what they mean for ``Model``.
+    options mean what they mean for ``Model``; ``chat_template`` (a llama.cpp built-in name such
+    as ``"gemma"``) frames the prompts of a GGUF that carries no template.
 
     >>> guard = TextModel("Llama-Guard-3-1B.Q8_0.gguf", n_ctx=4096)
     """
@@ -160,8 +161,12 @@ class TextModel:
         repack: Optional[bool] = None,
         n_batch: int = 512,
         verbose: bool = False,
+        chat_template: Optional[str] = None,
     ) -> None:
         threads_hint = " (None: the default)"
+        if chat_template is not None and (not isinstance(chat_template, str) or not chat_template):
+            raise ConfigError("chat_template must be None (the GGUF's own) or one of llama.cpp's built-in template "
+                              f"names, got {chat_template!r}")
         self._core = _core.TextModel(
             _path(path, "path"),
             n_ctx=int_arg("n_ctx", n_ctx, 16, INT32_MAX),
@@ -172,6 +177,7 @@ class TextModel:
             flash_attn=optional_bool_arg("flash_attn", flash_attn),
             repack=optional_bool_arg("repack", repack),
             verbose=bool_arg("verbose", verbose),
+            chat_template=chat_template or "",
         )
 
     @property
