@@ -147,3 +147,13 @@ def test_run_takes_a_judge_model(tmp_path: Path, guard: TextModel) -> None:
 def _tiny_flags() -> list[str]:
     text, mmproj = ecso_edge.tiny_pair()
     return ["--model", str(text), "--mmproj", str(mmproj)]
+
+
+def test_the_server_queue_judges_with_the_guard_and_reports_it(tiny_model: ecso_edge.Model, guard: TextModel) -> None:
+    from ecso_edge.server import RequestQueue
+
+    queue = RequestQueue(tiny_model, EcsoConfig(), 2, 1, guard, "yes-no")
+    try:
+        assert queue.stats()["judge_model"] == Path(guard.path).name
+    finally:
+        queue.close()
