@@ -1,5 +1,5 @@
 """StepGate: an `on_progress` callback that holds a call at a chosen point until the call's token
-is cancelled. Cancel and Ctrl-C tests synchronize on it, never on a sleep: the cancel is sent once
+is cancelled, and counts what the call still reports there afterwards. Cancel and Ctrl-C tests synchronize on it, never on a sleep: the cancel is sent once
 the call is known to be inside the step it targets, and the step cannot finish before the cancel
 lands, on an idle machine, a loaded one or one core alike.
 
@@ -28,9 +28,15 @@ class StepGate:
         self.step, self.phase, self.at = step, phase, at
         self.on_reached = on_reached
         self.reached = threading.Event()
+        # progress the call reported in the gate's (step, phase) after the gate let it go: the work
+        # it did after the cancel, counted in tokens (or encoder check points), not in seconds
+        self.after_release = 0
 
     def __call__(self, step: str, phase: str, done: int, total: int) -> None:
-        if self.reached.is_set() or step != self.step or phase != self.phase or done < self.at:
+        if self.reached.is_set():
+            self.after_release += step == self.step and phase == self.phase
+            return
+        if step != self.step or phase != self.phase or done < self.at:
             return
         self.reached.set()
         if self.on_reached is not None:
