@@ -90,7 +90,7 @@ std::string drop_think(const std::string & s, bool empty_only) {
 }
 
 // ---- Llama Guard 3 ---------------------------------------------------------------------------------
-// Model card https://github.com/meta-llama/PurpleLlama/blob/main/Llama-Guard3/8B/MODEL_CARD.md and
+// Model cards in https://github.com/meta-llama/PurpleLlama/tree/main/Llama-Guard3 (8B, 1B) and
 // https://www.llama.com/docs/model-cards-and-prompt-formats/llama-guard-3/ ; the text is the user
 // turn of the Hugging Face chat template of meta-llama/Llama-Guard-3-8B (S1..S14) and
 // meta-llama/Llama-Guard-3-1B (S1..S13 by default) for a user + assistant conversation, where the
