@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from . import _core
 from ._core import CancelToken
 from .arguments import INT32_MAX, bool_arg, callable_arg, int_arg, optional_bool_arg
-from .errors import ConfigError
+from .errors import CancelledError, ConfigError
 from .images import ImageInput, load_rgb
 from .messages import to_core_messages
 from .model import Model, TextModel
