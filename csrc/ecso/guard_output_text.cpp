@@ -11,7 +11,6 @@ const char * const kSpace = " \t\n\r\f\v";
 
 }  // namespace
 
-
 std::string trim(const std::string & s) {
     const size_t b = s.find_first_not_of(kSpace);
     if (b == std::string::npos) {
