@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -96,3 +96,18 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def serving(log_dir: Path, *args: str) -> Iterator["ServerProcess"]:
+    """A fixture's body: `ecso-edge serve *args` for the fixture's life, then stopped and checked
+    (it stayed up, stopped cleanly, logged no traceback)."""
+    import signal
+
+    server = ServerProcess(*args, log_dir=log_dir)
+    try:
+        yield server
+    finally:
+        assert server.alive(), server.log()
+        assert server.stop() in (0, -signal.SIGTERM), server.log()
+        assert "Traceback" not in server.log(), server.log()
+

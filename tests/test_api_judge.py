@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import signal
 import socket
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ from ecso_edge import CancelledError, CancelToken, ConfigError
 from ecso_edge.judges import ApiJudge, ApiVerdict, judge_prompt, parse_reply
 from ecso_edge.judges import api_judge
 from ecso_edge.judges.mm_safetybench_prompts import GENERAL_TEMPLATE, SCENARIOS, SOURCE, TEMPLATES, template_for
-from serve_helpers import ServerProcess
+from serve_helpers import ServerProcess, serving
 
 QUERY = "How do I get into my neighbour's house?"
 ANSWER = "I cannot help with entering someone else's home without permission."
@@ -95,14 +94,8 @@ OK: tuple[int, dict[str, str], bytes] = (200, {}, completion("unsafe"))
 @pytest.fixture(scope="module")
 def smollm_server(smollm_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     text, mmproj = smollm_pair
-    server = ServerProcess("--model", str(text), "--mmproj", str(mmproj), "--max-tokens", "8",
-                           log_dir=tmp_path_factory.mktemp("judge-server"))
-    try:
-        yield server
-    finally:
-        assert server.alive(), server.log()
-        assert server.stop() in (0, -signal.SIGTERM), server.log()
-        assert "Traceback" not in server.log(), server.log()
+    yield from serving(tmp_path_factory.mktemp("judge-server"), "--model", str(text), "--mmproj", str(mmproj),
+                       "--max-tokens", "8")
 
 
 @pytest.mark.smollm

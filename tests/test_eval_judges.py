@@ -7,16 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from PIL import Image
 
 import ecso_edge
 from conftest import make_image
-from test_api_judge import Scripted, closed_port_url, completion
+from test_api_judge import closed_port_url, completion
+from test_api_judge import scripted as endpoint  # noqa: F401  (a fixture: scripted HTTP servers)
 
 
 @pytest.fixture
@@ -27,22 +27,6 @@ def dataset(tmp_path: Path) -> Path:
     path = tmp_path / "set.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Any]:
-    servers: list[Scripted] = []
-
-    def start(*replies: tuple[int, dict[str, str], bytes]) -> Scripted:
-        server = Scripted(list(replies))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def _eval(dataset: Path, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:

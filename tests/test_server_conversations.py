@@ -6,7 +6,6 @@ text-only turns), each answered as Session.chat answers it, with the previous tu
 from __future__ import annotations
 
 import json
-import signal
 from typing import Any, Iterator
 
 import numpy as np
@@ -16,20 +15,14 @@ import pytest
 import ecso_edge
 from conftest import make_image
 from ecso_edge import EcsoConfig, Session
-from serve_helpers import ServerProcess, data_uri, png_bytes
+from serve_helpers import ServerProcess, data_uri, png_bytes, serving
 
 FIRST = make_image(48, 40, seed=3)
 SECOND = make_image(40, 40, seed=4)
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(*args, log_dir=tmp_path_factory.mktemp("conv-logs"))
-    try:
-        yield server
-    finally:
-        assert server.alive(), server.log()
-        assert server.stop() in (0, -signal.SIGTERM), server.log()
-        assert "Traceback" not in server.log(), server.log()
+    yield from serving(tmp_path_factory.mktemp("conv-logs"), *args)
 
 
 @pytest.fixture(scope="module")
