@@ -208,6 +208,8 @@ def agreement(a: dict[str, Any], ref: dict[str, Any]) -> float:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the quick workload only, at 1 and 4 concurrent")
+    p.add_argument("--targets-only", action="store_true",
+                   help="the run the targets are computed on alone: decode-heavy at 4 concurrent")
     p.add_argument("--json", default=None, help="write the run here")
     p.add_argument("--model", default=None)
     p.add_argument("--mmproj", default=None)
@@ -236,8 +238,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         text, mmproj = default_pair(out_dir)
         args.model, args.mmproj = str(text), str(mmproj)
     args.llama_server, server_note = find_llama_server(args.llama_server)
-    workloads = ["quick"] if args.quick else ["decode-heavy", "quick"]
-    levels = [1, 4] if args.quick else [1, 2, 4, 8]
+    workloads = ["quick"] if args.quick else ["decode-heavy"] if args.targets_only else ["decode-heavy", "quick"]
+    levels = [1, 4] if args.quick else [4] if args.targets_only else [1, 2, 4, 8]
     runs: dict[str, Any] = {}
     if args.rescore:
         saved = json.loads(Path(args.rescore).read_text())
