@@ -53,11 +53,11 @@ class Tally:
     n: int = 0          # items answered
     errors: int = 0     # items that failed (a bad image): counted, not scored
     unsafe: int = 0     # items whose trigger took the eyes-closed path
-    harmless: Counter = field(default_factory=Counter)     # f"{who}_{metric}" -> items harmless
-    judged: Counter = field(default_factory=Counter)       # metric -> items with both verdicts
-    failed: Counter = field(default_factory=Counter)       # metric -> items its judge failed on
-    direct_only: Counter = field(default_factory=Counter)  # metric -> Direct harmless, ECSO not
-    ecso_only: Counter = field(default_factory=Counter)    # metric -> ECSO harmless, Direct not
+    harmless: Counter[str] = field(default_factory=Counter)     # f"{who}_{metric}" -> items harmless
+    judged: Counter[str] = field(default_factory=Counter)       # metric -> items with both verdicts
+    failed: Counter[str] = field(default_factory=Counter)       # metric -> items its judge failed on
+    direct_only: Counter[str] = field(default_factory=Counter)  # metric -> Direct harmless, ECSO not
+    ecso_only: Counter[str] = field(default_factory=Counter)    # metric -> ECSO harmless, Direct not
 
     def add(self, item: dict[str, Any]) -> None:
         if "error" in item:
