@@ -1,7 +1,11 @@
 """The evaluation's report, on items whose verdicts are set by hand (no model): the intervals and
 p-values against values computed here from their textbook formulas (not with scipy, which the
 report uses), the tables in both layouts, the CSV and JSON, the figure's artist tree, the HTML page
-holding every item, the report without matplotlib, and `ecso-edge report` drawing it again."""
+holding every item, the report without matplotlib, and `ecso-edge report` drawing it again. The
+metrics are the keyword metric and a guard model (its verdicts set by hand); the self-judge is the
+trigger, whose unsafe rate is shown and on which no harmless rate is computed. A judgement the
+guard failed is counted apart, and a report.json of an older ecso-edge (which scored the trigger's
+verdicts as a "judge" metric) still loads, with the keyword metric only."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from ecso_edge.errors import ConfigError, OutputError
 from ecso_edge.evaluate import EvalReport
 from ecso_edge.report import stats
 from ecso_edge.report.eval_figure import eval_figure
-from ecso_edge.report.eval_tables import markdown_table, paper_table, read_report, write_report
+from ecso_edge.report.eval_tables import header, markdown_table, paper_table, read_report, write_report
 
 Z = NormalDist().inv_cdf(0.975)
 
@@ -80,43 +84,98 @@ def test_known_paired_p_values() -> None:
     assert stats.paired_difference(0, 0, 0).p_value is None
 
 
-def item(scenario: str, i: int, direct_kw: bool, ecso_kw: bool, direct_judge: bool, ecso_judge: bool,
-         unsafe: Optional[bool] = None) -> dict[str, Any]:
-    unsafe = (not direct_judge) if unsafe is None else unsafe
+FAILED = "the answer does not fit the guard's context (4096 positions)"
+
+
+def guard_verdict(harmless: Optional[bool], who: str, text: str) -> dict[str, Any]:
+    """A guard metric's verdict on one answer as evaluate() records it: None is a failed judgement."""
+    if harmless is None:
+        return {"unsafe": None, "raw": "", "error": FAILED}
+    return {"unsafe": not harmless, "raw": f"guard on {who}: {'safe' if harmless else 'unsafe'} <i>{text}</i>",
+            "error": None}
+
+
+def item(scenario: str, i: int, unsafe: bool, direct_kw: bool, ecso_kw: bool, direct_guard: Optional[bool],
+         ecso_guard: Optional[bool]) -> dict[str, Any]:
+    """An item as evaluate() writes it. `unsafe`: the trigger (the self-judge) took the eyes-closed
+    path; on the safe path ECSO's answer is the Direct answer."""
+    direct = f"direct answer {scenario} {i}"
+    ecso = f"ecso answer {scenario} {i}" if unsafe else direct
     return {"scenario": scenario, "id": f"{scenario}-{i}", "query": f"question {i} of {scenario} <b>&",
-            "image": f"imgs/{scenario}/{i}.jpg", "direct": f"direct answer {scenario} {i}",
-            "ecso": f"ecso answer {scenario} {i}" if unsafe else f"direct answer {scenario} {i}",
-            "verdict": "yes" if unsafe else "no", "unsafe": unsafe, "judged_unsafe": not direct_judge,
-            "caption": f"caption {i} <script>alert(1)</script>" if unsafe else None, "ecso_judged_unsafe": not ecso_judge,
-            "harmless": {"direct_keyword": direct_kw, "ecso_keyword": ecso_kw, "direct_judge": direct_judge,
-                         "ecso_judge": ecso_judge}}
+            "image": f"imgs/{scenario}/{i}.jpg", "direct": direct, "ecso": ecso,
+            "verdict": "yes" if unsafe else "no", "unsafe": unsafe, "judged_unsafe": unsafe, "trigger": "self",
+            "caption": f"caption {i} <script>alert(1)</script>" if unsafe else None,
+            "harmless": {"direct_keyword": direct_kw, "ecso_keyword": ecso_kw, "direct_guard": direct_guard,
+                         "ecso_guard": ecso_guard},
+            "judges": {"guard": {"direct": guard_verdict(direct_guard, "direct", direct),
+                                 "ecso": guard_verdict(ecso_guard, "ecso", ecso)}}}
+
+
+def known_items() -> list[dict[str, Any]]:
+    """Scenario A, 7 items, the trigger unsafe on 5 (items 2-6). Keyword: Direct 3/7, ECSO 6/7 (1
+    harmless by Direct only, 4 by ECSO only: p = 0.375). Guard: Direct 3/7, ECSO 5/7 (2 by ECSO
+    only: p = 0.5). Scenario B, 10 items, all unsafe by the trigger. Keyword: 0/10 vs 10/10
+    (p = 2/1024). Guard: 9/9 both; item 9's ECSO answer was not judged (the guard failed on it),
+    and its Direct answer is harmful by the guard: counted, it would be a pair ECSO won. One more
+    item of B failed to load."""
+    unsafe = [False, False, True, True, True, True, True]
+    direct_kw = [True, True, True, False, False, False, False]
+    ecso_kw = [True, True, False, True, True, True, True]
+    direct_guard = [True, True, True, False, False, False, False]
+    ecso_guard = [True, True, True, True, True, False, False]
+    items = [item("01-A", i, unsafe[i], direct_kw[i], ecso_kw[i], direct_guard[i], ecso_guard[i]) for i in range(7)]
+    items += [item("02-B", i, True, False, True, True, True) for i in range(9)]
+    items.append(item("02-B", 9, True, False, True, False, None))
+    items.append({"scenario": "02-B", "id": "02-B-broken", "query": "q", "image": "imgs/broken.jpg",
+                  "error": "image file 'imgs/broken.jpg': cannot be decoded"})
+    return items
 
 
 def known_report() -> EvalReport:
-    """Scenario A, 7 items: keyword Direct 3/7, ECSO 6/7 (1 harmless by Direct only, 4 by ECSO
-    only: p = 0.375); judge 3/7 both, the same items. Scenario B, 10 items: keyword 0/10 vs 10/10
-    (p = 2/1024); judge 10/10 both. One more item of B failed to load."""
-    direct_kw = [True, True, True, False, False, False, False]
-    ecso_kw = [True, True, False, True, True, True, True]
-    judge = [True, True, True, False, False, False, False]
-    items = [item("01-A", i, direct_kw[i], ecso_kw[i], judge[i], judge[i]) for i in range(7)]
-    items += [item("02-B", i, False, True, True, True, unsafe=False) for i in range(10)]
-    items.append({"scenario": "02-B", "id": "02-B-broken", "query": "q", "image": "imgs/broken.jpg",
-                  "error": "image file 'imgs/broken.jpg': cannot be decoded"})
-    return EvalReport.from_items(items)
+    return EvalReport.from_items(known_items())
 
 
 def test_counts_and_pairs_of_the_known_report() -> None:
     r = known_report()
+    assert r.metrics == ("keyword", "guard")
     a, b, total = r.per_scenario["01-A"], r.per_scenario["02-B"], r.overall()
-    assert (a.n, a.direct_keyword, a.ecso_keyword, a.keyword_direct_only, a.keyword_ecso_only) == (7, 3, 6, 1, 4)
-    assert (b.n, b.errors, b.direct_keyword, b.ecso_keyword, b.judge_direct_only, b.judge_ecso_only) == (10, 1, 0, 10,
-                                                                                                        0, 0)
+    assert (a.n, a.errors, a.unsafe) == (7, 0, 5) and (b.n, b.errors, b.unsafe) == (10, 1, 10)
+    assert (total.n, total.errors, total.unsafe) == (17, 1, 15)
+    assert dict(a.harmless) == {"direct_keyword": 3, "ecso_keyword": 6, "direct_guard": 3, "ecso_guard": 5}
+    assert dict(b.harmless) == {"direct_keyword": 0, "ecso_keyword": 10, "direct_guard": 9, "ecso_guard": 9}
+    assert (dict(a.judged), dict(a.direct_only), dict(a.ecso_only)) == (
+        {"keyword": 7, "guard": 7}, {"keyword": 1, "guard": 0}, {"keyword": 4, "guard": 2})
+    assert a.failed["guard"] == 0 and a.failed["keyword"] == 0
     assert a.paired("keyword").p_value == pytest.approx(mcnemar_exact(1, 4)) == pytest.approx(0.375)
+    assert a.paired("guard").p_value == pytest.approx(mcnemar_exact(0, 2)) == pytest.approx(0.5)
     assert b.paired("keyword").p_value == pytest.approx(mcnemar_exact(0, 10))
     assert total.paired("keyword").p_value == pytest.approx(mcnemar_exact(1, 14))
-    assert a.paired("judge").p_value == 1.0 and a.paired("judge").difference == 0.0
-    assert (total.n, total.errors, total.unsafe) == (17, 1, 4)
+    assert (total.harmless["direct_guard"], total.harmless["ecso_guard"], total.judged["guard"]) == (12, 14, 16)
+
+
+def test_a_failed_judgement_is_counted_apart_and_left_out_of_the_rates_and_the_paired_test() -> None:
+    b = known_report().per_scenario["02-B"]
+    assert (b.judged["guard"], b.failed["guard"]) == (9, 1) and (b.judged["keyword"], b.failed["keyword"]) == (10, 0)
+    direct, ecso = b.rate("direct_guard"), b.rate("ecso_guard")
+    assert (direct.k, direct.n, ecso.k, ecso.n) == (9, 9, 9, 9)  # item 9 in neither numerator nor denominator
+    d = b.paired("guard")
+    assert (d.n, d.direct_only, d.ecso_only, d.difference, d.p_value) == (9, 0, 0, 0.0, 1.0)
+    total = known_report().overall()
+    assert (total.failed["guard"], total.paired("guard").n, total.paired("guard").ecso_only) == (1, 16, 2)
+    # the keyword metric judged item 9: every item answered counts for it
+    assert b.rate("direct_keyword").n == 10
+
+
+def test_the_trigger_has_an_unsafe_rate_and_no_harmless_rate() -> None:
+    r = known_report()
+    assert header(r)[-1] == "trigger unsafe" and not any("self" in h or "trigger" in h for h in header(r)[:-1])
+    assert r.verdicts() == ("direct_keyword", "ecso_keyword", "direct_guard", "ecso_guard")
+    total = r.overall()
+    assert (total.rate("unsafe_rate").k, total.rate("unsafe_rate").n) == (15, 17)  # over the items answered
+    assert set(total.harmless) == {"direct_keyword", "ecso_keyword", "direct_guard", "ecso_guard"}
+    # an item whose trigger is a guard model: its name is no metric
+    guarded = dict(known_items()[0], trigger="Llama-Guard-3-1B.Q8_0.gguf")
+    assert EvalReport.from_items([guarded]).metrics == ("keyword", "guard")
 
 
 def cell(k: int, n: int) -> str:
@@ -126,22 +185,33 @@ def cell(k: int, n: int) -> str:
 
 def test_markdown_table_shows_each_rate_with_its_interval_and_each_pair_with_its_p() -> None:
     lines = markdown_table(known_report()).splitlines()
-    assert lines[0].split(" | ")[2:5] == ["Direct (keyword)", "ECSO (keyword)", "ECSO - Direct (keyword)"]
-    assert lines[2] == (f"| 01-A | 7 | {cell(3, 7)} | {cell(6, 7)} | +42.9, p = 0.375 | {cell(3, 7)} | {cell(3, 7)} | "
-                        f"+0.0, p = 1.000 | {cell(4, 7)} |")
-    assert lines[3].startswith(f"| 02-B | 10 | {cell(0, 10)} | {cell(10, 10)} | +100.0, p = 0.002 | ")
-    assert lines[4].startswith(f"| **overall** | 17 | {cell(3, 17)} | {cell(16, 17)} | +76.5, p < 0.001 | ")
+    assert lines[0] == ("| scenario | n | Direct (keyword) | ECSO (keyword) | ECSO - Direct (keyword) | Direct (guard) | "
+                        "ECSO (guard) | ECSO - Direct (guard) | not judged (guard) | trigger unsafe |")
+    assert lines[1] == "|" + "---|" * 10
+    assert lines[2] == (f"| 01-A | 7 | {cell(3, 7)} | {cell(6, 7)} | +42.9, p = 0.375 | {cell(3, 7)} | {cell(5, 7)} | "
+                        f"+28.6, p = 0.500 | 0 | {cell(5, 7)} |")
+    assert lines[3] == (f"| 02-B | 10 | {cell(0, 10)} | {cell(10, 10)} | +100.0, p = 0.002 | {cell(9, 9)} | "
+                        f"{cell(9, 9)} | +0.0, p = 1.000 | 1 | {cell(10, 10)} |")
+    assert lines[4] == (f"| **overall** | 17 | {cell(3, 17)} | {cell(16, 17)} | +76.5, p < 0.001 | {cell(12, 16)} | "
+                        f"{cell(14, 16)} | +12.5, p = 0.500 | 1 | {cell(15, 17)} |")
+    assert len(lines) == 5
 
 
 def test_paper_layout_rows_are_scenarios_columns_direct_and_ecso_and_the_mean_last() -> None:
     lines = paper_table(known_report()).splitlines()
-    assert lines[0] == "| scenario | Direct (keyword) | ECSO (keyword) | Direct (judge) | ECSO (judge) |"
-    assert lines[2:] == ["| 01-A | 42.9 | 85.7 | 42.9 | 42.9 |", "| 02-B | 0.0 | 100.0 | 100.0 | 100.0 |",
-                         "| **average** | 21.4 | 92.9 | 71.4 | 71.4 |"]  # (300 / 7 + 100) / 2 = 71.43
+    assert lines[0] == "| scenario | Direct (keyword) | ECSO (keyword) | Direct (guard) | ECSO (guard) |"
+    assert lines[2:] == ["| 01-A | 42.9 | 85.7 | 42.9 | 71.4 |", "| 02-B | 0.0 | 100.0 | 100.0 | 100.0 |",
+                         "| **average** | 21.4 | 92.9 | 71.4 | 85.7 |"]  # (300 / 7 + 100) / 2 = 71.43
 
 
 def test_csv_and_json_carry_the_intervals_and_the_paired_test(tmp_path: Path) -> None:
     paths = write_report(known_report(), tmp_path, "known")
+    with open(paths["csv"]) as f:
+        head = next(csv.reader(f))
+    rates = ["direct_keyword", "ecso_keyword", "direct_guard", "ecso_guard", "unsafe_rate"]
+    assert head == ["scenario", "n", "errors"] + [f"{r}{s}" for r in rates for s in ("", "_low", "_high")] + [
+        f"{m}_{c}" for m in ("keyword", "guard") for c in ("judged", "failed", "difference", "direct_only", "ecso_only",
+                                                            "p")]
     with open(paths["csv"]) as f:
         rows = {r["scenario"]: r for r in csv.DictReader(f)}
     assert list(rows) == ["01-A", "02-B", "overall"]
@@ -150,42 +220,65 @@ def test_csv_and_json_carry_the_intervals_and_the_paired_test(tmp_path: Path) ->
     assert (float(a["direct_keyword"]), float(a["direct_keyword_low"]), float(a["direct_keyword_high"])) == (
         pytest.approx(100 * 3 / 7, abs=0.005), pytest.approx(100 * low, abs=0.005), pytest.approx(100 * high, abs=0.005))
     assert (a["keyword_direct_only"], a["keyword_ecso_only"], float(a["keyword_p"])) == ("1", "4", pytest.approx(0.375))
-    assert float(rows["02-B"]["keyword_p"]) == pytest.approx(2 / 1024, rel=1e-5) and rows["02-B"]["errors"] == "1"
+    assert (a["guard_judged"], a["guard_failed"], a["guard_ecso_only"], a["guard_p"]) == ("7", "0", "2", "0.5")
+    assert float(a["unsafe_rate"]) == pytest.approx(100 * 5 / 7, abs=0.005)
+    b = rows["02-B"]
+    assert float(b["keyword_p"]) == pytest.approx(2 / 1024, rel=1e-5) and b["errors"] == "1"
+    assert (b["guard_judged"], b["guard_failed"], b["guard_p"], b["direct_guard"]) == ("9", "1", "1", "100.0")
+    assert (b["keyword_judged"], b["keyword_failed"]) == ("10", "0")
     data = json.loads(paths["json"].read_text())
+    assert data["metrics"] == ["keyword", "guard"]
     b = data["per_scenario"]["02-B"]
+    assert {k: b[k] for k in ("n", "errors", "unsafe", "harmless", "judged", "failed", "direct_only", "ecso_only")} == {
+        "n": 10, "errors": 1, "unsafe": 10,
+        "harmless": {"direct_keyword": 0, "ecso_keyword": 10, "direct_guard": 9, "ecso_guard": 9},
+        "judged": {"keyword": 10, "guard": 9}, "failed": {"keyword": 0, "guard": 1},
+        "direct_only": {"keyword": 0, "guard": 0}, "ecso_only": {"keyword": 10, "guard": 0}}
+    assert list(b["intervals"]) == rates
     assert b["intervals"]["direct_keyword"] == {"k": 0, "n": 10, "rate": 0.0, "low": 0.0,
                                                 "high": pytest.approx(100 * wilson(0, 10)[1], abs=1e-6)}
-    assert b["paired"]["keyword"] == {"difference": 100.0, "direct_only": 0, "ecso_only": 10,
-                                      "p_value": pytest.approx(2 / 1024)}
-    assert b["rates"]["ecso_keyword"] == 100.0 and b["ecso_keyword"] == 10  # a rate in percent, a count
-    assert data["overall"]["n"] == 17 and "Wilson" in data["statistics"]["interval"]
-    assert len(data["items"]) == 18
+    assert b["intervals"]["ecso_guard"] == {"k": 9, "n": 9, "rate": 100.0,
+                                            "low": pytest.approx(100 * wilson(9, 9)[0], abs=1e-6), "high": 100.0}
+    assert b["intervals"]["unsafe_rate"]["k"] == 10 and b["intervals"]["unsafe_rate"]["n"] == 10
+    assert b["paired"] == {"keyword": {"difference": 100.0, "direct_only": 0, "ecso_only": 10,
+                                       "p_value": pytest.approx(2 / 1024)},
+                           "guard": {"difference": 0.0, "direct_only": 0, "ecso_only": 0, "p_value": 1.0}}
+    overall = data["overall"]
+    assert overall["n"] == 17 and overall["paired"]["guard"]["difference"] == pytest.approx(12.5)
+    assert "Wilson" in data["statistics"]["interval"]
+    assert len(data["items"]) == 18 and data["items"] == known_items()
 
 
 def test_a_scenario_with_only_errors_has_no_rates_and_valid_json(tmp_path: Path) -> None:
     r = EvalReport.from_items([{"scenario": "03-C", "id": "x", "query": "q", "error": "broken"}])
+    assert r.metrics == ("keyword",)
     paths = write_report(r, tmp_path, "errors only")
-    assert "| 03-C | 0 | n/a | n/a | n/a |" in paths["md"].read_text()
+    assert "| 03-C | 0 | n/a | n/a | n/a | n/a |" in paths["md"].read_text()
     data = json.loads(paths["json"].read_text())  # NaN would not parse as strict JSON: null instead
-    assert data["overall"]["rates"]["direct_keyword"] is None and data["overall"]["paired"]["judge"]["p_value"] is None
+    assert data["overall"]["intervals"]["direct_keyword"]["rate"] is None
+    assert data["overall"]["intervals"]["unsafe_rate"]["rate"] is None
+    assert data["overall"]["paired"] == {"keyword": {"difference": None, "direct_only": 0, "ecso_only": 0,
+                                                     "p_value": None}}
 
 
 def test_eval_figure_has_a_panel_per_metric_with_bars_whiskers_legend_and_labels() -> None:
     report = known_report()
     fig = eval_figure(report, "known")
-    keyword, judge = fig.axes
-    assert "keyword" in keyword.get_title(loc="left") and "judge" in judge.get_title(loc="left")
-    for ax in (keyword, judge):
+    keyword, guard = fig.axes
+    assert "keyword" in keyword.get_title(loc="left") and "guard" in guard.get_title(loc="left")
+    for ax in (keyword, guard):
         assert ax.get_ylabel() == "harmless rate (%)"
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Direct", "ECSO"]
         bars = [c for c in ax.containers if c.__class__.__name__ == "BarContainer"]
         assert [c.get_label() for c in bars] == ["Direct", "ECSO"] and all(len(c) == 3 for c in bars)
-        assert sorted(t.get_text() for t in ax.texts) == sorted(["p = 0.375", "p = 0.002", "p < 0.001"]
-                                                                if ax is keyword else ["p = 1.000"] * 3)
-    assert judge.get_xlabel() == "scenario"
-    assert [t.get_text() for t in judge.get_xticklabels()] == ["01-A\n(n=7)", "02-B\n(n=10)", "overall\n(n=17)"]
+    assert [t.get_text() for t in keyword.texts] == ["p = 0.375", "p = 0.002", "p < 0.001"]
+    assert [t.get_text() for t in guard.texts] == ["p = 0.500", "p = 1.000", "p = 0.500"]
+    assert guard.get_xlabel() == "scenario"
+    assert [t.get_text() for t in guard.get_xticklabels()] == ["01-A\n(n=7)", "02-B\n(n=10)", "overall\n(n=17)"]
     direct, ecso = (c for c in keyword.containers if c.__class__.__name__ == "BarContainer")
     assert [round(p.get_height(), 6) for p in ecso] == [round(100 * 6 / 7, 6), 100.0, round(100 * 16 / 17, 6)]
+    _, guard_ecso = (c for c in guard.containers if c.__class__.__name__ == "BarContainer")
+    assert [round(p.get_height(), 6) for p in guard_ecso] == [round(100 * 5 / 7, 6), 100.0, 87.5]  # 14 of 16 judged
     # the whiskers span each Wilson interval
     whiskers = direct.errorbar.lines[2][0].get_segments()
     expected = [wilson(3, 7), wilson(0, 10), wilson(3, 17)]
@@ -228,11 +321,21 @@ def test_html_report_is_self_contained_and_holds_every_item(tmp_path: Path) -> N
         for key in ("direct", "ecso", "caption", "error"):
             if i.get(key):
                 assert i[key] in text, (i["id"], key)
-    assert "02-B (11 items)" in text and "judged unsafe" in text and "harmless" in text
+        for who in ("direct", "ecso"):
+            v = i.get("judges", {}).get("guard", {}).get(who)
+            if v is not None:  # each guard verdict's raw text, or why the guard failed
+                assert (v["raw"] if v["error"] is None else f"failed: {v['error']}") in text, (i["id"], who)
+    assert "02-B (11 items)" in text and "trigger: unsafe" in text and "trigger: safe" in text
+    assert "guard: Direct not harmless, ECSO not judged" in text  # 02-B-9, whose ECSO answer was not judged
+    assert "keyword: Direct harmless, ECSO harmless; guard: Direct harmless, ECSO harmless" in text
+    assert "trigger's verdict (step 2, self)" in text
+    raw = paths["html"].read_text(encoding="utf-8")
+    assert "<i>direct answer 01-A 0</i>" not in raw and "&lt;i&gt;direct answer 01-A 0&lt;/i&gt;" in raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in raw and "&lt;b&gt;&amp;" in raw
     (figure,) = page.sources  # the figure only, inlined
     assert figure.startswith("data:image/png;base64,")
     assert base64.b64decode(figure.split(",", 1)[1]) == paths["png"].read_bytes()
-    assert "+42.9, p = 0.375" in text
+    assert "+42.9, p = 0.375" in text and "+28.6, p = 0.500" in text
 
 
 def test_without_matplotlib_the_reports_say_how_to_get_the_figures(
@@ -259,11 +362,63 @@ def test_report_command_draws_everything_again_from_the_json(tmp_path: Path) -> 
     assert (tmp_path / "b" / "report.csv").read_text() == first["csv"].read_text()
 
 
+def old_format_items() -> list[dict[str, Any]]:
+    """Items as an older ecso-edge wrote them: the trigger's verdicts on both answers scored as a
+    "judge" metric (`direct_judge`, `ecso_judge`, `ecso_judged_unsafe`), no `judges`, no `trigger`."""
+    out = []
+    for i, (unsafe, direct_kw, ecso_kw) in enumerate([(False, True, True), (True, False, True), (True, False, False)]):
+        direct = f"direct answer {i}"
+        out.append({"scenario": "01-A", "id": f"01-A-{i}", "query": f"question {i}", "image": f"imgs/{i}.jpg",
+                    "direct": direct, "ecso": f"ecso answer {i}" if unsafe else direct,
+                    "verdict": "yes" if unsafe else "no", "unsafe": unsafe, "judged_unsafe": unsafe,
+                    "caption": f"caption {i}" if unsafe else None, "ecso_judged_unsafe": False,
+                    "harmless": {"direct_keyword": direct_kw, "ecso_keyword": ecso_kw, "direct_judge": not unsafe,
+                                 "ecso_judge": True}})
+    return out
+
+
+def test_an_older_report_loads_with_the_keyword_metric_and_the_trigger_only(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "report.json").write_text(json.dumps({"title": "an old run", "run": {"variant": "TYPO"},
+                                                 "items": old_format_items()}))
+    report, title, run = read_report(old / "report.json")
+    assert (title, run) == ("an old run", {"variant": "TYPO"})
+    assert report.metrics == ("keyword",) and report.verdicts() == ("direct_keyword", "ecso_keyword")
+    assert all(set(i["harmless"]) == {"direct_keyword", "ecso_keyword"} for i in report.items)
+    t = report.overall()
+    assert (t.n, t.unsafe, dict(t.harmless), dict(t.judged)) == (3, 2, {"direct_keyword": 1, "ecso_keyword": 2},
+                                                                  {"keyword": 3})
+    assert markdown_table(report).splitlines() == [
+        "| scenario | n | Direct (keyword) | ECSO (keyword) | ECSO - Direct (keyword) | trigger unsafe |",
+        "|---|---|---|---|---|---|",
+        f"| 01-A | 3 | {cell(1, 3)} | {cell(2, 3)} | +33.3, p = 1.000 | {cell(2, 3)} |",
+        f"| **overall** | 3 | {cell(1, 3)} | {cell(2, 3)} | +33.3, p = 1.000 | {cell(2, 3)} |"]
+    paths = write_report(report, tmp_path / "again", "an old run")
+    data = json.loads(paths["json"].read_text())
+    assert data["metrics"] == ["keyword"] and list(data["overall"]["intervals"]) == [
+        "direct_keyword", "ecso_keyword", "unsafe_rate"]
+    assert paths["csv"].read_text().splitlines()[0] == (
+        "scenario,n,errors,direct_keyword,direct_keyword_low,direct_keyword_high,ecso_keyword,ecso_keyword_low,"
+        "ecso_keyword_high,unsafe_rate,unsafe_rate_low,unsafe_rate_high,keyword_judged,keyword_failed,"
+        "keyword_difference,keyword_direct_only,keyword_ecso_only,keyword_p")
+    assert "trigger&#x27;s verdict (step 2, self)" in paths["html"].read_text()
+    assert [ax.get_title(loc="left").split(":")[0] for ax in eval_figure(report, "old").axes] == ["keyword metric"]
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "not found: give the folder eval wrote"),
     ("{not json", "cannot be read as JSON"),
     ('{"title": "x"}', "is not an eval report"),
     ('{"items": [{"scenario": "a", "id": "1", "query": "q", "direct": "d"}]}', "item 0 is not an item"),
+    ('{"items": [1]}', "item 0 is not an item"),
+    # a guard verdict that is no verdict, and a judge that is no metric
+    ('{"items": [{"scenario": "a", "id": "1", "query": "q", "direct": "d", "ecso": "d", "verdict": "no", '
+     '"unsafe": false, "caption": null, "judges": {"guard": {}}, "harmless": {"direct_keyword": true, '
+     '"ecso_keyword": true, "direct_guard": "yes", "ecso_guard": true}}]}', "item 0 is not an item"),
+    ('{"items": [{"scenario": "a", "id": "1", "query": "q", "direct": "d", "ecso": "d", "verdict": "no", '
+     '"unsafe": false, "caption": null, "judges": {"self": {}}, "harmless": {"direct_keyword": true, '
+     '"ecso_keyword": true, "direct_self": true, "ecso_self": true}}]}', "item 0 is not an item"),
 ])
 def test_report_of_a_wrong_file_is_a_config_error(tmp_path: Path, content: Optional[str], message: str) -> None:
     path = tmp_path / "report.json"

@@ -92,16 +92,11 @@ def _outcomes(session: Session, items: list[tuple[str, Record]], image_root: Pat
     return results
 
 
-def _trigger_verdict(r: EcsoResult) -> dict[str, Any]:
-    """The trigger's own reading of the Direct answer, as a guard metric's verdict: when the guard
-    is also the trigger it judged exactly this prompt (greedy, and reuse changes no token)."""
-    return {"unsafe": r.judged_unsafe if r.judge_parsed else None, "raw": r.verdict_text,
-            "error": None if r.judge_parsed else "the output is not in the judge's format"}
-
-
-def _judge_item(judge: EvalJudge, scenario: str, query: str, r: EcsoResult, trigger_is_judge: bool,
+def _judge_item(judge: EvalJudge, scenario: str, query: str, r: EcsoResult,
                 cancel: Optional[CancelToken]) -> dict[str, dict[str, Any]]:
-    direct = _trigger_verdict(r) if trigger_is_judge else judge.verdict(scenario, query, r.initial_answer, cancel)
+    # The Direct answer goes to the judge even when a guard model was the trigger: the trigger may
+    # be another model or format than this judge, and both answers must have the same judge.
+    direct = judge.verdict(scenario, query, r.initial_answer, cancel)
     # On the safe path ECSO's answer is the Direct answer: the same text gets the same verdict.
     ecso = judge.verdict(scenario, query, r.answer, cancel) if r.unsafe else dict(direct)
     return {"direct": direct, "ecso": ecso}
@@ -143,8 +138,7 @@ def evaluate(
                              harmless={"direct_keyword": is_refusal(r.initial_answer),
                                        "ecso_keyword": is_refusal(r.answer)}, judges={})
                 for judge in judges:
-                    trigger_is_judge = judge.name == "guard" and r.judge_model != "self"
-                    verdicts = _judge_item(judge, scenario, record.query, r, trigger_is_judge, cancel)
+                    verdicts = _judge_item(judge, scenario, record.query, r, cancel)
                     entry["judges"][judge.name] = verdicts
                     for who in ("direct", "ecso"):
                         entry["harmless"][f"{who}_{judge.name}"] = _harmless(verdicts[who])

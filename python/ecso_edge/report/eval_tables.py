@@ -27,8 +27,9 @@ def trigger_line(run: Optional[dict[str, Any]]) -> str:
     trigger = (run or {}).get("trigger", "self")
     if trigger == "self":
         return "ECSO's trigger (step 2): the model's own self-judge."
-    return (f"ECSO's trigger (step 2): the guard model {trigger}, which is also the guard metric: on the Direct "
-            "answer the guard metric is the trigger's own verdict.")
+    return (f"ECSO's trigger (step 2): the guard model {trigger}, which is also the guard metric. Every answer it "
+            "called unsafe was replaced, so by the guard metric ECSO cannot score below Direct: read its "
+            "difference as the trigger's, and the keyword and api metrics as the independent ones.")
 
 
 def header(report: EvalReport) -> list[str]:
