@@ -72,6 +72,11 @@ def long_server(logs: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
+def parallel_long_server(logs: Path) -> Iterator[ServerProcess]:
+    yield from _server(logs, "--config", LONG_CONFIG, "--parallel", "2", n_ctx=LONG_CTX)
+
+
+@pytest.fixture(scope="module")
 def pixels() -> np.ndarray:
     from conftest import make_image
 
@@ -564,6 +569,50 @@ def test_non_streaming_client_that_disconnects_cancels_its_generation(
     s.close()
     h = wait_for(long_server, lambda h: not h["running"] and h["cancelled"] == before["cancelled"] + 1)
     assert h["completed"] == before["completed"] and h["failed"] == before["failed"]
+
+
+def _final_chunk(lines: Iterator[str]) -> dict[str, Any]:
+    """Reads a stream to its end and returns the chunk with finish_reason (checking [DONE] follows)."""
+    data = [line[len("data:"):].strip() for line in lines if line.startswith("data:")]
+    assert data[-1] == "[DONE]"
+    final = json.loads(data[-2])
+    assert final["choices"][0]["finish_reason"] is not None
+    return final  # type: ignore[no-any-return]
+
+
+SURVIVOR_TOKENS = 400
+
+
+def test_a_disconnect_under_parallel_stops_only_its_own_request(
+        parallel_long_server: ServerProcess, image_uri: str) -> None:
+    server = parallel_long_server
+    survivor = chat_body(image_uri, "another " + QUERY, max_tokens=SURVIVOR_TOKENS, stream=True)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=survivor, timeout=120) as alone:
+        reference = _final_chunk(alone.iter_lines())
+    before = health(server)
+    victim_body = chat_body(image_uri, QUERY, max_tokens=LONG_TOKENS, stream=True)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=survivor, timeout=120) as other:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=victim_body, timeout=120) as victim:
+            victim_lines = victim.iter_lines()
+            for line in victim_lines:  # the victim streams step 4: it is running
+                if line.startswith("data:"):
+                    break
+            other_lines = other.iter_lines()
+            for line in other_lines:  # the other request streams too, in the same context
+                if line.startswith("data:"):
+                    break
+            # both were in flight together (the victim still has thousands of tokens to go)
+            assert health(server)["engine"]["max_in_flight"] == 2
+        # the victim's client goes away (most likely while the other is still streaming; the
+        # checks below hold either way): only its generation stops
+        final = _final_chunk(other_lines)
+    assert final["choices"][0]["finish_reason"] == reference["choices"][0]["finish_reason"] == "length"
+    assert final["usage"]["completion_tokens"] == reference["usage"]["completion_tokens"] == SURVIVOR_TOKENS
+    assert final["ecso"]["unsafe"] is True and "error" not in final
+    h = wait_for(server, lambda h: not h["running"])
+    assert h["cancelled"] == before["cancelled"] + 1
+    assert h["completed"] == before["completed"] + 1 and h["failed"] == before["failed"]
+    assert h["parallel"] == 2
 
 
 def test_an_app_and_its_session_are_freed_with_their_last_reference(tiny_model: ecso_edge.Model) -> None:
