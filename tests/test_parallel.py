@@ -243,6 +243,45 @@ def test_a_waiting_call_can_be_cancelled(tiny_model: ecso_edge.Model) -> None:
             t.join()
 
 
+def test_a_cancel_wakes_a_call_that_waits_for_a_slot(tiny_model: ecso_edge.Model) -> None:
+    session = Session(tiny_model, parallel=1)
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold(piece: str) -> None:
+        holding.set()
+        release.wait()  # the only slot stays taken until the test lets go
+
+    busy = threading.Thread(target=session.answer, args=(make_image(), "hold"),
+                            kwargs={"max_tokens": 2, "on_token": hold})
+    busy.start()
+    holding.wait()
+    token = CancelToken()
+    out: list[Any] = []
+
+    def wait_for_slot() -> None:
+        try:
+            session.run(make_image(seed=1), "hello", max_tokens=4, cancel=token)
+        except CancelledError as e:
+            out.append(e)
+
+    waiter = threading.Thread(target=wait_for_slot)
+    try:
+        waiter.start()
+        while session.engine_stats()["waiting"] == 0:  # state, not time: the call is in its wait
+            waiter.join(0.01)
+        token.cancel()
+        # the slot is still taken: only the token's wake can end the wait (the join's bound is a
+        # hang guard, not a speed check)
+        waiter.join(120)
+        assert not waiter.is_alive() and "cancelled while waiting for a free slot" in str(out[0])
+        assert session.engine_stats()["waiting"] == 0 and session.engine_stats()["requests"] == 1
+    finally:
+        release.set()
+        busy.join()
+        waiter.join()
+
+
 def test_conversations_keep_their_cache_per_slot(tiny_model: ecso_edge.Model) -> None:
     img = make_image(seed=5)
     turn1 = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "What is it?"}]}]

@@ -247,11 +247,12 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
                 d["batched_tokens"] = st.batched_tokens;
                 d["rounds"] = st.rounds;
                 d["max_in_flight"] = st.max_in_flight;
+                d["waiting"] = st.waiting;
                 d["parallel"] = s.parallel();
                 return d;
             },
-            "Requests started, llama_decode calls, tokens evaluated over them, scheduler rounds and the most "
-            "requests in flight at once.")
+            "Requests started, llama_decode calls, tokens evaluated over them, scheduler rounds, the most "
+            "requests in flight at once, and the calls waiting for a free slot now.")
         .def(
             "run",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,

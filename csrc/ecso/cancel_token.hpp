@@ -10,7 +10,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
+#include <list>
 #include <mutex>
+#include <utility>
 
 namespace ecso {
 
@@ -20,9 +23,34 @@ public:
         {
             std::lock_guard<std::mutex> lock(mutex_);
             flag_.store(true);
+            for (const auto & wake : wakers_) {
+                wake();
+            }
         }
         changed_.notify_all();
     }
+
+    // While the returned guard lives, cancel() also calls `wake`, so a wait on another condition
+    // variable (a free slot, say) ends at the cancel instead of polling the token. `wake` runs on
+    // the cancelling thread with the token's lock held: it must not call back into this token, and
+    // a waiter must take the guard before any lock that `wake` takes.
+    class WakeGuard {
+    public:
+        WakeGuard(const CancelToken & token, std::function<void()> wake) : token_(token) {
+            std::lock_guard<std::mutex> lock(token_.mutex_);
+            it_ = token_.wakers_.insert(token_.wakers_.end(), std::move(wake));
+        }
+        ~WakeGuard() {
+            std::lock_guard<std::mutex> lock(token_.mutex_);
+            token_.wakers_.erase(it_);
+        }
+        WakeGuard(const WakeGuard &) = delete;
+        WakeGuard & operator=(const WakeGuard &) = delete;
+
+    private:
+        const CancelToken & token_;
+        std::list<std::function<void()>>::iterator it_;
+    };
 
     bool cancelled() const { return flag_.load(std::memory_order_relaxed); }
 
@@ -41,6 +69,7 @@ private:
     std::atomic<bool> flag_{false};
     mutable std::mutex mutex_;
     mutable std::condition_variable changed_;
+    mutable std::list<std::function<void()>> wakers_;
 };
 
 }  // namespace ecso

@@ -8,6 +8,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 
 #include "ecso/batch_scheduler.hpp"
 #include "ecso/conversation_cache.hpp"
@@ -101,6 +102,7 @@ private:
     uint64_t tick_ = 0;  // for Slot::last_used
     int in_flight_ = 0;
     int max_in_flight_ = 0;
+    int waiting_ = 0;  // calls in acquire() with every slot busy
 };
 
 // Holds a slot for one call (or one run_many lane) and gives it back, whatever happens.
@@ -168,6 +170,15 @@ void EcsoSession::Impl::cancel() {
 
 size_t EcsoSession::Impl::acquire(const Conversation * messages, const CancelToken * cancel, bool join) {
     const std::vector<uint64_t> prints = messages ? fingerprints(*messages) : std::vector<uint64_t>();
+    // A cancel wakes the wait below. Taking the slots' lock before notifying means the cancel
+    // lands either before the waiter looks at the token or while it waits, never in between.
+    std::optional<CancelToken::WakeGuard> wake;
+    if (cancel != nullptr) {
+        wake.emplace(*cancel, [this] {
+            { std::lock_guard<std::mutex> held(slots_mutex_); }
+            slot_freed_.notify_all();
+        });
+    }
     std::unique_lock<std::mutex> lock(slots_mutex_);
     for (;;) {
         // A conversation: the free slot that holds the most of it; with none, the one least
@@ -211,8 +222,9 @@ size_t EcsoSession::Impl::acquire(const Conversation * messages, const CancelTok
         if (cancel != nullptr && cancel->cancelled()) {
             throw CancelledError("cancelled while waiting for a free slot");
         }
-        // The token has no way to wake this wait: look at it a few times a second.
-        slot_freed_.wait_for(lock, std::chrono::milliseconds(100));
+        ++waiting_;
+        slot_freed_.wait(lock);
+        --waiting_;
     }
 }
 
@@ -428,6 +440,7 @@ EngineStats EcsoSession::Impl::engine_stats() {
     std::lock_guard<std::mutex> lock(slots_mutex_);
     out.requests = requests_;
     out.max_in_flight = max_in_flight_;
+    out.waiting = waiting_;
     return out;
 }
 

@@ -13,6 +13,7 @@ struct EngineStats {
     uint64_t batched_tokens = 0;  // tokens evaluated over all decode calls (image positions included)
     uint64_t rounds = 0;          // scheduler rounds (0 for a session with one lane)
     int32_t max_in_flight = 0;    // most requests running at once
+    int32_t waiting = 0;          // calls waiting for a free slot now
 };
 
 // What a conversation cache keeps between chat calls.

@@ -294,7 +294,8 @@ class Session:
     def engine_stats(self) -> dict[str, int]:
         """What the decoder did over this session's life, so batching can be seen: ``requests``,
         ``decode_calls`` (llama_decode calls), ``batched_tokens`` (tokens evaluated over them),
-        ``rounds`` (scheduler rounds; 0 with parallel=1), ``max_in_flight`` and ``parallel``."""
+        ``rounds`` (scheduler rounds; 0 with parallel=1), ``max_in_flight``, ``waiting`` (calls waiting
+        for a free slot now) and ``parallel``."""
         return self._core.engine_stats()
 
     def cache_info(self) -> dict[str, int]:
