@@ -29,6 +29,9 @@ const char * error_class(const std::exception_ptr & p, std::string & what) {
     } catch (const ecso::ConfigError & e) {
         what = e.what();
         return "ConfigError";
+    } catch (const ecso::StateFileError & e) {
+        what = e.what();
+        return "StateFileError";
     } catch (const ecso::Error & e) {
         what = e.what();
         return "EcsoError";

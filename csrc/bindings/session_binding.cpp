@@ -320,9 +320,40 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
                 d["images"] = st.images;
                 d["embedding_bytes"] = st.embedding_bytes;
                 d["captions"] = st.captions;
+                d["hits"] = st.hits;
+                d["misses"] = st.misses;
+                d["evictions"] = st.evictions;
                 return d;
             },
-            "What chat() keeps between calls: conversations and images, with their bytes, and captions.")
+            "What chat() keeps between calls: conversations and images, with their bytes, and captions; the "
+            "chat calls that found a saved conversation to continue (hits) or none (misses), and the entries "
+            "dropped for the bounds (evictions).")
+        .def(
+            "save_state",
+            [](ecso::EcsoSession & s, const std::string & path) {
+                py::gil_scoped_release release;  // waits for the calls in progress, then writes
+                s.save_state(path);
+            },
+            py::arg("path"),
+            "Writes what chat() keeps to `path`, atomically (the previous file or the new one, never a broken one).")
+        .def(
+            "load_state",
+            [](ecso::EcsoSession & s, const std::string & path) {
+                const ecso::CacheStats st = [&] {
+                    py::gil_scoped_release release;
+                    return s.load_state(path);
+                }();
+                py::dict d;
+                d["conversations"] = st.conversations;
+                d["images"] = st.images;
+                d["captions"] = st.captions;
+                d["state_bytes"] = st.state_bytes;
+                d["embedding_bytes"] = st.embedding_bytes;
+                return d;
+            },
+            py::arg("path"),
+            "Replaces what chat() keeps with a state file's, after checking all of it (StateFileError: the "
+            "cache is unchanged).")
         .def(
             "clear_cache",
             [](ecso::EcsoSession & s) {

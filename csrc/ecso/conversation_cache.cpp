@@ -43,13 +43,16 @@ size_t ConversationCache::restore_best(DecodingEngine & engine, int seq, const P
         }
     }
     if (best == saved_.end()) {
+        ++misses_;
         return 0;
     }
     const size_t read = engine.restore_sequence(seq, best->state);
     if (read == 0) {
         kv.clear();  // a failed restore leaves nothing to trust
+        ++misses_;
         return 0;
     }
+    ++hits_;
     kv.adopt(seq, best->items);
     best->used = ++tick_;
     if (best_shared >= best->turn_end) {
@@ -125,10 +128,7 @@ void ConversationCache::trim(Embeddings & embeddings) {
     while (saved_.size() > static_cast<size_t>(max_conversations_)) {
         auto oldest = std::min_element(saved_.begin(), saved_.end(),
                                        [](const Saved & a, const Saved & b) { return a.used < b.used; });
-        if (oldest == continued_) {
-            continued_ = saved_.end();
-        }
-        saved_.erase(oldest);
+        evict(oldest);
     }
     const uint64_t limit = max_bytes_ * 1024 * 1024;
     for (;;) {
@@ -151,15 +151,13 @@ void ConversationCache::trim(Embeddings & embeddings) {
             }
         }
         if (oldest_saved != saved_.end() && (image_tick == UINT64_MAX || oldest_saved->used <= image_tick)) {
-            if (oldest_saved == continued_) {
-                continued_ = saved_.end();
-            }
-            saved_.erase(oldest_saved);
+            evict(oldest_saved);
         } else if (image_tick != UINT64_MAX) {
             for (auto it = embeddings.begin(); it != embeddings.end();) {
                 it = image_of(it->first) == oldest_image ? embeddings.erase(it) : std::next(it);
             }
             image_used_.erase(oldest_image);
+            ++evictions_;
         } else {
             break;
         }
@@ -182,7 +180,56 @@ ConversationCache::Stats ConversationCache::stats(const Embeddings & embeddings)
         }
     }
     s.captions = static_cast<int32_t>(captions_.size());
+    s.hits = hits_;
+    s.misses = misses_;
+    s.evictions = evictions_;
     return s;
+}
+
+void ConversationCache::evict(std::list<Saved>::iterator entry) {
+    if (entry == continued_) {
+        continued_ = saved_.end();
+    }
+    saved_.erase(entry);
+    ++evictions_;
+}
+
+ConversationCache::Snapshot ConversationCache::snapshot(const Embeddings & embeddings) const {
+    Snapshot out;
+    for (const Saved & entry : saved_) {
+        Saved copy = entry;
+        for (PromptItem & item : copy.items) {
+            item.media = nullptr;
+        }
+        out.saved.push_back(std::move(copy));
+    }
+    out.image_used.assign(image_used_.begin(), image_used_.end());
+    for (const auto & key : caption_order_) {
+        out.captions.emplace_back(key, captions_.at(key));
+    }
+    out.embeddings = embeddings;
+    out.tick = tick_;
+    return out;
+}
+
+void ConversationCache::replace(Snapshot from, Embeddings & embeddings) {
+    saved_.clear();
+    continued_ = saved_.end();
+    for (Saved & entry : from.saved) {
+        saved_.push_back(std::move(entry));
+    }
+    image_used_.clear();
+    for (const auto & [id, tick] : from.image_used) {
+        image_used_[id] = tick;
+    }
+    captions_.clear();
+    caption_order_.clear();
+    for (auto & [key, caption] : from.captions) {
+        remember_caption(key.first, key.second, caption);
+    }
+    embeddings = std::move(from.embeddings);
+    tick_ = from.tick;
+    trim(embeddings);
 }
 
 void ConversationCache::clear(Embeddings & embeddings) {

@@ -58,14 +58,29 @@ public:
     Stats stats(const Embeddings & embeddings) const;
     void clear(Embeddings & embeddings);
 
-private:
     struct Saved {
-        std::vector<PromptItem> items;
+        std::vector<PromptItem> items;  // media pointers null outside the call that saved them
         std::vector<uint8_t> state;
         size_t turn_end = 0;  // the items up to the end of its prompt's last message
         uint64_t used = 0;
     };
+    // Everything the cache keeps, for a state file (session_state_file.hpp): the saved sequences
+    // (most recently saved first), the images' last uses, the captions (oldest first) and the
+    // engine's encoder outputs.
+    struct Snapshot {
+        std::vector<Saved> saved;
+        std::vector<std::pair<std::string, uint64_t>> image_used;
+        std::vector<std::pair<std::pair<std::string, std::string>, std::string>> captions;
+        Embeddings embeddings;
+        uint64_t tick = 0;
+    };
+    Snapshot snapshot(const Embeddings & embeddings) const;
+    // Replaces what the cache and `embeddings` hold with `from`, then trims to the limits.
+    void replace(Snapshot from, Embeddings & embeddings);
+
+private:
     static std::string image_of(const std::string & media_id);
+    void evict(std::list<Saved>::iterator entry);
 
     std::list<Saved> saved_;
     std::list<Saved>::iterator continued_ = saved_.end();  // restored for this call, and continued
@@ -75,6 +90,9 @@ private:
     int32_t max_conversations_ = 0;
     uint64_t max_bytes_ = 0;
     uint64_t tick_ = 0;
+    uint64_t hits_ = 0;       // restores that found a saved sequence
+    uint64_t misses_ = 0;     // restores that found none
+    uint64_t evictions_ = 0;  // saved sequences and images dropped for the bounds
 };
 
 }  // namespace ecso

@@ -130,6 +130,22 @@ size_t DecodingEngine::restore_sequence(int seq, const std::vector<uint8_t> & st
     return read;
 }
 
+std::vector<uint8_t> DecodingEngine::probe_sequence_state(int seq) {
+    kv_->clear();
+    forget_single_turn();
+    int32_t status = 0;
+    exclusive([&] {
+        batch_->clear();
+        batch_->add(0, 0, seq, false);
+        status = llama_decode(ctx_, batch_->get());
+        return int32_t{0};
+    });
+    check_decode_status(status, "the KV state probe");
+    std::vector<uint8_t> state = save_sequence(seq);
+    kv_->clear();
+    return state;
+}
+
 int32_t DecodingEngine::seq_pos_max(int seq) {
     std::unique_lock<std::mutex> lock;
     if (scheduler_ != nullptr) {

@@ -136,6 +136,10 @@ public:
     std::vector<uint8_t> save_sequence(int seq);
     size_t restore_sequence(int seq, const std::vector<uint8_t> & state);
     int32_t seq_pos_max(int seq);
+    // The state llama.cpp saves for `seq` holding one token (evaluated alone, then freed): the
+    // layout a state file's sequences must have (kv_state_check.hpp). Empties this engine's
+    // sequences first.
+    std::vector<uint8_t> probe_sequence_state(int seq);
 
     // Decode calls and tokens of an engine with its own context (a lane's are the scheduler's).
     EngineStats own_stats() const {

@@ -28,6 +28,10 @@ class CancelledError : public Error { using Error::Error; };
 // A configuration value or argument is invalid (bad template, unknown rule, bad sampling value).
 class ConfigError : public Error { using Error::Error; };
 
+// A state file cannot be written, or is not one this session can load (damaged, truncated, from
+// another model or context, or from another format version).
+class StateFileError : public Error { using Error::Error; };
+
 // llama.cpp failed during evaluation for a reason the user did not cause.
 class RuntimeFailure : public Error { using Error::Error; };
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "ecso/errors.hpp"
+#include "ecso/fnv_hash.hpp"
 #include "ecso/logging.hpp"
 #include "ecso/model_impl.hpp"
 
@@ -186,20 +187,14 @@ int32_t Prompt::positions_before_image() const {
 }
 
 std::string image_content_id(const RgbImage & image) {
-    uint64_t h = 1469598103934665603ULL;
-    auto mix = [&h](uint8_t b) {
-        h ^= b;
-        h *= 1099511628211ULL;
-    };
+    Fnv1a64 h;
     for (int shift = 0; shift < 32; shift += 8) {
-        mix(static_cast<uint8_t>(image.width >> shift));
-        mix(static_cast<uint8_t>(image.height >> shift));
+        h.add(static_cast<uint8_t>(image.width >> shift));
+        h.add(static_cast<uint8_t>(image.height >> shift));
     }
-    for (uint8_t b : image.pixels) {
-        mix(b);
-    }
+    h.add(image.pixels.data(), image.pixels.size());
     char buf[24];
-    std::snprintf(buf, sizeof(buf), "img-%016llx", static_cast<unsigned long long>(h));
+    std::snprintf(buf, sizeof(buf), "img-%016llx", static_cast<unsigned long long>(h.value));
     return buf;
 }
 

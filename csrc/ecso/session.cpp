@@ -1,6 +1,7 @@
 // EcsoSession (see session.hpp): checks the config, builds the chat frame and the slots, hands a
 // free slot to each call and runs the call's plan on it with the call's token installed.
 #include "ecso/session.hpp"
+#include "ecso/session_impl.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +16,7 @@
 #include "ecso/conversation_plan.hpp"
 #include "ecso/decoding_engine.hpp"
 #include "ecso/errors.hpp"
+#include "ecso/fnv_hash.hpp"
 #include "ecso/guard_judge.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/single_turn_plan.hpp"
@@ -33,7 +35,10 @@ std::vector<uint64_t> fingerprints(const Conversation & messages) {
             key += part.image ? "\1" + image_content_id(*part.image) : "\2" + part.text;
             key += '\0';
         }
-        out.push_back(std::hash<std::string>{}(key));
+        // FNV-1a rather than std::hash: the fingerprints go into state files, read by other builds
+        Fnv1a64 h;
+        h.add(key.data(), key.size());
+        out.push_back(h.value);
     }
     return out;
 }
@@ -47,80 +52,6 @@ size_t shared_prefix(const std::vector<uint64_t> & a, const std::vector<uint64_t
 }
 
 }  // namespace
-
-// What a session holds: its slots, their engines and the scheduler they share.
-class EcsoSession::Impl {
-public:
-    Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel,
-         std::shared_ptr<const TextModel> judge_model, const std::string & judge_format);
-    ~Impl();
-
-    EcsoResult run(const RgbImage & image, const std::string & query, const CallOptions & call);
-    EcsoResult answer(const RgbImage & image, const std::string & query, const CallOptions & call);
-    EcsoResult judge(const RgbImage & image, const std::string & query, const std::string & response,
-                     const CallOptions & call);
-    EcsoResult chat(const Conversation & messages, const CallOptions & call, bool protect);
-    CacheStats cache_stats();
-    void clear_cache();
-    void run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call);
-    EngineStats engine_stats();
-    int parallel() const { return static_cast<int>(slots_.size()); }
-    void cancel();
-    const EcsoConfig & config() const { return config_; }
-    const ChatFrame & frame() const { return frame_; }
-    const Model & model() const { return *model_; }
-    const GuardJudge * guard() const { return guard_.get(); }
-    uint32_t n_ctx() const;
-
-private:
-    struct Slot {
-        std::unique_ptr<DecodingEngine> engine;
-        ConversationCache conversations;
-        // Message fingerprints of the conversations it answered last (newest first, a few kept,
-        // as its cache keeps a few), and when it last took a call.
-        std::vector<std::vector<uint64_t>> history;
-        uint64_t last_used = 0;
-        bool busy = false;
-    };
-    class Lease;
-    // Waits for a free slot: for a conversation, the free one whose last conversation it
-    // continues (as llama-server picks a slot by prompt similarity). `join`: a lane of the
-    // scheduler joins its rounds.
-    size_t acquire(const Conversation * messages, const CancelToken * cancel, bool join);
-    void release(size_t slot, bool leave);
-    EcsoResult run_item(size_t slot, const BatchItem & item, const CallOptions & call);
-
-    std::shared_ptr<const Model> model_;
-    EcsoConfig config_;
-    ChatFrame frame_;
-    std::unique_ptr<BatchScheduler> scheduler_;  // null with parallel = 1
-    std::unique_ptr<GuardJudge> guard_;          // null: the vision model judges itself
-    std::vector<std::unique_ptr<Slot>> slots_;
-    std::mutex slots_mutex_;
-    std::condition_variable slot_freed_;
-    uint64_t requests_ = 0;
-    uint64_t tick_ = 0;  // for Slot::last_used
-    int in_flight_ = 0;
-    int max_in_flight_ = 0;
-    int waiting_ = 0;  // calls in acquire() with every slot busy
-};
-
-// Holds a slot for one call (or one run_many lane) and gives it back, whatever happens.
-class EcsoSession::Impl::Lease {
-public:
-    Lease(Impl & session, const Conversation * messages, const CancelToken * cancel, bool join)
-        : session_(session), index_(session.acquire(messages, cancel, join)), join_(join) {}
-    ~Lease() { session_.release(index_, join_); }
-    Lease(const Lease &) = delete;
-    Lease & operator=(const Lease &) = delete;
-    size_t slot_index() const { return index_; }
-    int index() const { return static_cast<int>(index_); }
-
-private:
-    Impl & session_;
-    size_t index_;
-    bool join_;
-};
 
 EcsoSession::Impl::Impl(std::shared_ptr<const Model> model, EcsoConfig config, int parallel,
                         std::shared_ptr<const TextModel> judge_model, const std::string & judge_format)
@@ -456,6 +387,9 @@ CacheStats EcsoSession::Impl::cache_stats() {
         total.images += s.images;
         total.embedding_bytes += s.embedding_bytes;
         total.captions += s.captions;
+        total.hits += s.hits;
+        total.misses += s.misses;
+        total.evictions += s.evictions;
     }
     return total;
 }
@@ -478,6 +412,9 @@ EcsoSession::~EcsoSession() = default;
 EcsoResult EcsoSession::run(const RgbImage & image, const std::string & query, const CallOptions & call) {
     return impl_->run(image, query, call);
 }
+
+void EcsoSession::save_state(const std::string & path) { impl_->save_state(path); }
+CacheStats EcsoSession::load_state(const std::string & path) { return impl_->load_state(path); }
 EcsoResult EcsoSession::answer(const RgbImage & image, const std::string & query, const CallOptions & call) {
     return impl_->answer(image, query, call);
 }

@@ -90,6 +90,16 @@ public:
     // every item's limit; streaming sinks do not apply.
     void run_many(size_t n, const ItemSource & source, const ItemSink & sink, const CallOptions & call);
 
+    // Writes what the conversation caches keep (saved KV sequences, the map of their cells,
+    // encoder outputs, captions) to `path`, atomically (session_state_file.hpp); waits for the
+    // calls in progress. Throws StateFileError when the file cannot be written, ConfigError
+    // when this model's KV state cannot be checked on load (so it is not saved).
+    void save_state(const std::string & path);
+    // Replaces the caches with a file's, after checking all of it. Throws StateFileError (the
+    // caches unchanged) for a missing, damaged or truncated file, or one written for another
+    // model, context or format version. Returns the caches' sizes after the load.
+    CacheStats load_state(const std::string & path);
+
     // Requests, decode calls, tokens batched and the most requests in flight at once.
     EngineStats engine_stats();
     int parallel() const;

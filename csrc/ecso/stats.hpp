@@ -23,6 +23,9 @@ struct CacheStats {
     int32_t images = 0;            // images whose encoder output is kept
     uint64_t embedding_bytes = 0;  // that output
     int32_t captions = 0;
+    uint64_t hits = 0;       // chat calls that restored a saved sequence
+    uint64_t misses = 0;     // chat calls that found none to continue
+    uint64_t evictions = 0;  // saved sequences and images dropped to keep the bounds
 };
 
 }  // namespace ecso

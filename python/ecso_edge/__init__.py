@@ -25,6 +25,7 @@ from .errors import (
     ImageError,
     ModelLoadError,
     OutputError,
+    StateFileError,
 )
 from .model import Model, TextModel
 from .session import CancelToken, Session
@@ -49,6 +50,7 @@ __all__ = [
     "CancelledError",
     "ConfigError",
     "OutputError",
+    "StateFileError",
     "system_info",
     "tiny_pair",
     "__version__",

@@ -10,6 +10,7 @@ __all__ = [
     "CancelledError",
     "ConfigError",
     "OutputError",
+    "StateFileError",
 ]
 
 
@@ -40,3 +41,8 @@ class ConfigError(EcsoError, ValueError):
 class OutputError(EcsoError, OSError):
     """An output file could not be written (disk full, file size limit, permissions); what was
     written before the failure is intact."""
+
+
+class StateFileError(EcsoError, OSError):
+    """A session state file could not be written, or was refused on load (damaged, truncated,
+    from another model or context, or another format version); the session keeps its own cache."""
