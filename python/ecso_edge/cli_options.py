@@ -13,13 +13,13 @@ import sys
 from typing import Any, Callable, NoReturn, Optional
 
 from . import _core
-from .arguments import INT32_MAX
+from .arguments import INT32_MAX, INT64_MAX, MIN_N_CTX, int_arg
 from .errors import ConfigError
 from .model import Model, TextModel
 from .shipped import tiny_pair
 
 __all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_repack_option", "repack_of",
-           "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL", "INT32_MAX",
+           "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL",
            "TINY_WARNING", "add_parallel_option", "add_judge_model_options", "load_judge_model"]
 
 MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
@@ -42,9 +42,10 @@ def int_in(low: int, high: int, meaning: str = "") -> Callable[[str], int]:
         if len(digits) > MAX_DIGITS or not INTEGER.fullmatch(digits):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text[:40]!r}")
         value = int(digits)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
-        return value
+        try:
+            return int_arg("", value, low, high)
+        except ConfigError:  # argparse names the flag itself
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}") from None
 
     parse.__name__ = "integer"
     return parse
@@ -69,9 +70,9 @@ def number_in(low: float, high: float) -> Callable[[str], float]:
 # Model(n_threads=...)'s rule: any int32 from 1, clamped by the core to the hardware threads
 THREADS = int_in(1, INT32_MAX, " (more than the hardware threads run as that many)")
 TOKENS = int_in(1, INT32_MAX)
-N_CTX = int_in(16, INT32_MAX)  # Model(n_ctx=...)'s range
+N_CTX = int_in(MIN_N_CTX, INT32_MAX)  # Model(n_ctx=...)'s range
 GPU_LAYERS = int_in(-1, INT32_MAX, " (-1: every layer)")
-COUNT = int_in(0, 2**63 - 1)
+COUNT = int_in(0, INT64_MAX)
 PARALLEL = int_in(1, _core.Session.max_parallel, " (requests that run together in one context)")
 
 
