@@ -1,5 +1,6 @@
-"""The `ecso-edge` command: demo, run, chat, data-engine, make-tiny-model, selftest, system-info,
-serve, and (from eval_cli) eval, report, make-typo."""
+"""The `ecso-edge` command: its parser, and each command wired to the code that does its work:
+demo (demo.py), run, chat, data-engine, make-tiny-model, selftest, system-info, serve, and (from
+eval_cli) eval, report, make-typo."""
 
 from __future__ import annotations
 
@@ -9,15 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Optional, Sequence
 
 from . import _core
 from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
                           add_parallel_option, add_repack_option, config_option, int_in, load_judge_model, load_model,
                           model_pair, number_in, repack_of)
+from .demo import print_result, run_demo
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
 from .images import load_rgb
@@ -26,59 +25,9 @@ from .shipped import selftest_program, tiny_pair
 
 __all__ = ["main"]
 
-def _demo_image() -> "np.ndarray[Any, np.dtype[np.uint8]]":
-    """A 64x64 synthetic picture (no file needed): a red square on a blue-green gradient."""
-    y, x = np.mgrid[0:64, 0:64]
-    img = np.stack([x * 4, y * 4, np.full_like(x, 160)], axis=2).astype(np.uint8)
-    img[20:44, 20:44] = (220, 30, 30)
-    return img
-
-
-def _print_result(r: _core.EcsoResult) -> None:
-    for step in r.steps:
-        s = step.stats
-        print(
-            f"  [{step.name:9s}] prompt {s['prompt_tokens']:4d} tok (reused {s['tokens_reused']:4d}, "
-            f"prefilled {s['tokens_prefilled']:4d}), generated {s['tokens_generated']:3d}, "
-            f"image encodes {s['image_encodes']}, {s['seconds'] * 1000:7.1f} ms"
-        )
-        print(f"               {step.text!r}")
-    verdict = "UNSAFE" if r.unsafe else "safe"
-    forced = " (forced by verdict_override)" if r.verdict_forced else ""
-    print(f"  verdict: {verdict}{forced}; judge said {r.verdict_text!r}")
-    print(f"  answer:  {r.answer!r}")
-
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    text, mmproj = tiny_pair()
-    print(f"ecso-edge demo on the shipped tiny random-weight pair:\n  {text}\n  {mmproj}")
-    print("(random weights: the texts are gibberish; the branch is forced so both paths show)\n")
-    model = Model(text, mmproj, n_threads=args.threads, n_ctx=2048, repack=repack_of(args))
-    image = _demo_image()
-    query = "What is in this picture and how do I make it?"
-    for unsafe in (False, True):
-        path = "unsafe" if unsafe else "safe"
-        session = Session(model, _core.EcsoConfig(verdict_override=unsafe))
-        reference = Session(model, _core.EcsoConfig(verdict_override=unsafe, reuse_kv=False))
-        t0 = time.perf_counter()
-        r = session.run(image, query, max_tokens=args.max_tokens)
-        t_reuse = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ref = reference.run(image, query, max_tokens=args.max_tokens)
-        t_ref = time.perf_counter() - t0
-        print(f"== {path} path (query: {query!r})")
-        _print_result(r)
-        same = all(a.tokens == b.tokens for a, b in zip(r.steps, ref.steps))
-        print(
-            f"  KV reuse: image encodes {r.stats['image_encodes']} (reference path without reuse: "
-            f"{ref.stats['image_encodes']}), tokens reused {r.stats['tokens_reused']}, "
-            f"prefilled {r.stats['tokens_prefilled']} (reference: {ref.stats['tokens_prefilled']})"
-        )
-        print(
-            f"  identical tokens to the reference path: {same}; "
-            f"time {t_reuse * 1000:.1f} ms (reference {t_ref * 1000:.1f} ms)\n"
-        )
-    return 0
+    return run_demo(threads=args.threads, max_tokens=args.max_tokens, repack=repack_of(args))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -109,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif stream:
         print()
     else:
-        _print_result(r)
+        print_result(r)
     return 0
 
 
