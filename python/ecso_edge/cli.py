@@ -13,15 +13,15 @@ import sys
 from typing import Optional, Sequence
 
 from . import _core
-from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
-                          add_parallel_option, add_repack_option, config_option, int_in, load_judge_model, load_model,
-                          model_pair, number_in, repack_of)
+from .cli_options import (COUNT, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
+                          add_model_pair_options, add_parallel_option, add_repack_option, config_option, int_in,
+                          load_judge_model, load_model, model_pair, number_in, repack_of)
 from .demo import print_result, run_demo
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
 from .images import load_rgb
 from .session import Model, Session
-from .shipped import selftest_program, tiny_pair
+from .shipped import selftest_program
 
 __all__ = ["main"]
 
@@ -31,9 +31,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    text, mmproj = model_pair(args)
     model = Model(
-        args.model,
-        args.mmproj,
+        text,
+        mmproj,
         n_ctx=args.n_ctx,
         n_gpu_layers=args.n_gpu_layers,
         n_threads=args.threads,
@@ -134,16 +135,11 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    # the self-test's subject is the shipped tiny pair; --model/--mmproj point it at another
-    if args.model or args.mmproj:
-        if not (args.model and args.mmproj):
-            raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
-        text, mmproj = args.model, args.mmproj
-    else:
-        text, mmproj = (str(p) for p in tiny_pair())
+    # the self-test's subject is the shipped tiny pair: without --model/--mmproj that is no fallback to warn of
+    text, mmproj = model_pair(args, warn=False)
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
-    return subprocess.call([str(selftest_program()), str(text), str(mmproj)], env=env)
+    return subprocess.call([str(selftest_program()), text, mmproj], env=env)
 
 
 def _cmd_system_info(args: argparse.Namespace) -> int:
@@ -186,19 +182,13 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="one ECSO request on your own model pair")
-    r.add_argument("--model", required=True, help="text model GGUF")
-    r.add_argument("--mmproj", required=True, help="vision projector GGUF")
+    add_model_options(r)
     r.add_argument("--image", required=True)
     r.add_argument("--query", required=True)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
     r.add_argument("--max-tokens", type=TOKENS, default=512)
-    r.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
-    r.add_argument("--threads", type=THREADS, default=None,
-                   help="generation threads (default: half the cores; clamped to the hardware threads)")
     r.add_argument("--threads-batch", type=THREADS, default=None, help="prompt/image threads (default: --threads)")
-    add_repack_option(r)
-    r.add_argument("--n-ctx", type=N_CTX, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     add_judge_model_options(r)
@@ -247,8 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_make_tiny_model)
 
     s = sub.add_parser("selftest", help="run the C++ self-test program (no Python inside)")
-    s.add_argument("--model", default=None)
-    s.add_argument("--mmproj", default=None)
+    add_model_pair_options(s)
     s.set_defaults(func=_cmd_selftest)
 
     i = sub.add_parser("system-info", help="what the installed llama.cpp supports (CPU features, GPUs)")

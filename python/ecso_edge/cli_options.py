@@ -18,9 +18,9 @@ from .errors import ConfigError
 from .model import Model, TextModel
 from .shipped import tiny_pair
 
-__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_repack_option", "repack_of",
-           "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL",
-           "TINY_WARNING", "add_parallel_option", "add_judge_model_options", "load_judge_model"]
+__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_model_pair_options",
+           "add_repack_option", "repack_of", "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS",
+           "COUNT", "PARALLEL", "TINY_WARNING", "add_parallel_option", "add_judge_model_options", "load_judge_model"]
 
 MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
 INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -129,13 +129,18 @@ def repack_of(args: argparse.Namespace) -> Optional[bool]:
     return {"auto": None, "on": True, "off": False}[args.repack]
 
 
-def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generation threads") -> None:
-    """--model and --mmproj (both), or --tiny for the shipped tiny pair; --n-ctx, --n-gpu-layers,
-    --threads, --repack."""
+def add_model_pair_options(p: argparse.ArgumentParser) -> None:
+    """--model and --mmproj (both), or --tiny for the shipped tiny pair: the pair alone, for a
+    command that does not load it here (selftest hands it to the C++ program)."""
     p.add_argument("--model", default=None, help="text model GGUF")
     p.add_argument("--mmproj", default=None, help="vision projector GGUF")
     p.add_argument("--tiny", action="store_true",
                    help="run the shipped random-weight tiny pair (a format check: its answers are gibberish)")
+
+
+def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generation threads") -> None:
+    """The pair's flags (add_model_pair_options); --n-ctx, --n-gpu-layers, --threads, --repack."""
+    add_model_pair_options(p)
     p.add_argument("--n-ctx", type=N_CTX, default=4096)
     p.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
     p.add_argument("--threads", type=THREADS, default=None,
@@ -143,9 +148,10 @@ def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generatio
     add_repack_option(p)
 
 
-def model_pair(args: argparse.Namespace) -> tuple[str, str]:
+def model_pair(args: argparse.Namespace, warn: bool = True) -> tuple[str, str]:
     """The text model and projector the flags name, or the shipped tiny pair: asked for with
-    --tiny, or (with a warning on stderr) when neither --model nor --mmproj is given."""
+    --tiny, or (with a warning on stderr) when neither --model nor --mmproj is given. `warn=False`
+    for a command whose own subject is the tiny pair (selftest), where nothing is to be warned of."""
     if args.tiny:
         if args.model or args.mmproj:
             raise ConfigError("--tiny runs the shipped tiny pair and cannot go with --model/--mmproj; "
@@ -154,7 +160,7 @@ def model_pair(args: argparse.Namespace) -> tuple[str, str]:
         raise ConfigError("--model and --mmproj go together (or --tiny for the shipped tiny pair)")
     elif args.model:
         return str(args.model), str(args.mmproj)
-    else:
+    elif warn:
         print(TINY_WARNING, file=sys.stderr, flush=True)
     text, mmproj = tiny_pair()
     return str(text), str(mmproj)
