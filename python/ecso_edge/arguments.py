@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 
-__all__ = ["INT32_MAX", "UINT32_MAX", "INT64_MAX", "MIN_N_CTX", "int_arg", "optional_int_arg", "bool_arg", "optional_bool_arg",
-           "callable_arg"]
+__all__ = ["INT32_MAX", "UINT32_MAX", "INT64_MAX", "MIN_N_CTX", "int_arg", "optional_int_arg", "bool_arg",
+           "optional_bool_arg", "callable_arg"]
 
 INT32_MAX = 2**31 - 1  # the core's int32_t: token limits, threads, layers
 UINT32_MAX = 2**32 - 1  # its uint32_t: the sampling seed
