@@ -165,7 +165,7 @@ def test_a_bad_serve_config_is_one_line_and_exit_1(capsys: pytest.CaptureFixture
 
 
 MODEL_COMMANDS = [["eval", "--benchmark", "jsonl", "--root", "r"], ["data-engine", "--input", "x", "--out", "y"],
-                  ["serve"], ["chat"]]
+                  ["serve"], ["chat"], ["run", "--image", "i.png", "--query", "q"]]
 
 
 def _args(argv: list[str]) -> "argparse.Namespace":
@@ -206,6 +206,32 @@ def test_tiny_with_a_model_or_half_a_pair_is_one_line_and_exit_1(capsys: pytest.
     from ecso_edge.cli import main
 
     assert main(["data-engine", "--input", "x", "--out", "y", *flags]) == 1
+    assert capsys.readouterr().err == f"ecso-edge: error: {shown}\n"
+
+
+@pytest.mark.parametrize("flags", [[], ["--tiny"], ["--model", "m.gguf", "--mmproj", "p.gguf"]])
+def test_selftest_runs_on_the_tiny_pair_or_the_one_named_without_a_warning(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny_paths: tuple[Path, Path],
+        flags: list[str]) -> None:
+    from ecso_edge.cli import main
+
+    called: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda argv, env: called.append(argv) or 0)
+    assert main(["selftest", *flags]) == 0
+    pair = flags[1::2] if "--model" in flags else [str(p) for p in tiny_paths]
+    assert called == [[str(ecso_edge.shipped.selftest_program()), *pair]]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("flags, shown", [
+    (["--model", "m.gguf"], "--model and --mmproj go together (or --tiny for the shipped tiny pair)"),
+    (["--tiny", "--model", "m.gguf", "--mmproj", "p.gguf"], TINY_AND_MODEL),
+])
+def test_selftest_with_half_a_pair_or_tiny_and_a_model_is_one_line_and_exit_1(
+        capsys: pytest.CaptureFixture[str], flags: list[str], shown: str) -> None:
+    from ecso_edge.cli import main
+
+    assert main(["selftest", *flags]) == 1
     assert capsys.readouterr().err == f"ecso-edge: error: {shown}\n"
 
 

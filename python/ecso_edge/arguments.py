@@ -1,7 +1,11 @@
 """Checks of the arguments a user passes to Model and Session, before they reach the C++ core:
 a wrong type is a TypeError and a value out of range a ConfigError (a ValueError), each naming
 the option and what it takes. Without them, pybind11 answers an int too large for the core's C
-type with a TypeError that lists C++ signatures."""
+type with a TypeError that lists C++ signatures.
+
+`int_arg` is the package's one integer range rule, and the C types' limits are named here only:
+the server's request parser and ServerOptions, the command line's option types and the judges
+call it and word its refusal in their own error (an HTTP 400, an argparse usage error)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,15 @@ from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 
-__all__ = ["INT32_MAX", "UINT32_MAX", "int_arg", "optional_int_arg", "bool_arg", "optional_bool_arg",
-           "callable_arg"]
+__all__ = ["INT32_MAX", "UINT32_MAX", "INT64_MAX", "MIN_N_CTX", "int_arg", "optional_int_arg", "bool_arg",
+           "optional_bool_arg", "callable_arg"]
 
-INT32_MAX = 2**31 - 1
-UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1  # the core's int32_t: token limits, threads, layers
+UINT32_MAX = 2**32 - 1  # its uint32_t: the sampling seed
+INT64_MAX = 2**63 - 1  # counts with no bound of their own, kept to what a C int64 holds
+# Model(n_ctx=...)'s floor, for Model, TextModel and the command line's --n-ctx alike; the core
+# refuses a smaller context too, with a message of its own
+MIN_N_CTX = 16
 
 
 def int_arg(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:

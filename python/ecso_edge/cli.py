@@ -1,5 +1,6 @@
-"""The `ecso-edge` command: demo, run, chat, data-engine, make-tiny-model, selftest, system-info,
-serve, and (from eval_cli) eval, report, make-typo."""
+"""The `ecso-edge` command: its parser, and each command wired to the code that does its work:
+demo (demo.py), run, chat, data-engine, make-tiny-model, selftest, system-info, serve, and (from
+eval_cli) eval, report, make-typo."""
 
 from __future__ import annotations
 
@@ -9,82 +10,31 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Optional, Sequence
 
 from . import _core
-from .cli_options import (COUNT, GPU_LAYERS, N_CTX, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
-                          add_parallel_option, add_repack_option, config_option, int_in, load_judge_model, load_model,
-                          model_pair, number_in, repack_of)
+from .cli_options import (COUNT, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
+                          add_model_pair_options, add_parallel_option, add_repack_option, config_option, int_in,
+                          load_judge_model, load_model, model_pair, number_in, repack_of)
+from .demo import print_result, run_demo
 from .errors import ConfigError, EcsoError
 from .eval_cli import add_eval_commands
 from .images import load_rgb
 from .session import Model, Session
-from .shipped import selftest_program, tiny_pair
+from .shipped import selftest_program
 
 __all__ = ["main"]
 
-def _demo_image() -> "np.ndarray[Any, np.dtype[np.uint8]]":
-    """A 64x64 synthetic picture (no file needed): a red square on a blue-green gradient."""
-    y, x = np.mgrid[0:64, 0:64]
-    img = np.stack([x * 4, y * 4, np.full_like(x, 160)], axis=2).astype(np.uint8)
-    img[20:44, 20:44] = (220, 30, 30)
-    return img
-
-
-def _print_result(r: _core.EcsoResult) -> None:
-    for step in r.steps:
-        s = step.stats
-        print(
-            f"  [{step.name:9s}] prompt {s['prompt_tokens']:4d} tok (reused {s['tokens_reused']:4d}, "
-            f"prefilled {s['tokens_prefilled']:4d}), generated {s['tokens_generated']:3d}, "
-            f"image encodes {s['image_encodes']}, {s['seconds'] * 1000:7.1f} ms"
-        )
-        print(f"               {step.text!r}")
-    verdict = "UNSAFE" if r.unsafe else "safe"
-    forced = " (forced by verdict_override)" if r.verdict_forced else ""
-    print(f"  verdict: {verdict}{forced}; judge said {r.verdict_text!r}")
-    print(f"  answer:  {r.answer!r}")
-
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    text, mmproj = tiny_pair()
-    print(f"ecso-edge demo on the shipped tiny random-weight pair:\n  {text}\n  {mmproj}")
-    print("(random weights: the texts are gibberish; the branch is forced so both paths show)\n")
-    model = Model(text, mmproj, n_threads=args.threads, n_ctx=2048, repack=repack_of(args))
-    image = _demo_image()
-    query = "What is in this picture and how do I make it?"
-    for unsafe in (False, True):
-        path = "unsafe" if unsafe else "safe"
-        session = Session(model, _core.EcsoConfig(verdict_override=unsafe))
-        reference = Session(model, _core.EcsoConfig(verdict_override=unsafe, reuse_kv=False))
-        t0 = time.perf_counter()
-        r = session.run(image, query, max_tokens=args.max_tokens)
-        t_reuse = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ref = reference.run(image, query, max_tokens=args.max_tokens)
-        t_ref = time.perf_counter() - t0
-        print(f"== {path} path (query: {query!r})")
-        _print_result(r)
-        same = all(a.tokens == b.tokens for a, b in zip(r.steps, ref.steps))
-        print(
-            f"  KV reuse: image encodes {r.stats['image_encodes']} (reference path without reuse: "
-            f"{ref.stats['image_encodes']}), tokens reused {r.stats['tokens_reused']}, "
-            f"prefilled {r.stats['tokens_prefilled']} (reference: {ref.stats['tokens_prefilled']})"
-        )
-        print(
-            f"  identical tokens to the reference path: {same}; "
-            f"time {t_reuse * 1000:.1f} ms (reference {t_ref * 1000:.1f} ms)\n"
-        )
-    return 0
+    return run_demo(threads=args.threads, max_tokens=args.max_tokens, repack=repack_of(args))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    text, mmproj = model_pair(args)
     model = Model(
-        args.model,
-        args.mmproj,
+        text,
+        mmproj,
         n_ctx=args.n_ctx,
         n_gpu_layers=args.n_gpu_layers,
         n_threads=args.threads,
@@ -109,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif stream:
         print()
     else:
-        _print_result(r)
+        print_result(r)
     return 0
 
 
@@ -185,16 +135,11 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    # the self-test's subject is the shipped tiny pair; --model/--mmproj point it at another
-    if args.model or args.mmproj:
-        if not (args.model and args.mmproj):
-            raise ConfigError("--model and --mmproj go together (without both, the shipped tiny pair is used)")
-        text, mmproj = args.model, args.mmproj
-    else:
-        text, mmproj = (str(p) for p in tiny_pair())
+    # the self-test's subject is the shipped tiny pair: without --model/--mmproj that is no fallback to warn of
+    text, mmproj = model_pair(args, warn=False)
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
-    return subprocess.call([str(selftest_program()), str(text), str(mmproj)], env=env)
+    return subprocess.call([str(selftest_program()), text, mmproj], env=env)
 
 
 def _cmd_system_info(args: argparse.Namespace) -> int:
@@ -237,19 +182,13 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="one ECSO request on your own model pair")
-    r.add_argument("--model", required=True, help="text model GGUF")
-    r.add_argument("--mmproj", required=True, help="vision projector GGUF")
+    add_model_options(r)
     r.add_argument("--image", required=True)
     r.add_argument("--query", required=True)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--stream", action="store_true", help="print the answer as it is decided")
     r.add_argument("--max-tokens", type=TOKENS, default=512)
-    r.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
-    r.add_argument("--threads", type=THREADS, default=None,
-                   help="generation threads (default: half the cores; clamped to the hardware threads)")
     r.add_argument("--threads-batch", type=THREADS, default=None, help="prompt/image threads (default: --threads)")
-    add_repack_option(r)
-    r.add_argument("--n-ctx", type=N_CTX, default=4096)
     r.add_argument("--no-reuse", action="store_true", help="evaluate every step from an empty KV cache")
     r.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
     add_judge_model_options(r)
@@ -298,8 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_make_tiny_model)
 
     s = sub.add_parser("selftest", help="run the C++ self-test program (no Python inside)")
-    s.add_argument("--model", default=None)
-    s.add_argument("--mmproj", default=None)
+    add_model_pair_options(s)
     s.set_defaults(func=_cmd_selftest)
 
     i = sub.add_parser("system-info", help="what the installed llama.cpp supports (CPU features, GPUs)")

@@ -13,14 +13,14 @@ import sys
 from typing import Any, Callable, NoReturn, Optional
 
 from . import _core
-from .arguments import INT32_MAX
+from .arguments import INT32_MAX, INT64_MAX, MIN_N_CTX, int_arg
 from .errors import ConfigError
 from .model import Model, TextModel
 from .shipped import tiny_pair
 
-__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_repack_option", "repack_of",
-           "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS", "COUNT", "PARALLEL", "INT32_MAX",
-           "TINY_WARNING", "add_parallel_option", "add_judge_model_options", "load_judge_model"]
+__all__ = ["Parser", "int_in", "number_in", "config_option", "add_model_options", "add_model_pair_options",
+           "add_repack_option", "repack_of", "model_pair", "load_model", "THREADS", "TOKENS", "N_CTX", "GPU_LAYERS",
+           "COUNT", "PARALLEL", "TINY_WARNING", "add_parallel_option", "add_judge_model_options", "load_judge_model"]
 
 MAX_DIGITS = 30  # no flag takes a longer number; int() of a long digit string is slow
 INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -42,9 +42,10 @@ def int_in(low: int, high: int, meaning: str = "") -> Callable[[str], int]:
         if len(digits) > MAX_DIGITS or not INTEGER.fullmatch(digits):
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text[:40]!r}")
         value = int(digits)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
-        return value
+        try:
+            return int_arg("", value, low, high)
+        except ConfigError:  # argparse names the flag itself
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}") from None
 
     parse.__name__ = "integer"
     return parse
@@ -69,9 +70,9 @@ def number_in(low: float, high: float) -> Callable[[str], float]:
 # Model(n_threads=...)'s rule: any int32 from 1, clamped by the core to the hardware threads
 THREADS = int_in(1, INT32_MAX, " (more than the hardware threads run as that many)")
 TOKENS = int_in(1, INT32_MAX)
-N_CTX = int_in(16, INT32_MAX)  # Model(n_ctx=...)'s range
+N_CTX = int_in(MIN_N_CTX, INT32_MAX)  # Model(n_ctx=...)'s range
 GPU_LAYERS = int_in(-1, INT32_MAX, " (-1: every layer)")
-COUNT = int_in(0, 2**63 - 1)
+COUNT = int_in(0, INT64_MAX)
 PARALLEL = int_in(1, _core.Session.max_parallel, " (requests that run together in one context)")
 
 
@@ -128,13 +129,18 @@ def repack_of(args: argparse.Namespace) -> Optional[bool]:
     return {"auto": None, "on": True, "off": False}[args.repack]
 
 
-def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generation threads") -> None:
-    """--model and --mmproj (both), or --tiny for the shipped tiny pair; --n-ctx, --n-gpu-layers,
-    --threads, --repack."""
+def add_model_pair_options(p: argparse.ArgumentParser) -> None:
+    """--model and --mmproj (both), or --tiny for the shipped tiny pair: the pair alone, for a
+    command that does not load it here (selftest hands it to the C++ program)."""
     p.add_argument("--model", default=None, help="text model GGUF")
     p.add_argument("--mmproj", default=None, help="vision projector GGUF")
     p.add_argument("--tiny", action="store_true",
                    help="run the shipped random-weight tiny pair (a format check: its answers are gibberish)")
+
+
+def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generation threads") -> None:
+    """The pair's flags (add_model_pair_options); --n-ctx, --n-gpu-layers, --threads, --repack."""
+    add_model_pair_options(p)
     p.add_argument("--n-ctx", type=N_CTX, default=4096)
     p.add_argument("--n-gpu-layers", type=GPU_LAYERS, default=0, help="-1 offloads every layer")
     p.add_argument("--threads", type=THREADS, default=None,
@@ -142,9 +148,10 @@ def add_model_options(p: argparse.ArgumentParser, threads_help: str = "generatio
     add_repack_option(p)
 
 
-def model_pair(args: argparse.Namespace) -> tuple[str, str]:
+def model_pair(args: argparse.Namespace, warn: bool = True) -> tuple[str, str]:
     """The text model and projector the flags name, or the shipped tiny pair: asked for with
-    --tiny, or (with a warning on stderr) when neither --model nor --mmproj is given."""
+    --tiny, or (with a warning on stderr) when neither --model nor --mmproj is given. `warn=False`
+    for a command whose own subject is the tiny pair (selftest), where nothing is to be warned of."""
     if args.tiny:
         if args.model or args.mmproj:
             raise ConfigError("--tiny runs the shipped tiny pair and cannot go with --model/--mmproj; "
@@ -153,7 +160,7 @@ def model_pair(args: argparse.Namespace) -> tuple[str, str]:
         raise ConfigError("--model and --mmproj go together (or --tiny for the shipped tiny pair)")
     elif args.model:
         return str(args.model), str(args.mmproj)
-    else:
+    elif warn:
         print(TINY_WARNING, file=sys.stderr, flush=True)
     text, mmproj = tiny_pair()
     return str(text), str(mmproj)

@@ -7,7 +7,7 @@ import os
 from typing import Optional, Union
 
 from . import _core
-from .arguments import INT32_MAX, UINT32_MAX, bool_arg, int_arg, optional_bool_arg, optional_int_arg
+from .arguments import INT32_MAX, MIN_N_CTX, UINT32_MAX, bool_arg, int_arg, optional_bool_arg, optional_int_arg
 from .errors import ConfigError
 from .shipped import tiny_pair
 
@@ -63,7 +63,7 @@ class Model:
         self._core = _core.Model(
             _path(text_model_path, "text_model_path"),
             _path(mmproj_path, "mmproj_path"),
-            n_ctx=int_arg("n_ctx", n_ctx, 16, INT32_MAX),
+            n_ctx=int_arg("n_ctx", n_ctx, MIN_N_CTX, INT32_MAX),
             n_batch=int_arg("n_batch", n_batch, 4, INT32_MAX, " (a session keeps 4 KV sequences, a batch row each)"),
             n_gpu_layers=int_arg("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 offloads every layer)"),
             mmproj_gpu=bool_arg("mmproj_gpu", mmproj_gpu),
@@ -169,7 +169,7 @@ class TextModel:
                               f"names, got {chat_template!r}")
         self._core = _core.TextModel(
             _path(path, "path"),
-            n_ctx=int_arg("n_ctx", n_ctx, 16, INT32_MAX),
+            n_ctx=int_arg("n_ctx", n_ctx, MIN_N_CTX, INT32_MAX),
             n_batch=int_arg("n_batch", n_batch, 4, INT32_MAX),
             n_gpu_layers=int_arg("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 offloads every layer)"),
             n_threads=optional_int_arg("n_threads", n_threads, 1, INT32_MAX, threads_hint) or 0,

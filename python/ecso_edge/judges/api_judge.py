@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..arguments import INT64_MAX, int_arg
 from ..errors import CancelledError, ConfigError
 from .._core import CancelToken
 from .mm_safetybench_prompts import template_for
@@ -172,8 +173,10 @@ class ApiJudge:
                  timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0) -> None:
         self.endpoint = _endpoint(url)
         self.url, self.model = url, model
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
-            raise ConfigError(f"retries must be an integer >= 1 (attempts per judgement), got {retries!r}")
+        try:
+            retries = int_arg("retries", retries, 1, INT64_MAX)
+        except (TypeError, ConfigError):
+            raise ConfigError(f"retries must be an integer >= 1 (attempts per judgement), got {retries!r}") from None
         for name, value, zero_ok in (("timeout_s", timeout_s, False), ("backoff_s", backoff_s, True)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0 or (value == 0 and not zero_ok):

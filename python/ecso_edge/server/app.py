@@ -24,11 +24,12 @@ from starlette.concurrency import run_in_threadpool
 
 from .._core import EcsoConfig, EcsoResult, StepRecord
 from .._core import Session as CoreSession
+from ..arguments import INT32_MAX, INT64_MAX, int_arg
 from ..errors import CancelledError, ConfigError, ContextOverflowError, ImageError
 from ..images import load_rgb
 from ..messages import CoreMessage, CorePart
 from ..model import Model, TextModel
-from .openai_schema import INT32_MAX, ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
+from .openai_schema import ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
 from .request_queue import EcsoJob, QueueFull, RequestQueue
 
 __all__ = ["ServerOptions", "create_app"]
@@ -62,10 +63,10 @@ class ServerOptions:
             # it travels in an HTTP header: a key with other characters could never match
             raise ConfigError("ServerOptions.api_key must be None (no key) or a non-empty string of visible "
                               "ASCII characters (no spaces)")
-        _check_int("max_queue", self.max_queue, 0, 1_000_000)
-        _check_int("parallel", self.parallel, 1, CoreSession.max_parallel)
-        _check_int("max_request_bytes", self.max_request_bytes, 1, 2**63 - 1)
-        _check_int("default_max_tokens", self.default_max_tokens, 1, INT32_MAX)
+        _check_int(self, "max_queue", 0, 1_000_000)
+        _check_int(self, "parallel", 1, CoreSession.max_parallel)
+        _check_int(self, "max_request_bytes", 1, INT64_MAX)
+        _check_int(self, "default_max_tokens", 1, INT32_MAX)
         if not isinstance(self.allow_remote_images, bool):
             raise ConfigError(f"ServerOptions.allow_remote_images must be True or False, got {self.allow_remote_images!r}")
 
@@ -78,9 +79,14 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"ServerOptions.{name} must be an integer from {low} to {high}, got {value!r}")
+def _check_int(options: ServerOptions, name: str, low: int, high: int) -> None:
+    value = getattr(options, name)
+    try:
+        checked = int_arg(name, value, low, high)
+    except (TypeError, ConfigError):
+        raise ConfigError(f"ServerOptions.{name} must be an integer from {low} to {high}, got {value!r}") from None
+    # a NumPy integer passes the rule: keep the plain int, as Model and Session do
+    object.__setattr__(options, name, checked)
 
 
 class _ClientGone(Exception):

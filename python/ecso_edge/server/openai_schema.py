@@ -15,7 +15,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import ImageError
+from ..arguments import INT32_MAX, UINT32_MAX, int_arg
+from ..errors import ConfigError, ImageError
 from ..messages import decode_data_uri as _decode_data_uri
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "ImageRef",
     "MAX_JSON_DEPTH",
     "MAX_INT_DIGITS",
-    "INT32_MAX",
     "nesting_depth",
     "parse_json_body",
     "parse_chat_request",
@@ -66,8 +66,6 @@ MAX_JSON_DEPTH = 64
 # Integers longer than this are not converted: no field takes more than 20 digits, and int() of
 # a long digit string costs quadratic time (Python >= 3.11 refuses 4,300 digits itself).
 MAX_INT_DIGITS = 100
-INT32_MAX = 2**31 - 1  # max_tokens and the per-step limits are int32 in the C++ core
-UINT32_MAX = 2**32 - 1  # the sampling seed is uint32
 
 _DEPTH_CHUNK = 1 << 22  # bytes per vectorised pass of the depth scan (bounds its memory)
 
@@ -326,17 +324,15 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _optional_int(body: dict[str, Any], name: str, low: int, high: int) -> Optional[int]:
     value = body.get(name)
     if value is None:
         return None
-    if not _is_int(value) or not low <= value <= high:
-        raise RequestError(400, f"'{name}' must be an integer from {low} to {high}, got {_shown(value)}", param=name)
-    return int(value)
+    try:
+        return int_arg(name, value, low, high)
+    except (TypeError, ConfigError):
+        raise RequestError(400, f"'{name}' must be an integer from {low} to {high}, got {_shown(value)}",
+                           param=name) from None
 
 
 def _optional_number(body: dict[str, Any], name: str, low: float, high: float) -> Optional[float]:

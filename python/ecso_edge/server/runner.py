@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Union
 import uvicorn
 
 from .._core import EcsoConfig
+from ..arguments import int_arg
 from ..errors import ConfigError
 from ..model import Model
 from .app import ServerOptions, create_app
@@ -47,8 +48,10 @@ def serve(
     are checked before the model is loaded: a bad one raises `ConfigError` naming it."""
     if not isinstance(host, str) or not host:
         raise ConfigError(f"host must be an address or a host name, got {host!r}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f"port must be an integer from 1 to 65535, got {port!r}")
+    try:
+        port = int_arg("port", port, 1, 65535)
+    except (TypeError, ConfigError):
+        raise ConfigError(f"port must be an integer from 1 to 65535, got {port!r}") from None
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = options or ServerOptions(model_name=Path(text_model).stem)
