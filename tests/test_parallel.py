@@ -7,6 +7,7 @@ is cancelled fails nothing else."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 import ecso_edge
 from ecso_edge import CancelToken, EcsoConfig, Session
 from ecso_edge.errors import CancelledError, ConfigError, ContextOverflowError, ImageError
+from ecso_edge.tiny_models import write_projector_for
+from ecso_edge.tiny_models.text_models import TextSpec, write_llama_text
 
 from conftest import make_image
 
@@ -59,6 +62,18 @@ def test_parallel_is_checked(tiny_model: ecso_edge.Model) -> None:
             Session(tiny_model, parallel=bad)
     with pytest.raises(TypeError, match="parallel must be an int, not str"):
         Session(tiny_model, parallel="4")  # type: ignore[arg-type]
+
+
+def test_lanes_past_a_llama_cpp_context_are_refused(tmp_path: Path) -> None:
+    # 64 lanes of 2^26 cells are 2^32, one more than llama.cpp counts: the product used to wrap to
+    # 0 and llama.cpp made a context of the model's 4096 training positions without an error. A
+    # one-layer, one-head, 8-wide model keeps one lane's KV cache (2 GiB) under the load check.
+    text = write_llama_text(tmp_path / "text.gguf", TextSpec(n_embd=8, n_layer=1, n_head=1, n_ff=16))
+    model = ecso_edge.Model(text, write_projector_for(text, tmp_path / "mmproj.gguf", vit="tiny"),
+                            n_ctx=2**26, n_threads=1)
+    with pytest.raises(ConfigError, match=r"^parallel 64 with n_ctx 67108864 needs a context of 4294967296 cells, "
+                       r"more than the 4294967295 a llama\.cpp context holds\. Lower n_ctx or parallel$"):
+        Session(model, parallel=64)
 
 
 def agreeing_steps(got: list[Any], reference: list[Any]) -> tuple[int, int]:

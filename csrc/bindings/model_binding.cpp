@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "bindings/model_options_binding.hpp"
 #include "bindings/registry.hpp"
 #include "ecso/model.hpp"
 
@@ -19,17 +20,10 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
                          uint32_t n_batch, int32_t n_gpu_layers, bool mmproj_gpu, int32_t n_threads,
                          int32_t n_threads_batch,
                          std::optional<bool> flash_attn, std::optional<bool> repack, uint32_t seed, bool verbose) {
-                 ecso::ModelOptions options;
-                 options.n_ctx = n_ctx;
-                 options.n_batch = n_batch;
-                 options.n_gpu_layers = n_gpu_layers;
+                 ecso::ModelOptions options = model_options(n_ctx, n_batch, n_gpu_layers, n_threads,
+                                                            n_threads_batch, flash_attn, repack, verbose);
                  options.mmproj_gpu = mmproj_gpu;
-                 options.n_threads = n_threads;
-                 options.n_threads_batch = n_threads_batch;
-                 options.flash_attn = flash_attn;
-                 options.repack = repack;
                  options.seed = seed;
-                 options.verbose = verbose;
                  py::gil_scoped_release release;
                  return std::make_shared<ecso::Model>(text_model_path, mmproj_path, options);
              }),

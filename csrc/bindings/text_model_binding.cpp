@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "bindings/model_options_binding.hpp"
 #include "bindings/registry.hpp"
 #include "ecso/text_model.hpp"
 
@@ -18,15 +19,8 @@ A text-only GGUF (a guard model), validated and loaded. Loading releases the GIL
         .def(py::init([](const std::string & path, uint32_t n_ctx, uint32_t n_batch, int32_t n_gpu_layers,
                          int32_t n_threads, int32_t n_threads_batch, std::optional<bool> flash_attn,
                          std::optional<bool> repack, bool verbose, const std::string & chat_template) {
-                 ecso::ModelOptions options;
-                 options.n_ctx = n_ctx;
-                 options.n_batch = n_batch;
-                 options.n_gpu_layers = n_gpu_layers;
-                 options.n_threads = n_threads;
-                 options.n_threads_batch = n_threads_batch;
-                 options.flash_attn = flash_attn;
-                 options.repack = repack;
-                 options.verbose = verbose;
+                 const ecso::ModelOptions options = model_options(n_ctx, n_batch, n_gpu_layers, n_threads,
+                                                                  n_threads_batch, flash_attn, repack, verbose);
                  py::gil_scoped_release release;
                  return std::make_shared<ecso::TextModel>(path, options, chat_template);
              }),

@@ -2,6 +2,7 @@
 #include "ecso/batch_scheduler.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "ecso/cancel_token.hpp"
@@ -15,11 +16,20 @@ BatchScheduler::BatchScheduler(std::shared_ptr<const Model> model, int n_lanes, 
     : model_(std::move(model)), n_lanes_(n_lanes), lanes_(static_cast<size_t>(n_lanes)) {
     const ModelOptions & opts = model_->options();
     // A lane's budget is what a one-lane session's context holds (llama.cpp pads n_ctx to 256).
-    lane_n_ctx_ = (opts.n_ctx + 255) / 256 * 256;
+    // Counted in 64 bits: llama.cpp takes the cells as a uint32, and a product that wrapped
+    // around made a context of another size (0: the model's training length) without an error.
+    const uint64_t lane_cells = (uint64_t{opts.n_ctx} + 255) / 256 * 256;
+    const uint64_t cells = lane_cells * static_cast<uint64_t>(n_lanes);
+    if (cells > UINT32_MAX) {
+        throw ConfigError("parallel " + std::to_string(n_lanes) + " with n_ctx " + std::to_string(opts.n_ctx) +
+                          " needs a context of " + std::to_string(cells) + " cells, more than the " +
+                          std::to_string(UINT32_MAX) + " a llama.cpp context holds. Lower n_ctx or parallel");
+    }
+    lane_n_ctx_ = static_cast<uint32_t>(lane_cells);
     const uint32_t n_batch = std::min(opts.n_batch, opts.n_ctx);
     lane_batch_ = std::max<int32_t>(static_cast<int32_t>(kMinBatch), static_cast<int32_t>(n_batch) / n_lanes);
     const uint32_t merged = std::max<uint32_t>(n_batch, static_cast<uint32_t>(lane_batch_) * n_lanes);
-    ctx_ = make_context(model_->impl().text(), lane_n_ctx_ * static_cast<uint32_t>(n_lanes), merged,
+    ctx_ = make_context(model_->impl().text(), static_cast<uint32_t>(cells), merged,
                         static_cast<uint32_t>(n_lanes * seqs_per_lane), &BatchScheduler::abort_requested, this);
     merged_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
     thread_ = std::thread([this] { loop(); });

@@ -286,10 +286,14 @@ std::string GuardFormat::head() const {
     return layout.head;
 }
 
+// Joined from message_parts() so the pieces a caller tokenizes one by one and the whole message
+// cannot disagree (the strip rule lives in one place).
 std::string GuardFormat::user_message(const std::string & query, const std::string & response) const {
-    const std::string q = layout.strip ? trim(query) : query;
-    const std::string r = layout.strip ? trim(response) : response;
-    return layout.head + q + layout.between + r + layout.tail;
+    std::string message;
+    for (const Part & part : message_parts(query, response)) {
+        message += part.text;
+    }
+    return message;
 }
 
 std::vector<GuardFormat::Part> GuardFormat::message_parts(const std::string & query,
