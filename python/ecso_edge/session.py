@@ -3,12 +3,14 @@ calls of the C++ core. The models are in model.py, the iterator form of streamin
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 from . import _core
 from ._core import CancelToken
 from .arguments import INT32_MAX, bool_arg, callable_arg, int_arg, optional_bool_arg
-from .errors import CancelledError, ConfigError
+from .errors import CancelledError, ConfigError, StateFileError
 from .images import ImageInput, load_rgb
 from .messages import to_core_messages
 from .model import Model, TextModel
@@ -35,6 +37,17 @@ def _text(value: object, what: str) -> Union[str, bytes]:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)  # the core checks that it is UTF-8
     raise ConfigError(f"the {what} must be a str, not {type(value).__name__}")
+
+
+def _state_path(name: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ConfigError(f"{name} must be a non-empty file path without NUL characters (got {path!r})")
+    if os.path.isdir(path):
+        raise ConfigError(f"{name} {path!r} is a folder; give the state file's path (e.g. {path}/state.ecso)")
+    return path
 
 
 def _max_tokens(value: object) -> int:
@@ -66,7 +79,8 @@ class Session:
     """
 
     def __init__(self, model: Model, config: Optional[_core.EcsoConfig] = None, *, parallel: int = 1,
-                 judge_model: Optional[TextModel] = None, judge_format: Optional[str] = None) -> None:
+                 judge_model: Optional[TextModel] = None, judge_format: Optional[str] = None,
+                 state: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be an ecso_edge.Model, not {type(model).__name__}")
         if config is not None and not isinstance(config, _core.EcsoConfig):
@@ -81,9 +95,49 @@ class Session:
             raise ConfigError("judge_model needs judge_format: one of " + ", ".join(_core.guard_format_names()))
         self.model = model
         self.judge_model = judge_model
+        self.state_path = None if state is None else _state_path("state", state)
         self._core = _core.Session(model._core, config if config is not None else _core.EcsoConfig(),
                                    parallel=parallel, judge_model=judge_model._core if judge_model else None,
                                    judge_format=judge_format or "")
+        #: What became of ``state``: "none" (not given), "new" (no file yet), "loaded", or
+        #: "refused: <why>" (the session then starts cold; a RuntimeWarning says so too).
+        self.state_status = "none"
+        if self.state_path is not None:
+            self.state_status = self._open_state(self.state_path)
+
+    def _open_state(self, path: str) -> str:
+        if not self._core.config.reuse_kv:
+            raise ConfigError("state= needs reuse_kv: the reference path keeps nothing between calls")
+        if not os.path.exists(path):
+            return "new"
+        try:
+            self._core.load_state(path)
+        except StateFileError as e:
+            warnings.warn(f"ecso-edge: starting with an empty cache: {e}", RuntimeWarning, stacklevel=3)
+            return f"refused: {e}"
+        return "loaded"
+
+    def save_state(self, path: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
+        """Write what ``chat`` keeps (each conversation's KV cells and the map of what they hold,
+        image encodings, captions) to ``path`` (default: the ``state=`` file), atomically: a crash
+        during the save leaves the previous file or the new one. Waits for calls in progress.
+        The file holds the conversations' text: keep it where the conversations may be kept.
+        See docs/conversations.md."""
+        if path is None:
+            if self.state_path is None:
+                raise ConfigError("save_state needs a path (or a Session made with state=PATH)")
+            target = self.state_path
+        else:
+            target = _state_path("path", path)
+        self._core.save_state(target)
+
+    def load_state(self, path: Union[str, "os.PathLike[str]"]) -> dict[str, int]:
+        """Replace what ``chat`` keeps with a state file's, after checking all of it: a file that
+        is damaged, truncated, of another format version, or written for another model, projector
+        or context settings raises ``StateFileError`` and the cache stays as it was. A continued
+        conversation then gives the tokens it would have given had the process never stopped,
+        and its step 1 evaluates only the new turn. Returns the cache's sizes after the load."""
+        return self._core.load_state(_state_path("path", path))
 
     @property
     def judged_by(self) -> str:
@@ -300,7 +354,9 @@ class Session:
 
     def cache_info(self) -> dict[str, int]:
         """What ``chat`` keeps between calls: ``conversations`` and ``state_bytes`` (their KV
-        cells), ``images`` and ``embedding_bytes`` (their encoder output), ``captions``."""
+        cells), ``images`` and ``embedding_bytes`` (their encoder output), ``captions``; ``hits``
+        and ``misses`` (chat calls that found a saved conversation to continue, or none) and
+        ``evictions`` (entries dropped to keep the bounds)."""
         return self._core.cache_stats()
 
     def clear_cache(self) -> None:
