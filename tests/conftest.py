@@ -49,6 +49,14 @@ def tiny_model(tiny_paths: tuple[Path, Path]) -> ecso_edge.Model:
     return ecso_edge.Model(text, mmproj, n_threads=1, n_ctx=N_CTX)
 
 
+@pytest.fixture(autouse=True)
+def _cold_encoder_cache(request: pytest.FixtureRequest) -> None:
+    """Each test meets the shared tiny model as a fresh Model would be: no image encodings kept
+    from an earlier test (they are shared by every session on a Model)."""
+    if "tiny_model" in request.fixturenames:
+        request.getfixturevalue("tiny_model").clear_encoder_cache()
+
+
 def make_image(width: int = 48, height: int = 40, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)

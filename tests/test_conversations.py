@@ -162,11 +162,16 @@ def test_the_cache_keeps_at_most_keep_conversations(tiny_model: ecso_edge.Model)
         assert turn2.stats["image_encodes"] == 0
 
 
-def test_a_zero_byte_bound_keeps_nothing(tiny_model: ecso_edge.Model) -> None:
+def test_a_zero_byte_bound_keeps_nothing(tiny_model: ecso_edge.Model, tiny_paths: Any) -> None:
     session = Session(tiny_model, EcsoConfig(conversation_cache_mib=0, verdict_override=False))
     results = converse(session, TURNS[:2])
     assert results[1].stats["steps"]["answer"]["tokens_reused"] == 0
-    assert results[1].stats["image_encodes"] == 1  # nothing kept: the image is encoded again
+    # the session keeps nothing; the image's encoding comes from the model's own cache
+    assert results[1].stats["image_encodes"] == 0 and tiny_model.encoder_cache_info()["hits"] >= 1
+    keeps_none = ecso_edge.Model(*tiny_paths, n_threads=1, encoder_cache_mib=0)
+    cold = converse(Session(keeps_none, EcsoConfig(conversation_cache_mib=0, verdict_override=False)), TURNS[:2])
+    assert [r.stats["image_encodes"] for r in cold] == [1, 1]  # nothing kept anywhere: encoded again
+    assert keeps_none.encoder_cache_info()["entries"] == 0
     info = session.cache_info()
     assert info["conversations"] == 0 and info["images"] == 0 and info["embedding_bytes"] == 0
     nothing = Session(tiny_model, EcsoConfig(keep_conversations=0, verdict_override=False))
@@ -179,9 +184,12 @@ def test_cache_info_counts_bytes_and_clear_cache_drops_them(tiny_model: ecso_edg
     info = session.cache_info()
     assert info["conversations"] == 1 and info["state_bytes"] > 0
     assert info["images"] == 2 and info["embedding_bytes"] == 2 * 16 * tiny_model.n_embd * 4
+    # turn 1 found nothing to continue, turns 2 and 3 continued the saved turn before
+    assert (info["hits"], info["misses"], info["evictions"]) == (2, 1, 0)
     session.clear_cache()
+    # the sizes drop, the counters are the session's history and stay
     assert session.cache_info() == {"conversations": 0, "state_bytes": 0, "images": 0, "embedding_bytes": 0,
-                                    "captions": 0}
+                                    "captions": 0, "hits": 2, "misses": 1, "evictions": 0}
 
 
 @pytest.mark.parametrize(

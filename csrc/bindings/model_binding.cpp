@@ -19,18 +19,38 @@ A text model GGUF and its vision projector (mmproj), validated and loaded. Loadi
         .def(py::init([](const std::string & text_model_path, const std::string & mmproj_path, uint32_t n_ctx,
                          uint32_t n_batch, int32_t n_gpu_layers, bool mmproj_gpu, int32_t n_threads,
                          int32_t n_threads_batch,
-                         std::optional<bool> flash_attn, std::optional<bool> repack, uint32_t seed, bool verbose) {
+                         std::optional<bool> flash_attn, std::optional<bool> repack, uint32_t seed, bool verbose,
+                         uint64_t encoder_cache_mib) {
                  ecso::ModelOptions options = model_options(n_ctx, n_batch, n_gpu_layers, n_threads,
                                                             n_threads_batch, flash_attn, repack, verbose);
                  options.mmproj_gpu = mmproj_gpu;
                  options.seed = seed;
+                 options.encoder_cache_mib = encoder_cache_mib;
                  py::gil_scoped_release release;
                  return std::make_shared<ecso::Model>(text_model_path, mmproj_path, options);
              }),
              py::arg("text_model_path"), py::arg("mmproj_path"), py::kw_only(), py::arg("n_ctx"), py::arg("n_batch"),
              py::arg("n_gpu_layers"), py::arg("mmproj_gpu"), py::arg("n_threads"),
              py::arg("n_threads_batch"), py::arg("flash_attn"), py::arg("repack"),
-             py::arg("seed"), py::arg("verbose"))
+             py::arg("seed"), py::arg("verbose"), py::arg("encoder_cache_mib"))
+        .def(
+            "encoder_cache_info",
+            [](const ecso::Model & mdl) {
+                const ecso::EncoderCacheStats st = mdl.encoder_cache_stats();
+                py::dict d;
+                d["entries"] = st.entries;
+                d["bytes"] = st.bytes;
+                d["limit_bytes"] = st.limit_bytes;
+                d["hits"] = st.hits;
+                d["misses"] = st.misses;
+                d["evictions"] = st.evictions;
+                return d;
+            },
+            "The encoder outputs kept for the conversations of every session on this model: entries, bytes, "
+            "the bound, hits, misses and evictions.")
+        .def(
+            "clear_encoder_cache", [](const ecso::Model & mdl) { mdl.clear_encoder_cache(); },
+            "Drops the encoder outputs kept for every session on this model (the counters stay).")
         .def_property_readonly("text_model_path", [](const ecso::Model & mdl) { return mdl.text_info().path; })
         .def_property_readonly("mmproj_path", [](const ecso::Model & mdl) { return mdl.projector_info().path; })
         .def_property_readonly("architecture", [](const ecso::Model & mdl) { return mdl.text_info().architecture; })

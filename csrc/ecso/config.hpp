@@ -28,6 +28,8 @@ struct ModelOptions {
     std::optional<bool> repack;      // weight repacking (llama.cpp's extra CPU buffer types); nullopt:
                                      // repack_by_default() (system_info.hpp)
     uint32_t seed = 0;           // default sampling seed of sessions on this model
+    // Encoder outputs kept for every session on this model (encoder_cache.hpp); 0 keeps none.
+    uint64_t encoder_cache_mib = 256;
     bool verbose = false;        // print llama.cpp's own log to stderr
 };
 

@@ -118,6 +118,11 @@ Prompt ConversationPlan::text_only_prompt(const Conversation & messages, const s
 
 EcsoResult ConversationPlan::run(const Conversation & messages, const CallOptions & call, bool protect) {
     engine_.forget_single_turn();  // the conversation cache lays out cells its own way
+    struct Sharing {
+        DecodingEngine & engine;
+        explicit Sharing(DecodingEngine & e) : engine(e) { engine.share_encodings(true); }
+        ~Sharing() { engine.share_encodings(false); }
+    } sharing(engine_);
     engine_.throw_if_cancelled("answer");
     const auto t0 = Clock::now();
     const int32_t max_tokens = call.max_tokens;

@@ -403,6 +403,14 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
     // One entry per media chunk: an image sliced into tiles (LLaVA-1.6, SmolVLM, ...) is several
     // chunks of one bitmap, and each has its own embeddings (Prompt names them apart).
     auto cached = config_.reuse_kv ? embd_cache_.find(item.media_id) : embd_cache_.end();
+    EncoderCache & shared = model_->impl().encoder_cache();
+    if (config_.reuse_kv && share_encodings_) {
+        if (cached != embd_cache_.end()) {
+            shared.touch(item.media_id);
+        } else if (const auto output = shared.find(item.media_id)) {
+            cached = embd_cache_.insert_or_assign(item.media_id, *output).first;
+        }
+    }
     if (cached == embd_cache_.end()) {
         if (mtmd_input_chunk_get_n_tokens(item.media) == 0) {
             throw RuntimeFailure("internal: an image placeholder reached the encoder");
@@ -435,6 +443,8 @@ void DecodingEngine::evaluate_media(const PromptItem & item, int32_t pos, int se
                                "'" + projector.path + "' (type '" + projector.projector_type + "')");
         if (!config_.reuse_kv) {
             embd_cache_.clear();  // the reference path keeps nothing between steps
+        } else if (share_encodings_) {
+            shared.put(item.media_id, out);
         }
         cached = embd_cache_.insert_or_assign(item.media_id, std::move(out)).first;
         rec.image_encodes += 1;

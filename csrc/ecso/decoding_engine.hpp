@@ -152,6 +152,10 @@ public:
     // Encoder output by PromptItem::media_id, so no step re-encodes an image when reuse is on.
     // The single-turn plan empties it per request; the conversation plan keeps it across turns.
     std::map<std::string, std::vector<float>> & embeddings() { return embd_cache_; }
+    // While on (a conversation's call), an image this engine has not encoded is looked up in the
+    // Model's encoder cache, which every session on the Model shares, and what it encodes goes
+    // there too. Single-turn requests encode their image once per request, as llama-server does.
+    void share_encodings(bool on) { share_encodings_ = on; }
 
 private:
     void open_shadow(ShadowJudge & shadow, int32_t quote_limit);
@@ -193,7 +197,8 @@ private:
     std::optional<EcsoConfig> call_config_;  // set while a call with its own options runs
     std::optional<YesNoTokens> yes_no_;               // for verdict_rule Logits
     std::map<std::string, std::vector<float>> embd_cache_;
-    bool head_kept_ = false;  // the cache holds a single-turn request's cells, laid out from empty
+    bool head_kept_ = false;
+    bool share_encodings_ = false;  // the cache holds a single-turn request's cells, laid out from empty
 };
 
 }  // namespace ecso

@@ -51,6 +51,8 @@ bool Model::repack() const { return impl_->repack(); }
 int32_t Model::n_embd() const { return impl_->n_embd(); }
 int32_t Model::n_ctx_train() const { return impl_->n_ctx_train(); }
 std::string Model::own_chat_template() const { return impl_->own_chat_template(); }
+EncoderCacheStats Model::encoder_cache_stats() const { return impl_->encoder_cache().stats(); }
+void Model::clear_encoder_cache() const { impl_->encoder_cache().clear(); }
 
 std::vector<int32_t> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
     return impl_->tokenize(text, add_special, parse_special);

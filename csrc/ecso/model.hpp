@@ -13,6 +13,7 @@
 
 #include "ecso/call_options.hpp"
 #include "ecso/config.hpp"
+#include "ecso/encoder_cache.hpp"
 #include "ecso/gguf_check.hpp"
 
 namespace ecso {
@@ -47,6 +48,9 @@ public:
     // The bytes of one token (special tokens render as "" unless `special`).
     std::string token_piece(int32_t token, bool special = false) const;
     bool is_end_of_generation(int32_t token) const;
+    // The encoder outputs kept for the conversations of every session on this model.
+    EncoderCacheStats encoder_cache_stats() const;
+    void clear_encoder_cache() const;
 
     // The llama.cpp and mtmd handles, for the core's internals (model_impl.hpp defines it).
     class Impl;

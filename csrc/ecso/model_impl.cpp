@@ -10,7 +10,8 @@
 
 namespace ecso {
 
-Model::Impl::Impl(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options) {
+Model::Impl::Impl(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options)
+    : encoder_cache_(options.encoder_cache_mib > (UINT64_MAX >> 20) ? UINT64_MAX : options.encoder_cache_mib << 20) {
     text_.emplace(text_model_path, options);
     projector_info_ = check_projector(mmproj_path, text_->info());
     admit_projector(text_model_path, mmproj_path);

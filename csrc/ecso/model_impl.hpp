@@ -15,6 +15,7 @@
 
 #include "ecso/call_options.hpp"
 #include "ecso/config.hpp"
+#include "ecso/encoder_cache.hpp"
 #include "ecso/gguf_check.hpp"
 #include "ecso/model.hpp"
 #include "ecso/text_weights.hpp"
@@ -51,6 +52,8 @@ public:
     }
 
     const ModelOptions & options() const { return text_->options(); }
+    // Shared by every session on this model: its own lock makes it safe from any thread.
+    EncoderCache & encoder_cache() const { return encoder_cache_; }
     const TextWeights & text() const { return *text_; }
     const TextModelInfo & text_info() const { return text_->info(); }
     const ProjectorInfo & projector_info() const { return projector_info_; }
@@ -82,6 +85,7 @@ private:
     mutable uint32_t encode_nodes_ = 0;  // touched by the encoding thread only (vision_mutex_)
     mtmd::context_ptr mtmd_;
     mutable std::mutex vision_mutex_;
+    mutable EncoderCache encoder_cache_;
 };
 
 // The error for a pair whose projector frames images with tokens the text model does not have.

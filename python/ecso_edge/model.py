@@ -40,6 +40,10 @@ class Model:
     ``--no-repack`` turns them off). None: on, except on a CPU with AMX, whose kernels in the pinned
     llama.cpp crash on quantized models (``model.repack`` tells the value in effect).
 
+    ``encoder_cache_mib`` bounds the image encodings kept for the conversations of every session
+    on the model (``encoder_cache_info()``), so an image is encoded once however many
+    conversations or sessions send it; 0 keeps none.
+
     >>> model = Model("llava-v1.5-7b.Q4_K_M.gguf", "mmproj-model-f16.gguf", n_gpu_layers=-1)
     """
 
@@ -58,6 +62,7 @@ class Model:
         seed: int = 0,
         n_batch: int = 512,
         verbose: bool = False,
+        encoder_cache_mib: int = 256,
     ) -> None:
         threads_hint = " (None: the default)"
         self._core = _core.Model(
@@ -73,7 +78,19 @@ class Model:
             repack=optional_bool_arg("repack", repack),
             seed=int_arg("seed", seed, 0, UINT32_MAX),
             verbose=bool_arg("verbose", verbose),
+            encoder_cache_mib=int_arg("encoder_cache_mib", encoder_cache_mib, 0, 1 << 30, " (0 keeps none)"),
         )
+
+    def encoder_cache_info(self) -> dict[str, int]:
+        """The image encodings this model keeps for the conversations of every session on it
+        (``encoder_cache_mib``): ``entries``, ``bytes``, ``limit_bytes``, ``hits``, ``misses``,
+        ``evictions``. A conversation that sends an image any session on this model has already
+        encoded reuses the encoding (``r.stats["image_encodes"]`` 0)."""
+        return self._core.encoder_cache_info()
+
+    def clear_encoder_cache(self) -> None:
+        """Drop the image encodings kept for every session on this model."""
+        self._core.clear_encoder_cache()
 
     @classmethod
     def tiny(cls, **options: object) -> "Model":

@@ -13,7 +13,7 @@ from .arguments import INT32_MAX, bool_arg, callable_arg, int_arg, optional_bool
 from .errors import CancelledError, ConfigError, StateFileError
 from .images import ImageInput, load_rgb
 from .messages import to_core_messages
-from .model import Model, TextModel
+from .model import Model, TextModel, _path
 from .stream import EcsoStream
 
 __all__ = ["Model", "TextModel", "Session", "EcsoStream", "CancelToken"]
@@ -40,11 +40,9 @@ def _text(value: object, what: str) -> Union[str, bytes]:
 
 
 def _state_path(name: str, value: Any) -> str:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(value).__name__}")
-    path = os.fspath(value)
-    if not isinstance(path, str) or not path or "\0" in path:
-        raise ConfigError(f"{name} must be a non-empty file path without NUL characters (got {path!r})")
+    path = _path(value, name)
+    if not path:
+        raise ConfigError(f"{name} must be a file path, not an empty string")
     if os.path.isdir(path):
         raise ConfigError(f"{name} {path!r} is a folder; give the state file's path (e.g. {path}/state.ecso)")
     return path
