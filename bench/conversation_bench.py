@@ -14,6 +14,10 @@ generates exactly its token limit (end of generation suppressed), so the work pe
 OpenMP's wait policy is left as the user has it (unset: OpenMP's default) and recorded.
 
     python bench/conversation_bench.py [--tiny] [--turns 6] [--reps 3] [--json OUT] [--llama-server PATH]
+    python bench/conversation_bench.py --restart [--reps 5] [--json OUT]
+
+--restart measures turn 7 after a process restart instead, restored from a state file against
+prefilled from scratch (bench/conversation_restart.py).
 
 With --json, the per-turn figure is written beside it (OUT's name, .png and .svg).
 """
@@ -119,6 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER"), help="a llama-server binary")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--restart", action="store_true", help="turn 7 after a process restart: restored vs cold")
     args = p.parse_args(argv)
     if not 1 <= args.turns <= len(FOLLOW_UPS) + 1 or args.reps < 1:
         p.error(f"--turns must be from 1 to {len(FOLLOW_UPS) + 1} and --reps at least 1")
@@ -130,6 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         text, mmproj = Path(args.model), Path(args.mmproj)
     else:
         text, mmproj = default_pair(out_dir)
+    if args.restart:
+        return restart(args, Path(text), Path(mmproj), out_dir)
     _, png = test_image(224)
     model = ecso_edge.Model(text, mmproj, n_threads=args.threads, n_ctx=args.n_ctx)
     kept: dict[str, Session] = {}
@@ -189,6 +196,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         figure = draw(results, title_of(results), args.json.with_suffix(""))  # per-turn lines
         if figure:
             print("wrote " + ", ".join(str(v) for v in figure.values()))
+    return 0
+
+
+def restart(args: argparse.Namespace, text: Path, mmproj: Path, out_dir: Path) -> int:
+    from conversation_restart import measure, print_restart
+
+    measured = measure(text, mmproj, args.threads, args.n_ctx, args.reps, out_dir / "restart", CONFIG,
+                       TOKENS["answer"])
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "model": {"text": text.name, "mmproj": mmproj.name},
+        "machine": {"platform": platform.platform(), "processor": cpu_name(), "cores": os.cpu_count()},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default)"),
+        "threads": args.threads, "llama_cpp_python": dist_version("llama-cpp-python"),
+        "ecso_edge": ecso_edge.__version__, "restart": measured,
+    }
+    print(f"{text.name} + {mmproj.name}; {cpu_name()}, {args.threads} threads, "
+          f"OMP_WAIT_POLICY {results['omp_wait_policy']}")
+    print_restart(measured)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
