@@ -180,6 +180,19 @@ done, total)` reports where the call is (phase 'prefill', 'encode' or 'generate'
 the call's CancelToken (one is made when None).
 )pbdoc";
 
+py::dict cache_dict(const ecso::CacheStats & st) {
+    py::dict d;
+    d["conversations"] = st.conversations;
+    d["state_bytes"] = st.state_bytes;
+    d["images"] = st.images;
+    d["embedding_bytes"] = st.embedding_bytes;
+    d["captions"] = st.captions;
+    d["hits"] = st.hits;
+    d["misses"] = st.misses;
+    d["evictions"] = st.evictions;
+    return d;
+}
+
 }  // namespace
 
 void register_session(py::module_ & m) {
@@ -314,16 +327,7 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
                     py::gil_scoped_release release;  // waits for a call in progress
                     return s.cache_stats();
                 }();
-                py::dict d;
-                d["conversations"] = st.conversations;
-                d["state_bytes"] = st.state_bytes;
-                d["images"] = st.images;
-                d["embedding_bytes"] = st.embedding_bytes;
-                d["captions"] = st.captions;
-                d["hits"] = st.hits;
-                d["misses"] = st.misses;
-                d["evictions"] = st.evictions;
-                return d;
+                return cache_dict(st);
             },
             "What chat() keeps between calls: conversations and images, with their bytes, and captions; the "
             "chat calls that found a saved conversation to continue (hits) or none (misses), and the entries "
@@ -343,17 +347,11 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
                     py::gil_scoped_release release;
                     return s.load_state(path);
                 }();
-                py::dict d;
-                d["conversations"] = st.conversations;
-                d["images"] = st.images;
-                d["captions"] = st.captions;
-                d["state_bytes"] = st.state_bytes;
-                d["embedding_bytes"] = st.embedding_bytes;
-                return d;
+                return cache_dict(st);
             },
             py::arg("path"),
             "Replaces what chat() keeps with a state file's, after checking all of it (StateFileError: the "
-            "cache is unchanged).")
+            "cache is unchanged); returns cache_stats() after the load.")
         .def(
             "clear_cache",
             [](ecso::EcsoSession & s) {

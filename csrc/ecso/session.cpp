@@ -381,15 +381,7 @@ CacheStats EcsoSession::Impl::cache_stats() {
         // Each slot in turn, once no call uses it: its cache is its call's while it runs.
         std::unique_lock<std::mutex> lock(slots_mutex_);
         slot_freed_.wait(lock, [&] { return !slots_[i]->busy; });
-        const ConversationCache::Stats s = slots_[i]->conversations.stats(slots_[i]->engine->embeddings());
-        total.conversations += s.conversations;
-        total.state_bytes += s.state_bytes;
-        total.images += s.images;
-        total.embedding_bytes += s.embedding_bytes;
-        total.captions += s.captions;
-        total.hits += s.hits;
-        total.misses += s.misses;
-        total.evictions += s.evictions;
+        total += slots_[i]->conversations.stats(slots_[i]->engine->embeddings());
     }
     return total;
 }

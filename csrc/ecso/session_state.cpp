@@ -133,12 +133,7 @@ CacheStats EcsoSession::Impl::load_state(const std::string & path) {
     }
     CacheStats total;
     for (auto & slot : slots_) {
-        const CacheStats s = slot->conversations.stats(slot->engine->embeddings());
-        total.conversations += s.conversations;
-        total.state_bytes += s.state_bytes;
-        total.images += s.images;
-        total.embedding_bytes += s.embedding_bytes;
-        total.captions += s.captions;
+        total += slot->conversations.stats(slot->engine->embeddings());
     }
     return total;
 }

@@ -26,6 +26,18 @@ struct CacheStats {
     uint64_t hits = 0;       // chat calls that restored a saved sequence
     uint64_t misses = 0;     // chat calls that found none to continue
     uint64_t evictions = 0;  // saved sequences and images dropped to keep the bounds
+
+    CacheStats & operator+=(const CacheStats & o) {
+        conversations += o.conversations;
+        state_bytes += o.state_bytes;
+        images += o.images;
+        embedding_bytes += o.embedding_bytes;
+        captions += o.captions;
+        hits += o.hits;
+        misses += o.misses;
+        evictions += o.evictions;
+        return *this;
+    }
 };
 
 }  // namespace ecso
