@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import _core
+from .arguments import MAX_CACHE_MIB
 from .cli_options import (COUNT, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
                           add_model_pair_options, add_parallel_option, add_repack_option, config_option, int_in,
                           load_judge_model, load_model, model_pair, number_in, repack_of)
@@ -155,6 +156,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     config = config_option(args.config)  # a typo fails before anything else is decided
+    if args.cache_ram is not None and args.config and "conversation_cache_mib" in json.loads(args.config):
+        raise ConfigError("--cache-ram and --config's conversation_cache_mib set the same bound: give one of them")
     text, mmproj = model_pair(args)
     options = ServerOptions(
         model_name=args.alias or Path(text).stem,
@@ -164,6 +167,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb * 1024 * 1024,  # checked by ServerOptions
         default_max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
+        state_dir=args.state_dir,
+        state_save_s=args.state_save_s,
+        cache_ram_mib=args.cache_ram,
     )
     serve(text, mmproj, host=args.host, port=args.port, options=options, config=config,
           n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, repack=repack_of(args),
@@ -256,6 +262,17 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--state-dir", default=None,
+                    help="keep the conversations (KV cells, image encodings) in a state file in this folder "
+                         "across restarts: loaded at startup, saved periodically and at shutdown (created if "
+                         "missing; the file holds the conversations' text; docs/server.md)")
+    sv.add_argument("--state-save-s", type=int_in(0, 24 * 3600), default=60,
+                    help="with --state-dir: save every this many seconds when a request ran since the last "
+                         "save (0: only at shutdown; a kill -9 loses what came after the last save)")
+    sv.add_argument("--cache-ram", type=int_in(0, MAX_CACHE_MIB), default=None, metavar="MB",
+                    help="MiB of conversations and image encodings kept between requests, all --parallel "
+                         "slots together (each gets MB/N); 0 keeps nothing (default: 1024 per slot, the "
+                         "config's conversation_cache_mib)")
     add_judge_model_options(sv)
     sv.set_defaults(func=_cmd_serve)
     return p
