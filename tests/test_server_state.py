@@ -6,12 +6,9 @@ every slot keeps, together. Each wait is on /health or the server's exit, never 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +18,7 @@ import pytest
 import ecso_edge
 from conftest import make_image
 from ecso_edge import EcsoConfig, Session
-from serve_helpers import ServerProcess, data_uri, png_bytes
+from serve_helpers import ServerProcess, data_uri, health, png_bytes, wait_for
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -70,21 +67,6 @@ def cached(reply: Any) -> int:
 
 def ecso_stats(reply: Any) -> dict[str, Any]:
     return dict((reply.model_extra or {})["ecso"]["stats"])
-
-
-def health(server: ServerProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
-        return dict(json.load(r))
-
-
-def wait_for_health(server: ServerProcess, done: Any, what: str, timeout_s: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s  # a bound on a hang, not a synchronisation
-    while True:
-        report = health(server)
-        if done(report):
-            return report
-        assert time.monotonic() < deadline, f"/health never showed {what}: {report['state']}\n{server.log()}"
-        time.sleep(0.05)
 
 
 def two_turns(server: ServerProcess, uninterrupted: list[Any]) -> None:
@@ -143,8 +125,7 @@ def test_a_kill_9_keeps_the_last_periodic_save(tmp_path: Path, uninterrupted: li
     first = serve_state(folder, tmp_path, "--state-save-s", "1")
     try:
         two_turns(first, uninterrupted)
-        state = wait_for_health(first, lambda h: (h["state"]["last_save"] or {}).get("requests") == 2,
-                                "a save of both turns")["state"]
+        state = wait_for(first, lambda h: (h["state"]["last_save"] or {}).get("requests") == 2)["state"]
         assert state["last_save"]["ok"] is True and state["last_save"]["error"] is None
         assert state["unsaved_requests"] == 0 and state["cache"]["conversations"] == 1
     finally:
