@@ -236,6 +236,12 @@ def test_resume_continues_a_saved_chat_with_its_cells(picture: Path, tmp_path: P
     assert [m["role"] for m in json.loads(saved.read_text())["messages"]] == ["user", "assistant"] * 3
 
 
+def test_a_chat_left_at_once_writes_nothing(tmp_path: Path) -> None:
+    proc = chat("--resume", str(tmp_path / "talk.json"), script="")
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_damaged_state_file_starts_cold_and_keeps_the_messages(picture: Path, tmp_path: Path) -> None:
     saved = tmp_path / "talk.json"
     assert chat("--resume", str(saved), script=f"/image {picture}\nWhat is this?\nTell me more.\n").returncode == 0

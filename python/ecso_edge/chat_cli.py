@@ -40,8 +40,8 @@ class ChatLoop:
         self.store = store
         self.messages: list[dict[str, Any]] = []
         self.pending: list[Image] = []  # images for the next message, as read when attached
-        self.unsaved = False  # something the store does not hold yet
         self.reset()
+        self.unsaved = False  # something the store does not hold yet (a chat left at once writes nothing)
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
