@@ -303,11 +303,11 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    sv.add_argument("--state-dir", default=None,
+    sv.add_argument("--state-dir", default=None, metavar="DIR",
                     help="keep the conversations (KV cells, image encodings) in a state file in this folder "
                          "across restarts: loaded at startup, saved periodically and at shutdown (created if "
                          "missing; the file holds the conversations' text; docs/server.md)")
-    sv.add_argument("--state-save-s", type=int_in(0, 24 * 3600), default=60,
+    sv.add_argument("--state-save-s", type=int_in(0, 24 * 3600), default=60, metavar="SECONDS",
                     help="with --state-dir: save every this many seconds when a request ran since the last "
                          "save (0: only at shutdown; a kill -9 loses what came after the last save)")
     sv.add_argument("--cache-ram", type=int_in(0, MAX_CACHE_MIB), default=None, metavar="MB",
