@@ -276,6 +276,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "max_request_bytes": IntSpec(1, 2**63 - 1, strict_bool=True),
     "default_max_tokens": IntSpec(1, INT32_MAX, strict_bool=True),
     "allow_remote_images": BoolSpec(strict=True),
+    "state_save_s": IntSpec(0, 24 * 3600, strict_bool=True),
+    "cache_ram_mib": IntSpec(0, 1 << 30, optional=True, strict_bool=True),
 }
 SERVE_API: dict[str, Any] = {
     "port": IntSpec(1, 65535, strict_bool=True),
@@ -301,6 +303,8 @@ CLI_FLAGS: dict[tuple[str, str], Any] = {
     ("serve", "--port"): IntSpec(1, 65535),
     ("serve", "--max-queue"): IntSpec(0, 1_000_000),
     ("serve", "--max-request-mb"): IntSpec(1, 1 << 20),
+    ("serve", "--state-save-s"): IntSpec(0, 24 * 3600),
+    ("serve", "--cache-ram"): IntSpec(0, 1 << 30),
 }
 SERVE_CONFIGS = ['{"temperature": 0.5}', '{"verdict_rule": "logits"}', '{"temperature": NaN}', '{"top_k": 1e400}',
                  '{"logit_bias": {"5": 1}}', '{"nope": 1}', "[]", '"x"', "{", '{"max_tokens_judge": 0}',

@@ -1,10 +1,12 @@
 """Test helpers for `ecso-edge serve`: a real server process on a free loopback port (the CLI
-itself, on the shipped tiny pair, one thread), and request bodies with an inline PNG image."""
+itself, on the shipped tiny pair, one thread), its /health report and waits on it, and request
+bodies with an inline PNG image."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import socket
 import subprocess
@@ -96,6 +98,22 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def health(server: ServerProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
+        return dict(json.load(r))
+
+
+def wait_for(server: ServerProcess, condition: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+    """/health's report once `condition(report)` holds."""
+    deadline = time.monotonic() + timeout_s  # a bound on a hang, not a synchronisation
+    while True:
+        h = health(server)
+        if condition(h):
+            return h
+        assert time.monotonic() < deadline, f"server state never matched: {h}\n{server.log()}"
+        time.sleep(0.05)
 
 
 def serving(log_dir: Path, *args: str) -> Iterator["ServerProcess"]:

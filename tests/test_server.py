@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +21,7 @@ import pytest
 import ecso_edge
 from ecso_edge import EcsoConfig, Session
 from ecso_edge.images import load_rgb
-from serve_helpers import ServerProcess, chat_body, data_uri, png_bytes
+from serve_helpers import ServerProcess, chat_body, data_uri, health, png_bytes, wait_for
 
 QUERY = "What is in this picture?"
 MAX_TOKENS = 12
@@ -110,20 +109,6 @@ def messages(image_url: str, query: str = QUERY) -> Any:
         {"type": "image_url", "image_url": {"url": image_url}},
         {"type": "text", "text": query},
     ]}]
-
-
-def health(server: ServerProcess) -> dict[str, Any]:
-    return httpx.get(server.url + "/health", timeout=10).json()  # type: ignore[no-any-return]
-
-
-def wait_for(server: ServerProcess, condition: Any, timeout_s: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        h = health(server)
-        if condition(h):
-            return h
-        assert time.monotonic() < deadline, f"server state never matched: {h}"
-        time.sleep(0.05)
 
 
 # -- answers ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 
-__all__ = ["INT32_MAX", "UINT32_MAX", "INT64_MAX", "MIN_N_CTX", "int_arg", "optional_int_arg", "bool_arg",
+__all__ = ["INT32_MAX", "UINT32_MAX", "INT64_MAX", "MIN_N_CTX", "MAX_CACHE_MIB", "int_arg", "optional_int_arg", "bool_arg",
            "optional_bool_arg", "callable_arg"]
 
 INT32_MAX = 2**31 - 1  # the core's int32_t: token limits, threads, layers
@@ -23,6 +23,8 @@ INT64_MAX = 2**63 - 1  # counts with no bound of their own, kept to what a C int
 # Model(n_ctx=...)'s floor, for Model, TextModel and the command line's --n-ctx alike; the core
 # refuses a smaller context too, with a message of its own
 MIN_N_CTX = 16
+# EcsoConfig.conversation_cache_mib's bound (the core's config check), for the server's --cache-ram
+MAX_CACHE_MIB = 1 << 30
 
 
 def int_arg(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:

@@ -10,9 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from . import _core
+from .arguments import MAX_CACHE_MIB
+from .chat_file import SavedChat
 from .cli_options import (COUNT, THREADS, TOKENS, Parser, add_judge_model_options, add_model_options,
                           add_model_pair_options, add_parallel_option, add_repack_option, config_option, int_in,
                           load_judge_model, load_model, model_pair, number_in, repack_of)
@@ -65,19 +68,55 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat_cli import HELP, ChatLoop
+    from .chat_file import ChatFile
 
     config = config_option(args.config)
+    for path in args.image or []:
+        load_rgb(path, max_pixels=config.max_image_pixels)  # a bad --image fails the command, with its reason
+    store, saved = None, None
+    if args.resume is not None:  # the file is checked, and read, before the model loads
+        if not config.reuse_kv:
+            raise ConfigError("--resume keeps the session's state next to the conversation, and the config's "
+                              "reuse_kv is false: drop one of them")
+        store = ChatFile(args.resume)
+        store.check()
+        saved = store.load(config.max_image_pixels) if store.exists() else None
+        system = _resumed_system(saved, args.system, args.resume)
+    else:
+        system = args.system
     model = load_model(args)
     interactive = sys.stdin.isatty()
     if interactive:
         # Ctrl-C stops an answer even when the shell started us with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print(f"ecso-edge chat on {os.path.basename(model.text_model_path)} (ECSO protects every answer)\n{HELP}\n", flush=True)
-    loop = ChatLoop(Session(model, config, **load_judge_model(args)), max_tokens=args.max_tokens, system=args.system)
+    with warnings.catch_warnings():
+        # a refused state file is said in one line of the chat's own, below
+        warnings.filterwarnings("ignore", "ecso-edge: starting with an empty cache", RuntimeWarning)
+        session = Session(model, config, state=store.state_path if store else None, **load_judge_model(args))
+    loop = ChatLoop(session, max_tokens=args.max_tokens, system=system, store=store)
+    if session.state_status.startswith("refused"):
+        print(f"ecso-edge chat: warning: {session.state_status.removeprefix('refused: ')}; the conversation goes "
+              "on, its next turn evaluated whole", file=sys.stderr, flush=True)
+    if saved is not None:
+        loop.resume(saved)
+    elif store is not None:
+        print(f"[new conversation, saved to {store.path} after every turn]", flush=True)
     for path in args.image or []:
-        load_rgb(path, max_pixels=config.max_image_pixels)  # a bad --image fails the command, with its reason
         loop.attach(path)
     return loop.run(sys.stdin, interactive)
+
+
+def _resumed_system(saved: Optional[SavedChat], given: Optional[str], path: str) -> Optional[str]:
+    """The system message of a resumed chat: its own; --system may only repeat it."""
+    if saved is None or not saved.messages:
+        return given
+    first = saved.messages[0]
+    own = first["content"] if first["role"] == "system" and isinstance(first["content"], str) else None
+    if given is not None and given != own:
+        raise ConfigError(f"--system differs from the system message of the conversation in {path!r}: drop "
+                          "--system to continue it, or name another --resume file for a new conversation")
+    return own
 
 
 def _cmd_data_engine(args: argparse.Namespace) -> int:
@@ -155,6 +194,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     config = config_option(args.config)  # a typo fails before anything else is decided
+    if args.cache_ram is not None and args.config and "conversation_cache_mib" in json.loads(args.config):
+        raise ConfigError("--cache-ram and --config's conversation_cache_mib set the same bound: give one of them")
     text, mmproj = model_pair(args)
     options = ServerOptions(
         model_name=args.alias or Path(text).stem,
@@ -164,6 +205,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb * 1024 * 1024,  # checked by ServerOptions
         default_max_tokens=args.max_tokens,
         allow_remote_images=args.allow_remote_images,
+        state_dir=args.state_dir,
+        state_save_s=args.state_save_s,
+        cache_ram_mib=args.cache_ram,
     )
     serve(text, mmproj, host=args.host, port=args.port, options=options, config=config,
           n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, repack=repack_of(args),
@@ -200,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--system", default=None, help="the conversation's system message (default: the config's)")
     c.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_override\": true}'")
     c.add_argument("--max-tokens", type=TOKENS, default=512)
+    c.add_argument("--resume", default=None, metavar="FILE",
+                   help="keep the conversation in FILE (and the session's state in FILE.state), saved after "
+                        "every turn and on exit: continue it if FILE exists, else start one there")
     add_judge_model_options(c)
     c.set_defaults(func=_cmd_chat)
 
@@ -256,6 +303,17 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: the GGUF file name)")
     sv.add_argument("--config", default=None, help="EcsoConfig fields as a JSON object, e.g. '{\"verdict_rule\": \"logits\"}'")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--state-dir", default=None, metavar="DIR",
+                    help="keep the conversations (KV cells, image encodings) in a state file in this folder "
+                         "across restarts: loaded at startup, saved periodically and at shutdown (created if "
+                         "missing; the file holds the conversations' text; docs/server.md)")
+    sv.add_argument("--state-save-s", type=int_in(0, 24 * 3600), default=60, metavar="SECONDS",
+                    help="with --state-dir: save every this many seconds when a request ran since the last "
+                         "save (0: only at shutdown; a kill -9 loses what came after the last save)")
+    sv.add_argument("--cache-ram", type=int_in(0, MAX_CACHE_MIB), default=None, metavar="MB",
+                    help="MiB of conversations and image encodings kept between requests, all --parallel "
+                         "slots together (each gets MB/N); 0 keeps nothing (default: 1024 per slot, the "
+                         "config's conversation_cache_mib)")
     add_judge_model_options(sv)
     sv.set_defaults(func=_cmd_serve)
     return p

@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import queue
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Optional, Union
 
 from ._core import EcsoResult
+from .atomic_file import replace_text_file
 from .datasets import Record
 from .errors import CancelledError, ConfigError, ImageError, OutputError
 from .session import CancelToken, Session
@@ -250,21 +250,13 @@ def write_sft(trace: Path, out: Path) -> int:
             }
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(examples, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OutputError(
-                f"cannot write the SFT file '{out}': {e.strerror or e}. Every record is in the trace '{trace}'; "
-                "free some space and rerun with --resume to rebuild the file"
-            ) from e
-        raise
+        replace_text_file(out, lambda f: json.dump(examples, f, ensure_ascii=False, indent=1))
+    except OSError as e:
+        raise OutputError(
+            f"cannot write the SFT file '{out}': {e.strerror or e}. Every record is in the trace '{trace}'; "
+            "free some space and rerun with --resume to rebuild the file"
+        ) from e
     return len(examples)
 
 

@@ -11,8 +11,10 @@ import hmac
 import json
 import sys
 import time
+import os
 import traceback
 import uuid
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, AsyncIterator, Optional
@@ -24,13 +26,14 @@ from starlette.concurrency import run_in_threadpool
 
 from .._core import EcsoConfig, EcsoResult, StepRecord
 from .._core import Session as CoreSession
-from ..arguments import INT32_MAX, INT64_MAX, int_arg
+from ..arguments import INT32_MAX, INT64_MAX, MAX_CACHE_MIB, int_arg
 from ..errors import CancelledError, ConfigError, ContextOverflowError, ImageError
 from ..images import load_rgb
 from ..messages import CoreMessage, CorePart
 from ..model import Model, TextModel
 from .openai_schema import ChatRequest, RequestError, parse_chat_request, parse_json_body, resolve_image
 from .request_queue import EcsoJob, QueueFull, RequestQueue
+from .state_store import MAX_SAVE_PERIOD_S, StateFolder, StateSaver, startup_line
 
 __all__ = ["ServerOptions", "create_app"]
 
@@ -53,6 +56,15 @@ class ServerOptions:
     max_request_bytes: int = 20 * 1024 * 1024
     default_max_tokens: int = 512
     allow_remote_images: bool = False
+    # The folder of the state file that keeps the conversations (KV cells, image encodings) across
+    # restarts, saved every state_save_s seconds (0: only at shutdown) when a request ran since the
+    # last save; None: nothing is saved (docs/server.md).
+    state_dir: Optional[str] = None
+    state_save_s: int = 60
+    # MiB kept between requests by all slots together (llama-server's --cache-ram): each of the
+    # `parallel` slots gets an equal share, rounded down, as its conversation_cache_mib. None: the
+    # config's conversation_cache_mib, which bounds each slot on its own.
+    cache_ram_mib: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name or not _encodable(self.model_name):
@@ -69,6 +81,17 @@ class ServerOptions:
         _check_int(self, "default_max_tokens", 1, INT32_MAX)
         if not isinstance(self.allow_remote_images, bool):
             raise ConfigError(f"ServerOptions.allow_remote_images must be True or False, got {self.allow_remote_images!r}")
+        if self.state_dir is not None:
+            if not isinstance(self.state_dir, (str, os.PathLike)) or not os.fspath(self.state_dir):
+                raise ConfigError(f"ServerOptions.state_dir must be None or a folder path, got {self.state_dir!r}")
+            object.__setattr__(self, "state_dir", os.fspath(self.state_dir))
+        _check_int(self, "state_save_s", 0, MAX_SAVE_PERIOD_S)
+        if self.cache_ram_mib is not None:
+            _check_int(self, "cache_ram_mib", 0, MAX_CACHE_MIB)
+            if self.cache_ram_mib and self.cache_ram_mib // self.parallel == 0:
+                raise ConfigError(f"ServerOptions.cache_ram_mib (--cache-ram) is {self.cache_ram_mib} MiB for "
+                                  f"{self.parallel} parallel slots, less than 1 MiB each: give 0 (keep nothing "
+                                  f"between requests) or at least {self.parallel}")
 
 
 def _encodable(text: str) -> bool:
@@ -94,22 +117,44 @@ class _ClientGone(Exception):
 
 
 def create_app(model: Model, config: EcsoConfig, options: ServerOptions, judge_model: Optional[TextModel] = None,
-               judge_format: Optional[str] = None) -> FastAPI:
+               judge_format: Optional[str] = None, *, state_folder: Optional[StateFolder] = None) -> FastAPI:
     """A FastAPI app serving ECSO over `model` with `config` (and a guard model judging step 2 when
-    `judge_model` is given); `options.parallel` requests run together, the others wait in order."""
-    queue = RequestQueue(model, config, options.max_queue, options.parallel, judge_model, judge_format)
+    `judge_model` is given); `options.parallel` requests run together, the others wait in order.
+    With `options.state_dir` the session starts from the folder's state file and saves to it
+    (`state_folder`: that folder, already checked and held, as `serve` does before the model loads)."""
+    if options.cache_ram_mib is not None:
+        config = config.replace(conversation_cache_mib=options.cache_ram_mib // options.parallel)
+    if state_folder is None and options.state_dir is not None:
+        state_folder = StateFolder(options.state_dir, "ServerOptions.state_dir")
+    try:
+        with warnings.catch_warnings():
+            # a refused state file is said in one line of the server's own (startup_line)
+            warnings.filterwarnings("ignore", "ecso-edge: starting with an empty cache", RuntimeWarning)
+            queue = RequestQueue(model, config, options.max_queue, options.parallel, judge_model, judge_format,
+                                 state=state_folder.state_path if state_folder is not None else None)
+    except BaseException:
+        if state_folder is not None:
+            state_folder.release()
+        raise
+    saver = None
+    if state_folder is not None:
+        saver = StateSaver(state_folder, queue.session, queue.finished, options.state_save_s)
+        print(startup_line(saver), file=sys.stderr, flush=True)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(app.state.queue.close)
+        if app.state.state_saver is not None:  # after the queue: nothing runs while the last save is made
+            await run_in_threadpool(app.state.state_saver.close)
 
     app = FastAPI(title="ecso-edge", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     # The handlers take the queue from the app, never from this closure: FastAPI keeps handler
     # functions in a process-wide cache, which would keep every app's Session (its KV cache) alive.
     app.state.queue = queue
-    del queue
+    app.state.state_saver = saver
+    del queue, saver
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError) -> Response:
@@ -146,7 +191,9 @@ def create_app(model: Model, config: EcsoConfig, options: ServerOptions, judge_m
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
-        return {"status": "ok", "model": options.model_name, **request.app.state.queue.stats()}
+        saver: Optional[StateSaver] = request.app.state.state_saver
+        return {"status": "ok", "model": options.model_name, **request.app.state.queue.stats(),
+                "state": saver.report() if saver is not None else None}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:

@@ -69,10 +69,12 @@ class RequestQueue:
     `max_queue` bounds the jobs WAITING while every worker is busy. Sampling fields a job sets
     (temperature, top_p, seed) apply to that call alone (the session's conversation cache is
     shared by every request, whatever its sampling). A follow-up turn of a conversation runs on
-    the session's slot that holds its earlier turn, when that slot is free."""
+    the session's slot that holds its earlier turn, when that slot is free. `state`: the session's
+    state file (Session's state=), loaded here; the server's StateSaver writes it."""
 
     def __init__(self, model: Model, config: EcsoConfig, max_queue: int, parallel: int = 1,
-                 judge_model: Optional[TextModel] = None, judge_format: Optional[str] = None) -> None:
+                 judge_model: Optional[TextModel] = None, judge_format: Optional[str] = None,
+                 state: Optional[str] = None) -> None:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         self._base_config = config
@@ -80,7 +82,8 @@ class RequestQueue:
         self._lock = threading.Condition()
         self._waiting: collections.deque[EcsoJob] = collections.deque()
         self._running: set[EcsoJob] = set()
-        self._session = Session(model, config, parallel=parallel, judge_model=judge_model, judge_format=judge_format)
+        self._session = Session(model, config, parallel=parallel, judge_model=judge_model, judge_format=judge_format,
+                                state=state)
         self.parallel = self._session.parallel
         self._closing = False
         self._mean_run_s: Optional[float] = None
@@ -120,6 +123,12 @@ class RequestQueue:
                 job.state = "dropped"
                 job.finished_at = time.perf_counter()
                 self.counters["dropped"] += 1
+
+    def finished(self) -> int:
+        """The jobs that ran to an end, whatever their outcome: each may have changed what the
+        session keeps (the state saver saves when this grows)."""
+        with self._lock:
+            return self.counters["completed"] + self.counters["failed"] + self.counters["cancelled"]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -14,6 +14,7 @@ from ..arguments import int_arg
 from ..errors import ConfigError
 from ..model import Model
 from .app import ServerOptions, create_app
+from .state_store import StateFolder
 
 __all__ = ["serve", "is_loopback"]
 
@@ -55,15 +56,27 @@ def serve(
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     options = options or ServerOptions(model_name=Path(text_model).stem)
+    config = config if config is not None else EcsoConfig()
+    if options.state_dir is not None and not config.reuse_kv:
+        raise ConfigError("--state-dir keeps what the session reuses between requests, and the config's "
+                          "reuse_kv is false: drop one of them")
     if not is_loopback(host) and options.api_key is None:
         print(
             f"ecso-edge serve: warning: listening on {host} without --api-key: anyone who can reach this "
             "address can use the model",
             file=sys.stderr,
         )
-    model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, repack=repack)
-    # `judge` loads the guard model (Session's judge_model and judge_format) after the pair
-    app = create_app(model, config if config is not None else EcsoConfig(), options, **(judge() if judge else {}))
+    # checked and held before the model loads: a wrong folder fails in a moment, not after minutes
+    state_folder = StateFolder(options.state_dir) if options.state_dir is not None else None
+    try:
+        model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                      repack=repack)
+        # `judge` loads the guard model (Session's judge_model and judge_format) after the pair
+        app = create_app(model, config, options, **(judge() if judge else {}), state_folder=state_folder)
+    except BaseException:
+        if state_folder is not None:
+            state_folder.release()
+        raise
     print(f"ecso-edge serve: {options.model_name} on http://{host}:{port}/ (demo page at /)", file=sys.stderr,
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
