@@ -28,6 +28,11 @@ def _path(value: object, what: str) -> str:
 
 
 
+# The image encodings a Model keeps for its sessions' conversations, by default (the C++ core's
+# ModelOptions has the same value for embedders of the core; the binding always passes this one).
+DEFAULT_ENCODER_CACHE_MIB = 256
+
+
 class Model:
     """A LLaVA-style GGUF pair: the text model and its vision projector (``mmproj``).
 
@@ -62,7 +67,7 @@ class Model:
         seed: int = 0,
         n_batch: int = 512,
         verbose: bool = False,
-        encoder_cache_mib: int = 256,
+        encoder_cache_mib: int = DEFAULT_ENCODER_CACHE_MIB,
     ) -> None:
         threads_hint = " (None: the default)"
         self._core = _core.Model(

@@ -12,7 +12,7 @@ import uvicorn
 from .._core import EcsoConfig
 from ..arguments import int_arg
 from ..errors import ConfigError
-from ..model import Model
+from ..model import DEFAULT_ENCODER_CACHE_MIB, Model
 from .app import ServerOptions, create_app
 from .state_store import StateFolder
 
@@ -69,8 +69,11 @@ def serve(
     # checked and held before the model loads: a wrong folder fails in a moment, not after minutes
     state_folder = StateFolder(options.state_dir) if options.state_dir is not None else None
     try:
+        # --cache-ram bounds the model's own image encodings too (never above their default)
+        encodings = DEFAULT_ENCODER_CACHE_MIB if options.cache_ram_mib is None else min(
+            DEFAULT_ENCODER_CACHE_MIB, options.cache_ram_mib)
         model = Model(text_model, mmproj, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                      repack=repack)
+                      repack=repack, encoder_cache_mib=encodings)
         # `judge` loads the guard model (Session's judge_model and judge_format) after the pair
         app = create_app(model, config, options, **(judge() if judge else {}), state_folder=state_folder)
     except BaseException:
