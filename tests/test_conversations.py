@@ -179,9 +179,12 @@ def test_cache_info_counts_bytes_and_clear_cache_drops_them(tiny_model: ecso_edg
     info = session.cache_info()
     assert info["conversations"] == 1 and info["state_bytes"] > 0
     assert info["images"] == 2 and info["embedding_bytes"] == 2 * 16 * tiny_model.n_embd * 4
+    # turns 2 and 3 continued turn 1's conversation, turn 1 found none; nothing was over the bounds
+    assert (info["hits"], info["misses"], info["evictions"]) == (2, 1, 0)
     session.clear_cache()
+    # what is kept goes; the counters count the calls of the session's life
     assert session.cache_info() == {"conversations": 0, "state_bytes": 0, "images": 0, "embedding_bytes": 0,
-                                    "captions": 0}
+                                    "captions": 0, "hits": 2, "misses": 1, "evictions": 0}
 
 
 @pytest.mark.parametrize(
