@@ -500,6 +500,13 @@ def test_a_count_or_length_past_the_file_is_refused(saved: Saved, tiny_model: ec
     assert_refused(tiny_model, write(tmp_path, sfe.set_field(saved.data, f, value)), reason)
 
 
+def test_a_body_length_that_wraps_past_two_to_the_64_is_refused(tiny_model: ecso_edge.Model, tmp_path: Path) -> None:
+    # a length of 2^64 - 8 + k over k bytes: length + 8 wraps to the bytes left
+    for k in range(8):
+        path = write(tmp_path, sfe.MAGIC + struct.pack("<IQ", 1, 2**64 - 8 + k) + b"\0" * k, f"wrap-{k}.ecso")
+        assert_refused(tiny_model, path, "its length does not match its header (truncated?)")
+
+
 def test_edits_that_keep_the_file_valid_load(saved: Saved, tiny_model: ecso_edge.Model, tmp_path: Path) -> None:
     """The edits above fail for the field they change, not for the rewriting: a resealed file whose
     fields all stay in range loads."""

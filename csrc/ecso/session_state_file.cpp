@@ -336,7 +336,8 @@ std::vector<SlotState> read_state_file(const std::string & path, const StateFile
                       std::to_string(kStateFileVersion));
         }
         const uint64_t n_body = r.get<uint64_t>();
-        if (n_body + sizeof(uint64_t) != r.left()) {
+        // (not n_body + 8 == left: a length near 2^64 wraps that sum onto a short file's size)
+        if (r.left() < sizeof(uint64_t) || n_body != r.left() - sizeof(uint64_t)) {
             throw Bad("its length does not match its header (truncated?)");
         }
         const uint8_t * body = file.data() + (file.size() - r.left());
