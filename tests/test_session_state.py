@@ -414,6 +414,13 @@ INNER: list[tuple[str, Callable[[sfe.StateFile], None], Any]] = [
      "an image id is malformed"),
     ("caption-image-id-malformed", lambda sf: setattr_(sf.slots[0], "captions", [("img-1", "q", "a caption")]),
      "a caption's image id is malformed"),
+    # (a caption the next turn looks up reached Python as bytes that are no str: UnicodeDecodeError)
+    ("caption-not-utf8", lambda sf: setattr_(sf.slots[0], "captions", [(media(sf).media_id[:20], "Compare them.",
+                                                                        "\udcff\udcfe caption")]),
+     "a caption or its query is not valid UTF-8"),
+    ("caption-query-not-utf8", lambda sf: setattr_(sf.slots[0], "captions", [(media(sf).media_id[:20], "\udcc3",
+                                                                              "a caption")]),
+     "a caption or its query is not valid UTF-8"),
     ("kv-one-cell-fewer", kv_edit(lambda kv: sfe.drop_last_cell(stream(kv))),
      lambda sf: KV + f"it holds {cells(sf) - 1} cells where its conversation has {cells(sf)}"),
     ("kv-cell-count-past-context", kv_edit(lambda kv: setattr_(stream(kv), "n_cells", N_CTX + 1)),

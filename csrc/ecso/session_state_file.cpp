@@ -14,6 +14,7 @@
 
 #include "ecso/errors.hpp"
 #include "ecso/fnv_hash.hpp"
+#include "ecso/utf8.hpp"
 
 namespace ecso {
 namespace {
@@ -215,6 +216,10 @@ SlotState read_slot(Reader & r, const StateFileCheck & check) {
         std::string caption = r.str();
         if (!is_image_id(image)) {
             throw Bad("a caption's image id is malformed");
+        }
+        // both reach Python as str (r.captions) and a prompt as text: the core only ever makes UTF-8
+        if (!is_valid_utf8(query) || !is_valid_utf8(caption)) {
+            throw Bad("a caption or its query is not valid UTF-8");
         }
         c.captions.push_back({{std::move(image), std::move(query)}, std::move(caption)});
     }
