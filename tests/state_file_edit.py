@@ -201,8 +201,10 @@ def kv_bytes(kv: KvState) -> bytes:
             out.append(struct.pack("<II", s.v_trans, len(s.k)))
             out += [struct.pack("<iQ", k.type, k.row) + k.data for k in s.k]
             for v in s.v:
-                head = struct.pack("<iII", v.type, v.el, v.embd) if v.el is not None else struct.pack("<iQ", v.type, v.row)
-                out.append(head + v.data)
+                if v.el is not None:
+                    out.append(struct.pack("<iII", v.type, v.el, v.embd) + v.data)
+                else:
+                    out.append(struct.pack("<iQ", v.type, v.row) + v.data)
     out.append(kv.trailing)
     return b"".join(out)
 
