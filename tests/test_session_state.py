@@ -173,6 +173,7 @@ def test_state_status_says_what_became_of_the_file(tiny_model: ecso_edge.Model, 
     assert first.state_status == "new" and not path.exists() and first.state_path == str(path)
     converse(first, TURNS[:2])
     first.save_state()  # to the state= file
+    assert os.stat(path).st_mode & 0o777 == 0o600  # it holds the conversations: its owner's only
     assert Session(tiny_model, state=path).state_status == "loaded"
     # os.PathLike and str alike; load_state returns the cache's sizes
     again = Session(tiny_model, state=str(path))
