@@ -12,6 +12,7 @@ override the budget, the seed and where reports and reproducers go (docs/robustn
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import sys
@@ -89,17 +90,23 @@ def campaign(request: pytest.FixtureRequest, name: str, artifacts: Path, worker:
     assert c.cases >= min(n, 20)
 
 
+def case_paths(artifacts: Path, name: str) -> Callable[[str], Path]:
+    """Where a campaign writes its case files: numbered in the order drawn, in a folder of its own
+    (a finding's reproducer copies its file; the others are deleted after their case)."""
+    work = artifacts / f"{name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    numbers = itertools.count(1)
+    return lambda tail: work / f"case-{next(numbers):05d}{tail}"
+
+
 def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker,
                          tiny_paths: tuple[Path, Path]) -> None:
     text, mmproj = tiny_paths
     bases = fuzz_gguf_inputs.Bases(text, mmproj)
-    work = artifacts / "gguf-work"
-    work.mkdir(parents=True, exist_ok=True)
-    counter = [0]
+    next_path = case_paths(artifacts, "gguf")
 
     def run_case(c: fuzz_harness.Campaign, case: dict[str, Any]) -> None:
-        counter[0] += 1
-        out = work / f"case-{counter[0]:05d}-{case['target']}.gguf"
+        out = next_path(f"-{case['target']}.gguf")
         try:
             fuzz_gguf_inputs.apply(bases.gguf[case["target"]], case, out)
         except (ValueError, OverflowError, struct.error) as e:  # a mutation the gguf writer cannot express
@@ -189,13 +196,10 @@ def test_fuzz_state_files(request: pytest.FixtureRequest, artifacts: Path, worke
     """Every damaged state file must be refused with StateFileError or load; one that loads must
     then continue its conversation (where llama.cpp reads the KV bytes) or end in a typed error."""
     bases, turns = state_bases(tiny_paths)
-    work = artifacts / "state-work"
-    work.mkdir(parents=True, exist_ok=True)
-    counter = [0]
+    next_path = case_paths(artifacts, "state")
 
     def run_case(c: fuzz_harness.Campaign, case: dict[str, Any]) -> None:
-        counter[0] += 1
-        out = work / f"case-{counter[0]:05d}.ecso"
+        out = next_path(".ecso")
         out.write_bytes(fuzz_state_inputs.apply(bases, case))
         c.run({"kind": "state", "state": str(out), **turns[case["base"]], "mutation": case}, files=(out,))
         out.unlink()
