@@ -10,7 +10,8 @@ class, a broken invariant; all but the first two are findings.
 
 Budgets and seeds (see docs/robustness.md):
     ECSO_FUZZ_CASES    cases per fuzz target (tests/test_fuzz.py::BUDGETS: 5,000/5,000/4,000 GGUF/image/prompt
-                       cases under `-m fuzz`, 300/400/300 otherwise; options: the whole sweep + 1,000, or 300 + 150)
+                       cases under `-m fuzz`, 300/400/300 otherwise; options: the whole sweep + 1,000, or 300 + 150;
+                       state files: 600, or 20)
     ECSO_FUZZ_SEED     the hypothesis seed (default 20251123)
     ECSO_FUZZ_ARTIFACTS where reports and reproducers go (default: pytest's temporary directory)
 """

@@ -13,9 +13,13 @@ A case is a dict with a "kind":
   option: {"target": "model" | "config" | "session" | "server_options" | "serve_api" | "cli" | "chat" |
            "chat_body", "options": {name: value}, "expect": "valid" | "invalid" | "either", "names": [...]}
            (fuzz_option_inputs.py; run and judged by fuzz_option_runner.py)
+  state:  {"state": path, "messages": [...], "unsafe": bool, "parallel": int}: load_state into a new
+           session, then continue the conversation the file was written from (fuzz_state_inputs.py)
 A reply is {"status": "ok" | "error" | "exception" | "violation", "type": exception class name,
 "message": str, "seconds": float}. "error" is a typed EcsoError (the goal for bad input);
 "exception" is any other exception class and "violation" a broken invariant (both findings).
+A state file that loads and whose turn then ends in a typed error replies with the type
+"<class> after loading", so that those are counted apart from the refusals.
 An option case may also end in "error" with TypeError/ValueError, an exit status or an HTTP
 status, when that is the refusal its value calls for.
 
@@ -159,6 +163,22 @@ class Executor:
             return "the text-only step holds an image slot"
         if r.stats["image_encodes"] != 1 and config.get("reuse_kv", True):
             return f"the image was encoded {r.stats['image_encodes']} times"
+        return None
+
+
+    def _state(self, case: dict[str, Any]) -> Optional[Any]:
+        ee = self.ecso_edge
+        session = ee.Session(self.model(), ee.EcsoConfig(verdict_override=case["unsafe"], max_tokens_judge=2),
+                             parallel=case["parallel"])
+        session.load_state(case["state"])  # StateFileError: refused whole, the goal for a damaged file
+        # the KV bytes reach llama.cpp only when a turn restores them: continue the conversation
+        try:
+            r = session.chat(case["messages"], max_tokens=3)
+        except ee.EcsoError as e:
+            return {"status": "error", "type": f"{type(e).__name__} after loading", "message": str(e)}
+        names = [s.name for s in r.steps]
+        if names[:2] != ["answer", "judge"] or (case["unsafe"] and names[-1] != "text_only"):
+            return f"a loaded file's turn ran the steps {names}"
         return None
 
 

@@ -1,6 +1,7 @@
-"""The fuzz suite: damaged GGUF files, hostile images, hostile queries and every option a user can
-set (fuzz_option_inputs.py), each case executed in a worker process (fuzz_harness.py) so that a
-crash or a hang is caught and counted, not fatal.
+"""The fuzz suite: damaged GGUF files, hostile images, hostile queries, every option a user can
+set (fuzz_option_inputs.py) and damaged session state files (fuzz_state_inputs.py), each case
+executed in a worker process (fuzz_harness.py) so that a crash or a hang is caught and counted,
+not fatal.
 
 Every case must end ok or with a typed EcsoError. Crashes, hangs, other exception classes and
 broken invariants (an extra image slot, say) fail the test, with a reproducer per finding.
@@ -11,9 +12,11 @@ override the budget, the seed and where reports and reproducers go (docs/robustn
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,12 +31,14 @@ import fuzz_harness  # noqa: E402
 import fuzz_image_inputs  # noqa: E402
 import fuzz_option_inputs  # noqa: E402
 import fuzz_prompt_inputs  # noqa: E402
+import fuzz_state_inputs  # noqa: E402
+import fuzz_worker  # noqa: E402
 
 pytestmark = pytest.mark.fuzz
 
 # (plain pytest run, pytest -m fuzz); the option sweep's full run is all of it
 BUDGETS = {"gguf": (300, 5000), "image": (400, 5000), "prompt": (300, 4000), "option": (150, 1000),
-           "option-sweep": (300, 0)}
+           "option-sweep": (300, 0), "state": (20, 600)}
 # An option case is small (the slowest valid ones take about 10 s): one that has not answered in
 # 20 s hangs. A lower limit than the other campaigns' keeps a known hang cheap. Cases with hundreds
 # of threads run alone in a fresh worker, under the usual 60 s.
@@ -85,17 +90,23 @@ def campaign(request: pytest.FixtureRequest, name: str, artifacts: Path, worker:
     assert c.cases >= min(n, 20)
 
 
+def case_paths(artifacts: Path, name: str) -> Callable[[str], Path]:
+    """Where a campaign writes its case files: numbered in the order drawn, in a folder of its own
+    (a finding's reproducer copies its file; the others are deleted after their case)."""
+    work = artifacts / f"{name}-work"
+    work.mkdir(parents=True, exist_ok=True)
+    numbers = itertools.count(1)
+    return lambda tail: work / f"case-{next(numbers):05d}{tail}"
+
+
 def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker,
                          tiny_paths: tuple[Path, Path]) -> None:
     text, mmproj = tiny_paths
     bases = fuzz_gguf_inputs.Bases(text, mmproj)
-    work = artifacts / "gguf-work"
-    work.mkdir(parents=True, exist_ok=True)
-    counter = [0]
+    next_path = case_paths(artifacts, "gguf")
 
     def run_case(c: fuzz_harness.Campaign, case: dict[str, Any]) -> None:
-        counter[0] += 1
-        out = work / f"case-{counter[0]:05d}-{case['target']}.gguf"
+        out = next_path(f"-{case['target']}.gguf")
         try:
             fuzz_gguf_inputs.apply(bases.gguf[case["target"]], case, out)
         except (ValueError, OverflowError, struct.error) as e:  # a mutation the gguf writer cannot express
@@ -153,6 +164,47 @@ def test_fuzz_images(request: pytest.FixtureRequest, artifacts: Path, worker: fu
 
 def test_fuzz_prompts(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker) -> None:
     campaign(request, "prompt", artifacts, worker, fuzz_prompt_inputs.prompt_cases(), lambda c, case: c.run(case))
+
+
+def state_bases(tiny_paths: tuple[Path, Path]) -> tuple[fuzz_state_inputs.Bases, dict[str, dict[str, Any]]]:
+    """The files the state campaign damages, as a session of the worker's model writes them, and
+    the turn that continues each one's conversation: three turns with two images on the unsafe
+    branch (one slot, captions), and two conversations of a parallel=2 session (two slots)."""
+    import ecso_edge
+    from conftest import make_image
+    from test_conversations import TURNS, converse, user
+    from test_session_state import follow_up
+
+    model = ecso_edge.Model(*tiny_paths, n_threads=1, n_ctx=fuzz_worker.N_CTX)
+    with tempfile.TemporaryDirectory() as where:
+        unsafe = ecso_edge.Session(model, ecso_edge.EcsoConfig(verdict_override=True, max_tokens_judge=2))
+        first = follow_up(converse(unsafe, TURNS[:3], max_tokens=6), TURNS)
+        unsafe.save_state(f"{where}/a")
+        lanes = ecso_edge.Session(model, ecso_edge.EcsoConfig(verdict_override=False, max_tokens_judge=2), parallel=2)
+        other = [user("What is in it?", make_image(32, 32, seed=3)), user("Go on.")]
+        second = follow_up(converse(lanes, TURNS[:2], max_tokens=6), TURNS)
+        converse(lanes, other[:1], max_tokens=6)
+        lanes.save_state(f"{where}/b")
+        files = {"three-turns": Path(f"{where}/a").read_bytes(), "two-lanes": Path(f"{where}/b").read_bytes()}
+    turns = {"three-turns": {"messages": first, "unsafe": True, "parallel": 1},
+             "two-lanes": {"messages": second, "unsafe": False, "parallel": 2}}
+    return fuzz_state_inputs.Bases(files), turns
+
+
+def test_fuzz_state_files(request: pytest.FixtureRequest, artifacts: Path, worker: fuzz_harness.Worker,
+                          tiny_paths: tuple[Path, Path]) -> None:
+    """Every damaged state file must be refused with StateFileError or load; one that loads must
+    then continue its conversation (where llama.cpp reads the KV bytes) or end in a typed error."""
+    bases, turns = state_bases(tiny_paths)
+    next_path = case_paths(artifacts, "state")
+
+    def run_case(c: fuzz_harness.Campaign, case: dict[str, Any]) -> None:
+        out = next_path(".ecso")
+        out.write_bytes(fuzz_state_inputs.apply(bases, case))
+        c.run({"kind": "state", "state": str(out), **turns[case["base"]], "mutation": case}, files=(out,))
+        out.unlink()
+
+    campaign(request, "state", artifacts, worker, fuzz_state_inputs.state_cases(bases), run_case)
 
 
 def test_fuzz_option_sweep(request: pytest.FixtureRequest, artifacts: Path,

@@ -14,6 +14,7 @@
 
 #include "ecso/errors.hpp"
 #include "ecso/fnv_hash.hpp"
+#include "ecso/utf8.hpp"
 
 namespace ecso {
 namespace {
@@ -216,6 +217,10 @@ SlotState read_slot(Reader & r, const StateFileCheck & check) {
         if (!is_image_id(image)) {
             throw Bad("a caption's image id is malformed");
         }
+        // both reach Python as str (r.captions) and a prompt as text: the core only ever makes UTF-8
+        if (!is_valid_utf8(query) || !is_valid_utf8(caption)) {
+            throw Bad("a caption or its query is not valid UTF-8");
+        }
         c.captions.push_back({{std::move(image), std::move(query)}, std::move(caption)});
     }
     const uint32_t n_embd = r.count(12, 1u << 20);
@@ -336,7 +341,8 @@ std::vector<SlotState> read_state_file(const std::string & path, const StateFile
                       std::to_string(kStateFileVersion));
         }
         const uint64_t n_body = r.get<uint64_t>();
-        if (n_body + sizeof(uint64_t) != r.left()) {
+        // (not n_body + 8 == left: a length near 2^64 wraps that sum onto a short file's size)
+        if (r.left() < sizeof(uint64_t) || n_body != r.left() - sizeof(uint64_t)) {
             throw Bad("its length does not match its header (truncated?)");
         }
         const uint8_t * body = file.data() + (file.size() - r.left());
