@@ -2,7 +2,7 @@
 ECSO_TRUST_PROJECTOR, every image chunk is encoded once per run, reuse on and off pick the same
 tokens on both branches, the GGUF's own template frames the prompt with the image markers mtmd
 expects, and what is special to the family (Gemma 3: non-causal image attention, a sliding
-window) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
+window; MiniCPM-V: each version's slice layout) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
 files: the single-edit sweep in test_fuzz.py."""
 
 from __future__ import annotations
@@ -15,25 +15,27 @@ import pytest
 
 import ecso_edge
 from ecso_edge import ConfigError, EcsoConfig, Session
-from ecso_edge.tiny_models import gemma3, qwen_vl
+from ecso_edge.tiny_models import gemma3, minicpmv, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv", "mobilevlm"]
+FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv", "minicpmv2.5", "mobilevlm"]
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
-# SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V into an
-# overview and 4 slices
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "mobilevlm": 1}
+# SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V (2.6 and
+# 2.5) into an overview and 4 slices
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "minicpmv2.5": 5, "mobilevlm": 1}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
 # (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
-# <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows)
+# <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows;
+# MiniCPM-V 2.5: its last slice's </image>, inside the </slice> that closes all of them)
 IMAGE_MARKERS: dict[str, tuple[str | None, str]] = {"gemma3": ("<start_of_image>", "<end_of_image>"), "qwen2.5vl": ("<|vision_start|>", "<|vision_end|>"),
                  "qwen3vl": ("<|vision_start|>", "<|vision_end|>"), "qwen2vl": ("<|vision_start|>", "<|vision_end|>"),
                  "smolvlm": ("<row_1_col_1>", "<fake_token_around_image>"), "pixtral": (None, "[IMG_END]"),
-                 "internvl": ("<img>", "</img>"), "minicpmv": ("<image>", "</slice>")}
+                 "internvl": ("<img>", "</img>"), "minicpmv": ("<image>", "</slice>"),
+                 "minicpmv2.5": ("<image>", "</image>")}
 CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
          "smolvlm": "child process", "qwen3vl": "child process",
          "qwen2vl": "child process", "pixtral": "child process", "internvl": "child process",
-         "minicpmv": "child process", "mobilevlm": "child process"}
+         "minicpmv": "child process", "minicpmv2.5": "child process", "mobilevlm": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,10 @@ def _frame(family: str, system: str) -> tuple[str, str]:
     if family in ("qwen2.5vl", "qwen3vl", "qwen2vl", "internvl", "minicpmv"):
         turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
         return turn + "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+    if family == "minicpmv2.5":  # Llama 3 turns; the tokenizer adds the BOS
+        turn = f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" if system else ""
+        return (turn + "<|start_header_id|>user<|end_header_id|>\n\n",
+                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     if family == "pixtral":
         return (f"[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT]" if system else "") + "[INST] ", "[/INST]"
     if family == "smolvlm":
@@ -176,6 +182,32 @@ def test_prompt_is_framed_by_the_models_template_with_the_familys_image_markers(
         if start_marker is not None:
             start = model.tokenize(start_marker, parse_special=True)
             assert len(start) == 1 and tokens[first - 1] == start[0]
+
+
+# A 64x64 image as mtmd lays it out for MiniCPM-V (the overview, then 2x2 slices, rows ended by
+# "\n"; IMG: one media chunk), chosen by clip.minicpmv_version: 2.6 frames each slice in
+# <slice> ... </slice>, 2.5 puts the slices' own <image> ... </image> inside one <slice> ... </slice>.
+_IMAGE, _SLICE = ["<image>", "IMG", "</image>"], ["<slice>", "IMG", "</slice>"]
+MINICPMV_LAYOUT = {"minicpmv": [*_IMAGE, *_SLICE, *_SLICE, "\n", *_SLICE, *_SLICE],
+                   "minicpmv2.5": [*_IMAGE, "<slice>", *_IMAGE, *_IMAGE, "\n", *_IMAGE, *_IMAGE, "</slice>"]}
+
+
+@pytest.mark.parametrize("family", list(MINICPMV_LAYOUT))
+def test_minicpmv_lays_out_the_slices_as_its_version_does(family_pairs: dict[str, tuple[Path, Path]], family: str,
+                                                          image: np.ndarray) -> None:
+    model = load(family_pairs, family)
+    tokens = Session(model).answer(image, QUERY, max_tokens=1).steps[0].input_tokens
+    markers = {}
+    for text in minicpmv.IMAGE_TOKENS:
+        ids = model.tokenize(text, parse_special=True)
+        assert len(ids) == 1, text
+        markers[ids[0]] = text
+    layout = MINICPMV_LAYOUT[family]
+    start = tokens.index(-1) - 1
+    shown = ["IMG" if t == -1 else markers.get(t) or model.token_bytes(t).decode()
+             for t in tokens[start:start + len(layout)]]
+    assert shown == layout
+    assert tokens.count(-1) == layout.count("IMG") == CHUNKS[family]
 
 
 def test_gemma3_image_must_fit_one_batch(family_pairs: dict[str, tuple[Path, Path]], image: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from .gemma3 import write_gemma3_pair, write_gemma3_projector_for
 from .gguf_io import read_scalar_metadata, read_text_n_embd
 from .internvl import write_internvl_pair
 from .llava import VITS, write_llava16_pair, write_projector_for, write_tiny_pair
-from .minicpmv import write_minicpmv_pair
+from .minicpmv import write_minicpmv25_pair, write_minicpmv_pair
 from .mobilevlm import write_mobilevlm_pair
 from .pixtral import write_pixtral_pair
 from .qwen_vl import write_qwen2vl_pair, write_qwen25vl_pair, write_qwen3vl_pair
@@ -34,6 +34,7 @@ FAMILIES: dict[str, Callable[[str | pathlib.Path], tuple[pathlib.Path, pathlib.P
     "pixtral": write_pixtral_pair,
     "internvl": write_internvl_pair,
     "minicpmv": write_minicpmv_pair,
+    "minicpmv2.5": write_minicpmv25_pair,
     "mobilevlm": write_mobilevlm_pair,
 }
 
@@ -45,5 +46,5 @@ def write_family_pair(family: str, out_dir: str | pathlib.Path) -> tuple[pathlib
 
 
 __all__ = ["FAMILIES", "VITS", "read_scalar_metadata", "read_text_n_embd", "write_family_pair",
-           "write_gemma3_pair", "write_gemma3_projector_for", "write_internvl_pair", "write_llava16_pair", "write_minicpmv_pair", "write_mobilevlm_pair", "write_pixtral_pair", "write_projector_for",
+           "write_gemma3_pair", "write_gemma3_projector_for", "write_internvl_pair", "write_llava16_pair", "write_minicpmv_pair", "write_minicpmv25_pair", "write_mobilevlm_pair", "write_pixtral_pair", "write_projector_for",
            "write_qwen2vl_pair", "write_qwen25vl_pair", "write_qwen3vl_pair", "write_smolvlm_pair", "write_tiny_pair"]

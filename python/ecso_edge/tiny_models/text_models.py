@@ -1,5 +1,5 @@
 """Random-weight text models of the tiny pairs: `llama` (LLaVA's Vicuna, SmolVLM, Mistral,
-MobileVLM), `gemma3` (with sliding-window attention), `qwen2vl` and `qwen3vl` (Qwen-VL, with M-RoPE)
+MobileVLM, MiniCPM-Llama3-V 2.5's Llama 3), `gemma3` (with sliding-window attention), `qwen2vl` and `qwen3vl` (Qwen-VL, with M-RoPE)
 and `qwen2` (InternVL, MiniCPM-V)."""
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 QWEN_VL_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
+
+# Meta's Llama 3 turns, as published (the BOS opens the first turn); llama.cpp detects
+# `<|start_header_id|>` and renders its built-in llama3 format, which trims each message as this
+# Jinja does but leaves the BOS to the tokenizer.
+LLAMA3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+LLAMA3_CONTROL_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 
 @dataclass(frozen=True)
