@@ -427,7 +427,7 @@ INNER: list[tuple[str, Callable[[sfe.StateFile], None], Any]] = [
     ("kv-one-cell-fewer", kv_edit(lambda kv: sfe.drop_last_cell(stream(kv))),
      lambda sf: KV + f"it holds {cells(sf) - 1} cells where its conversation has {cells(sf)}"),
     ("kv-cell-count-past-context", kv_edit(lambda kv: setattr_(stream(kv), "n_cells", N_CTX + 1)),
-     KV + f"it holds {N_CTX + 1} cells, more than the {N_CTX} its conversation has"),
+     KV + f"it holds {N_CTX + 1} cells, more than this context's {N_CTX}"),
     # one cell more than written: the layer header (v_trans 0, 2 layers) is read as its position and sequence count
     ("kv-cell-count-without-its-cells", kv_edit(lambda kv: setattr_(stream(kv), "n_cells", len(stream(kv).pos) + 1)),
      KV + "a cell belongs to 2 sequences, not 1"),
@@ -449,6 +449,10 @@ INNER: list[tuple[str, Callable[[sfe.StateFile], None], Any]] = [
      KV + "a cell's position -1 is out of range"),
     ("kv-position-one-past-the-conversation", kv_edit(lambda kv: stream(kv).pos.__setitem__(3, len(stream(kv).pos))),
      lambda sf: KV + f"a cell's position {cells(sf)} is out of range"),
+    # the tiny llama's cells take one position each: a forged layout with two cells at one
+    # position would load and then fail every later turn of the conversation
+    ("kv-two-cells-at-one-position", kv_edit(lambda kv: stream(kv).pos.__setitem__(3, stream(kv).pos[2])),
+     lambda sf: KV + f"two cells are at position {stream(entry(sf).kv()).pos[2]}"),
     ("kv-cell-in-two-sequences", kv_edit(lambda kv: stream(kv).seq_ids.__setitem__(2, [0, 1])),
      KV + "a cell belongs to 2 sequences, not 1"),
     ("kv-magic", kv_edit(lambda kv: setattr_(kv, "magic", kv.magic ^ 1)), KV + "its header is not llama.cpp's"),
@@ -472,7 +476,7 @@ INNER: list[tuple[str, Callable[[sfe.StateFile], None], Any]] = [
      "an encoder output has the wrong size for this model"),
     ("embedding-id-malformed", lambda sf: setattr_(sf.slots[0], "embeddings",
                                                    [("img-x#0", sf.slots[0].embeddings[0][1])]),
-     "an encoder output has the wrong size for this model"),
+     "an encoder output's image id is malformed"),
     ("trailing-bytes", lambda sf: setattr_(sf, "trailing", b"\0"), "it has bytes after its last slot"),
     ("history-too-long", lambda sf: setattr_(sf.slots[0], "history", [[1]] * 65),
      "a count (65) exceeds what the file holds"),

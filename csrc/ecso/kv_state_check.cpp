@@ -65,10 +65,11 @@ ModuleRead read_module(Cursor & in, uint32_t ext_bytes, int32_t n_layer_max, con
             continue;
         }
         if (limits != nullptr && (cells > limits->max_cells || out.cells > limits->max_cells - cells)) {
-            throw Bad("it holds " + std::to_string(cells) + " cells, more than the " +
-                      std::to_string(limits->max_cells) + " its conversation has");
+            throw Bad("it holds " + std::to_string(cells) + " cells, more than this context's " +
+                      std::to_string(limits->max_cells));
         }
         out.cells += cells;
+        std::vector<bool> taken(limits != nullptr && limits->distinct_positions ? limits->max_pos : 0);
         for (uint32_t i = 0; i < cells; ++i) {
             const int32_t pos = in.read<int32_t>();
             const uint32_t n_seq_id = in.read<uint32_t>();
@@ -89,6 +90,12 @@ ModuleRead read_module(Cursor & in, uint32_t ext_bytes, int32_t n_layer_max, con
             // (cells come in cell order, which a context shared by lanes need not keep in position order)
             if (limits != nullptr && (pos < 0 || pos >= limits->max_pos)) {
                 throw Bad("a cell's position " + std::to_string(pos) + " is out of range");
+            }
+            if (!taken.empty()) {
+                if (taken[static_cast<size_t>(pos)]) {
+                    throw Bad("two cells are at position " + std::to_string(pos));
+                }
+                taken[static_cast<size_t>(pos)] = true;
             }
         }
         KvModuleLayout layout;
@@ -176,9 +183,6 @@ std::string check_kv_state(const std::vector<uint8_t> & state, const KvStateLayo
             }
             if (m.has_layers && !(m.layout == reference.modules[i])) {
                 throw Bad("its layers (count, types or row sizes) differ from this context's");
-            }
-            if (i == 0 && !m.has_layers) {
-                throw Bad("it holds no cells");
             }
         }
         if (!in.done()) {

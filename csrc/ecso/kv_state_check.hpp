@@ -49,6 +49,10 @@ struct KvCheckLimits {
     uint32_t max_cells = 0;    // the cells the sequence may hold
     int32_t max_pos = 0;       // positions are in [0, max_pos)
     int32_t n_vocab = 0;       // an extension's token is -1 or a vocabulary id
+    // Each cell at a position of its own: a sequence whose every item takes one position per
+    // cell (no M-RoPE image), so that cells == max_pos makes them exactly 0 .. max_pos - 1, the
+    // positions its token map says; a forged layout would otherwise load and fail every turn.
+    bool distinct_positions = false;
 };
 
 // The layout of the context's own one-cell state. Throws ConfigError when it is not the pinned

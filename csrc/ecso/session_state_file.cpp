@@ -187,6 +187,7 @@ ConversationCache::Saved read_entry(Reader & r, const StateFileCheck & check) {
     entry.state = r.blob(n_state);
     KvCheckLimits limits = check.limits;
     limits.max_pos = static_cast<int32_t>(positions);
+    limits.distinct_positions = cells == positions;
     const std::string problem = check_kv_state(entry.state, check.layout, static_cast<uint32_t>(cells), limits);
     if (!problem.empty()) {
         throw Bad(problem);
@@ -227,7 +228,10 @@ SlotState read_slot(Reader & r, const StateFileCheck & check) {
     for (uint32_t i = 0; i < n_embd; ++i) {
         std::string id = r.str(64);
         const uint64_t n = r.get<uint64_t>();
-        if (!is_media_id(id) || n == 0 || n % static_cast<uint64_t>(check.n_embd) != 0 ||
+        if (!is_media_id(id)) {
+            throw Bad("an encoder output's image id is malformed");
+        }
+        if (n == 0 || n % static_cast<uint64_t>(check.n_embd) != 0 ||
             n / static_cast<uint64_t>(check.n_embd) > check.limits.max_cells || n > r.left() / sizeof(float)) {
             throw Bad("an encoder output has the wrong size for this model");
         }
