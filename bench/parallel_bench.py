@@ -131,7 +131,9 @@ def worker_ecso(args: argparse.Namespace) -> dict[str, Any]:
             "decode_calls": stats1["decode_calls"] - stats0["decode_calls"],
             "batched_tokens": stats1["batched_tokens"] - stats0["batched_tokens"],
             "max_in_flight": stats1["max_in_flight"], "peak_rss_mb": peak_rss_mb(),
-            "decode_share": decode_s / busy_s if busy_s else 0.0}
+            "decode_share": decode_s / busy_s if busy_s else 0.0,
+            # where a parallel session's rounds spent the run's wall time (0 with parallel=1)
+            "rounds_s": {k: stats1[f"{k}_seconds"] - stats0[f"{k}_seconds"] for k in ("solo", "decode", "gap")}}
 
 
 def worker_llama_server(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +199,8 @@ def summarize(r: dict[str, Any], n: int) -> dict[str, Any]:
     for k in ("decode_calls", "batched_tokens", "max_in_flight", "peak_rss_mb", "decode_share"):
         if k in r:
             out[k] = r[k]
+    if r.get("rounds_s") and r["wall_s"] > 0 and any(r["rounds_s"].values()):
+        out["round_share"] = {k: v / r["wall_s"] for k, v in r["rounds_s"].items()}
     return out
 
 

@@ -261,11 +261,15 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
                 d["rounds"] = st.rounds;
                 d["max_in_flight"] = st.max_in_flight;
                 d["waiting"] = st.waiting;
+                d["solo_seconds"] = st.solo_seconds;
+                d["decode_seconds"] = st.decode_seconds;
+                d["gap_seconds"] = st.gap_seconds;
                 d["parallel"] = s.parallel();
                 return d;
             },
             "Requests started, llama_decode calls, tokens evaluated over them, scheduler rounds, the most "
-            "requests in flight at once, and the calls waiting for a free slot now.")
+            "requests in flight at once, the calls waiting for a free slot now, and where the rounds' time went "
+            "(solo work, merged decodes, gaps waiting for lanes).")
         .def(
             "run",
             [](ecso::EcsoSession & s, const py::buffer & pixels, uint32_t width, uint32_t height,

@@ -68,6 +68,9 @@ void BatchScheduler::leave(int lane) {
             l.active = false;
             --active_;
         }
+        if (active_ == 0) {
+            round_ended_.reset();
+        }
     }
     parked_.notify_all();  // the others may all be parked now
 }
@@ -149,6 +152,9 @@ void BatchScheduler::loop() {
                 if (l.work->item < 0) {
                     l.active = false;  // nothing left: the lane leaves the rounds
                     --active_;
+                    if (active_ == 0) {
+                        round_ended_.reset();
+                    }
                 }
                 l.work->done = true;
                 l.work = nullptr;
@@ -176,15 +182,25 @@ void BatchScheduler::loop() {
                 tokens.push_back(i);
             }
         }
+        using Clock = std::chrono::steady_clock;
+        const Clock::time_point start = Clock::now();
+        if (round_ended_) {
+            stats_.gap_seconds += std::chrono::duration<double>(start - *round_ended_).count();
+        }
         in_round_ = true;
         lock.unlock();
+        double solo_s = 0;
         {
             std::lock_guard<std::mutex> ctx_lock(context_mutex_);
-            run_round(solo, tokens);
+            solo_s = run_round(solo, tokens);
         }
         lock.lock();
         in_round_ = false;
+        const Clock::time_point end = Clock::now();
         stats_.rounds += 1;
+        stats_.solo_seconds += solo_s;
+        stats_.decode_seconds += std::chrono::duration<double>(end - start).count() - solo_s;
+        round_ended_ = end;
         for (const std::vector<int> * served : {&solo, &tokens}) {
             for (int i : *served) {
                 Lane & l = lanes_[static_cast<size_t>(i)];
@@ -197,8 +213,9 @@ void BatchScheduler::loop() {
     }
 }
 
-void BatchScheduler::run_round(const std::vector<int> & solo, const std::vector<int> & tokens) {
+double BatchScheduler::run_round(const std::vector<int> & solo, const std::vector<int> & tokens) {
     // Touches the parked lanes' work only: their threads wait until it is marked done.
+    const auto t0 = std::chrono::steady_clock::now();
     for (int i : solo) {
         Work & w = *lanes_[static_cast<size_t>(i)].work;
         solo_cancel_.store(w.cancel);
@@ -209,8 +226,9 @@ void BatchScheduler::run_round(const std::vector<int> & solo, const std::vector<
         }
         solo_cancel_.store(nullptr);
     }
+    const double solo_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (tokens.empty()) {
-        return;
+        return solo_s;
     }
     merged_->clear();
     for (int i : tokens) {
@@ -235,6 +253,7 @@ void BatchScheduler::run_round(const std::vector<int> & solo, const std::vector<
             }
         }
     }
+    return solo_s;
 }
 
 }  // namespace ecso

@@ -24,12 +24,14 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -109,7 +111,8 @@ private:
     void park(int lane, Work & work);
     void loop();
     // One round over the parked lanes (context_mutex_ held, state_mutex_ not).
-    void run_round(const std::vector<int> & solo, const std::vector<int> & tokens);
+    // Returns the seconds its solo work took (the rest of the round is the merged decode).
+    double run_round(const std::vector<int> & solo, const std::vector<int> & tokens);
     static bool abort_requested(void * scheduler);
 
     std::shared_ptr<const Model> model_;
@@ -131,6 +134,9 @@ private:
     int64_t items_total_ = 0;
     int64_t items_next_ = 0;
     EngineStats stats_;
+    // When the last round ended with lanes still active; unset once none is (an idle session's
+    // wait for new requests is no gap).
+    std::optional<std::chrono::steady_clock::time_point> round_ended_;
     bool stop_ = false;
     std::atomic<const CancelToken *> solo_cancel_{nullptr};
     std::thread thread_;

@@ -14,6 +14,13 @@ struct EngineStats {
     uint64_t rounds = 0;          // scheduler rounds (0 for a session with one lane)
     int32_t max_in_flight = 0;    // most requests running at once
     int32_t waiting = 0;          // calls waiting for a free slot now
+    // Where a parallel session's rounds spend their time (0 with one lane): the lanes' solo work
+    // (image encodes, sequence copies and restores, run alone), the merged decodes, and the gaps
+    // between one round and the next while some active lane has not parked yet (its own CPU work:
+    // sampling, detokenizing, building prompts, a caller's callback).
+    double solo_seconds = 0;
+    double decode_seconds = 0;
+    double gap_seconds = 0;
 };
 
 // What a conversation cache keeps between chat calls.

@@ -343,11 +343,13 @@ class Session:
         self._core.run_many(len(items), lambda i: load(i, items[i]), sink, max_tokens=max_tokens, cancel=cancel)
         return [r if r is not None else CancelledError("not run") for r in results]
 
-    def engine_stats(self) -> dict[str, int]:
+    def engine_stats(self) -> dict[str, float]:
         """What the decoder did over this session's life, so batching can be seen: ``requests``,
         ``decode_calls`` (llama_decode calls), ``batched_tokens`` (tokens evaluated over them),
         ``rounds`` (scheduler rounds; 0 with parallel=1), ``max_in_flight``, ``waiting`` (calls waiting
-        for a free slot now) and ``parallel``."""
+        for a free slot now), ``parallel``, and where the rounds' time went: ``solo_seconds`` (image
+        encodes and other work that runs alone), ``decode_seconds`` (the merged decodes) and
+        ``gap_seconds`` (between rounds, waiting for a lane busy with its own work)."""
         return self._core.engine_stats()
 
     def cache_info(self) -> dict[str, int]:
