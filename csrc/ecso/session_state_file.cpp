@@ -10,8 +10,8 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <stdexcept>
 
+#include "ecso/bounded_reader.hpp"
 #include "ecso/errors.hpp"
 #include "ecso/fnv_hash.hpp"
 #include "ecso/utf8.hpp"
@@ -25,10 +25,6 @@ constexpr uint32_t kMaxString = 64u << 20;   // a caption, a query, a fingerprin
 constexpr uint32_t kMaxHistory = 64;
 constexpr uint32_t kMaxMessages = 1u << 20;
 constexpr uint64_t kFingerprintWindow = 8u << 20;
-
-struct Bad : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
 
 class Writer {
 public:
@@ -48,52 +44,34 @@ public:
     std::vector<uint8_t> out;
 };
 
-class Reader {
+// The file's own reads on top of the bounded ones: length-prefixed text, byte runs, and counts
+// that cannot promise more elements than the bytes left could hold.
+class Reader : public BoundedReader {
 public:
-    Reader(const uint8_t * data, size_t size) : data_(data), size_(size) {}
+    Reader(const uint8_t * data, size_t size) : BoundedReader(data, size, "it ends inside its data (truncated?)") {}
     template <typename T>
     T get() {
-        need(sizeof(T));
-        T value;
-        std::memcpy(&value, data_ + at_, sizeof(T));
-        at_ += sizeof(T);
-        return value;
+        return read<T>();
     }
     std::string str(uint32_t max = kMaxString) {
         const uint32_t n = get<uint32_t>();
         if (n > max) {
-            throw Bad("a text field is " + std::to_string(n) + " bytes long");
+            throw MalformedBytes("a text field is " + std::to_string(n) + " bytes long");
         }
-        need(n);
-        std::string s(reinterpret_cast<const char *>(data_ + at_), n);
-        at_ += n;
-        return s;
+        return std::string(reinterpret_cast<const char *>(take(n)), n);
     }
     std::vector<uint8_t> blob(uint64_t n) {
-        need(n);
-        std::vector<uint8_t> b(data_ + at_, data_ + at_ + n);
-        at_ += static_cast<size_t>(n);
-        return b;
+        const uint8_t * p = take(n);
+        return std::vector<uint8_t>(p, p + n);
     }
     // A count of elements of at least `min_bytes` each: more than the bytes left is damage.
     uint32_t count(uint64_t min_bytes, uint32_t max) {
         const uint32_t n = get<uint32_t>();
-        if (n > max || n * min_bytes > size_ - at_) {
-            throw Bad("a count (" + std::to_string(n) + ") exceeds what the file holds");
+        if (n > max || n * min_bytes > left()) {
+            throw MalformedBytes("a count (" + std::to_string(n) + ") exceeds what the file holds");
         }
         return n;
     }
-    size_t left() const { return size_ - at_; }
-
-private:
-    void need(uint64_t n) const {
-        if (n > size_ - at_) {
-            throw Bad("it ends inside its data (truncated?)");
-        }
-    }
-    const uint8_t * data_;
-    size_t size_;
-    size_t at_ = 0;
 };
 
 bool is_media_id(const std::string & id) {
@@ -173,7 +151,7 @@ ConversationCache::Saved read_entry(Reader & r, const StateFileCheck & check) {
         if (media ? !is_media_id(item.media_id) || item.n_pos < 1 || item.n_cells < 1
                   : item.token < 0 || item.token >= check.limits.n_vocab || !item.media_id.empty() ||
                         item.n_pos != 1 || item.n_cells != 1) {
-            throw Bad("a saved prompt item is not a token of this model or an image chunk");
+            throw MalformedBytes("a saved prompt item is not a token of this model or an image chunk");
         }
         cells += static_cast<uint64_t>(item.n_cells);
         positions += static_cast<uint64_t>(item.n_pos);
@@ -181,7 +159,7 @@ ConversationCache::Saved read_entry(Reader & r, const StateFileCheck & check) {
     }
     if (entry.items.empty() || entry.turn_end > entry.items.size() || cells > check.limits.max_cells ||
         positions > static_cast<uint64_t>(check.limits.max_pos)) {
-        throw Bad("a saved sequence does not fit this context (" + std::to_string(cells) + " cells)");
+        throw MalformedBytes("a saved sequence does not fit this context (" + std::to_string(cells) + " cells)");
     }
     const uint64_t n_state = r.get<uint64_t>();
     entry.state = r.blob(n_state);
@@ -190,7 +168,7 @@ ConversationCache::Saved read_entry(Reader & r, const StateFileCheck & check) {
     limits.distinct_positions = cells == positions;
     const std::string problem = check_kv_state(entry.state, check.layout, static_cast<uint32_t>(cells), limits);
     if (!problem.empty()) {
-        throw Bad(problem);
+        throw MalformedBytes(problem);
     }
     return entry;
 }
@@ -206,7 +184,7 @@ SlotState read_slot(Reader & r, const StateFileCheck & check) {
     for (uint32_t i = 0; i < n_images; ++i) {
         std::string id = r.str(64);
         if (!is_image_id(id)) {
-            throw Bad("an image id is malformed");
+            throw MalformedBytes("an image id is malformed");
         }
         c.image_used.emplace_back(std::move(id), r.get<uint64_t>());
     }
@@ -216,11 +194,11 @@ SlotState read_slot(Reader & r, const StateFileCheck & check) {
         std::string query = r.str();
         std::string caption = r.str();
         if (!is_image_id(image)) {
-            throw Bad("a caption's image id is malformed");
+            throw MalformedBytes("a caption's image id is malformed");
         }
         // both reach Python as str (r.captions) and a prompt as text: the core only ever makes UTF-8
         if (!is_valid_utf8(query) || !is_valid_utf8(caption)) {
-            throw Bad("a caption or its query is not valid UTF-8");
+            throw MalformedBytes("a caption or its query is not valid UTF-8");
         }
         c.captions.push_back({{std::move(image), std::move(query)}, std::move(caption)});
     }
@@ -229,18 +207,18 @@ SlotState read_slot(Reader & r, const StateFileCheck & check) {
         std::string id = r.str(64);
         const uint64_t n = r.get<uint64_t>();
         if (!is_media_id(id)) {
-            throw Bad("an encoder output's image id is malformed");
+            throw MalformedBytes("an encoder output's image id is malformed");
         }
         if (n == 0 || n % static_cast<uint64_t>(check.n_embd) != 0 ||
             n / static_cast<uint64_t>(check.n_embd) > check.limits.max_cells || n > r.left() / sizeof(float)) {
-            throw Bad("an encoder output has the wrong size for this model");
+            throw MalformedBytes("an encoder output has the wrong size for this model");
         }
         std::vector<float> values(static_cast<size_t>(n));
         const std::vector<uint8_t> raw = r.blob(n * sizeof(float));
         std::memcpy(values.data(), raw.data(), raw.size());
         for (float v : values) {
             if (!std::isfinite(v)) {
-                throw Bad("an encoder output holds NaN or infinity");
+                throw MalformedBytes("an encoder output holds NaN or infinity");
             }
         }
         c.embeddings.emplace(std::move(id), std::move(values));
@@ -337,17 +315,17 @@ std::vector<SlotState> read_state_file(const std::string & path, const StateFile
         Reader r(file.data(), file.size());
         const std::vector<uint8_t> magic = r.blob(sizeof(kMagic));
         if (std::memcmp(magic.data(), kMagic, sizeof(kMagic)) != 0) {
-            throw Bad("it is not an ecso-edge state file");
+            throw MalformedBytes("it is not an ecso-edge state file");
         }
         const uint32_t version = r.get<uint32_t>();
         if (version != kStateFileVersion) {
-            throw Bad("its format version is " + std::to_string(version) + ", this ecso-edge reads " +
+            throw MalformedBytes("its format version is " + std::to_string(version) + ", this ecso-edge reads " +
                       std::to_string(kStateFileVersion));
         }
         const uint64_t n_body = r.get<uint64_t>();
         // (not n_body + 8 == left: a length near 2^64 wraps that sum onto a short file's size)
         if (r.left() < sizeof(uint64_t) || n_body != r.left() - sizeof(uint64_t)) {
-            throw Bad("its length does not match its header (truncated?)");
+            throw MalformedBytes("its length does not match its header (truncated?)");
         }
         const uint8_t * body = file.data() + (file.size() - r.left());
         Fnv1a64 sum;
@@ -355,13 +333,13 @@ std::vector<SlotState> read_state_file(const std::string & path, const StateFile
         uint64_t stored = 0;
         std::memcpy(&stored, body + n_body, sizeof(stored));
         if (stored != sum.value) {
-            throw Bad("its checksum does not match (the file is damaged)");
+            throw MalformedBytes("its checksum does not match (the file is damaged)");
         }
         Reader b(body, static_cast<size_t>(n_body));
         const std::string fingerprint = b.str();
         const std::string difference = fingerprint_difference(check.fingerprint, fingerprint);
         if (!difference.empty()) {
-            throw Bad("it was written for another model or context: " + difference);
+            throw MalformedBytes("it was written for another model or context: " + difference);
         }
         const uint32_t n_slots = b.count(4, kMaxSlots);
         std::vector<SlotState> slots;
@@ -369,10 +347,10 @@ std::vector<SlotState> read_state_file(const std::string & path, const StateFile
             slots.push_back(read_slot(b, check));
         }
         if (b.left() != 0) {
-            throw Bad("it has bytes after its last slot");
+            throw MalformedBytes("it has bytes after its last slot");
         }
         return slots;
-    } catch (const Bad & e) {
+    } catch (const MalformedBytes & e) {
         throw StateFileError("refused the state file " + path + ": " + e.what() +
                              "; the session keeps its own cache (delete the file, or save a new one)");
     }
