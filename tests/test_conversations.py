@@ -189,7 +189,7 @@ def test_cache_info_counts_bytes_and_clear_cache_drops_them(tiny_model: ecso_edg
     session.clear_cache()
     # the sizes drop, the counters are the session's history and stay
     assert session.cache_info() == {"conversations": 0, "state_bytes": 0, "images": 0, "embedding_bytes": 0,
-                                    "captions": 0, "hits": 2, "misses": 1, "evictions": 0}
+                                    "captions": 0, "hits": 2, "shared_hits": 0, "misses": 1, "evictions": 0}
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ is cancelled fails nothing else."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 from typing import Any
@@ -300,15 +301,20 @@ def test_a_cancel_wakes_a_call_that_waits_for_a_slot(tiny_model: ecso_edge.Model
 def test_conversations_keep_their_cache_per_slot(tiny_model: ecso_edge.Model) -> None:
     img = make_image(seed=5)
     turn1 = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "What is it?"}]}]
-    serial, par = Session(tiny_model), Session(tiny_model, parallel=2)
-    a1, b1 = serial.chat(turn1, max_tokens=12), par.chat(turn1, max_tokens=12)
+    serial = Session(tiny_model)
+    a1 = serial.chat(turn1, max_tokens=12)
     turn2 = turn1 + [{"role": "assistant", "content": a1.answer}, {"role": "user", "content": "And then?"}]
-    a2, b2 = serial.chat(turn2, max_tokens=12), par.chat(turn2, max_tokens=12)
+    a2 = serial.chat(turn2, max_tokens=12)
+    del serial  # its entries would serve the parallel session too (sessions on a Model share them)
+    gc.collect()
+    par = Session(tiny_model, parallel=2)
+    b1, b2 = par.chat(turn1, max_tokens=12), par.chat(turn2, max_tokens=12)
     assert [tokens_of(r) for r in (b1, b2)] == [tokens_of(r) for r in (a1, a2)]
     # the second turn went to the slot holding the first: its prompt and image came from the cache
     assert b2.stats["image_encodes"] == 0
     assert b2.stats["steps"]["answer"]["tokens_reused"] == a2.stats["steps"]["answer"]["tokens_reused"] > 0
-    assert par.cache_info()["conversations"] == 1
+    info = par.cache_info()
+    assert info["conversations"] == 1 and (info["hits"], info["shared_hits"]) == (1, 0)
 
 
 def test_per_call_sampling_shares_the_session(tiny_model: ecso_edge.Model) -> None:

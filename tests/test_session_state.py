@@ -7,6 +7,7 @@ loads; save errors; a file moves between parallel and single-lane sessions."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -29,7 +30,7 @@ from ecso_edge import ConfigError, EcsoConfig, Session, StateFileError
 from test_conversations import TURNS, converse
 
 EMPTY = {"conversations": 0, "state_bytes": 0, "images": 0, "embedding_bytes": 0, "captions": 0, "hits": 0,
-         "misses": 0, "evictions": 0}
+         "shared_hits": 0, "misses": 0, "evictions": 0}
 
 
 def follow_up(results: list[Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,6 +146,8 @@ def test_a_saved_conversation_continues_token_for_token_in_a_new_session_and_a_n
     a.save_state(path)
     kept = a.cache_info()
     without_stop = a.chat(messages, max_tokens=10)
+    del a  # its entries would serve b too (sessions on a Model share them): only the file may
+    gc.collect()
 
     b = Session(tiny_model, config, state=path)
     assert b.state_status == "loaded" and sizes(b.cache_info()) == sizes(kept)
@@ -163,7 +166,7 @@ def test_a_saved_conversation_continues_token_for_token_in_a_new_session_and_a_n
     assert after_load.stats["image_encodes"] == without_stop.stats["image_encodes"] == 0
     assert restarted["image_encodes"] == 0 and restarted["status"] == "loaded"
     assert reference.stats["image_encodes"] > 0
-    assert b.cache_info()["hits"] == 1 and b.cache_info()["misses"] == 0
+    assert (b.cache_info()["hits"], b.cache_info()["shared_hits"], b.cache_info()["misses"]) == (1, 0, 0)
 
 
 def test_state_status_says_what_became_of_the_file(tiny_model: ecso_edge.Model, tmp_path: Path) -> None:
@@ -321,9 +324,12 @@ def test_a_refused_file_leaves_a_cache_that_still_continues(saved: Saved, tiny_m
     warm, untouched = Session(tiny_model, config), Session(tiny_model, config)
     messages = follow_up(converse(warm, TURNS[:3]), TURNS)
     converse(untouched, TURNS[:3])
+    expected = untouched.chat(messages, max_tokens=10)
+    del untouched  # its entry for that turn would serve warm too (sessions on a Model share them)
+    gc.collect()
     with pytest.raises(StateFileError):
         warm.load_state(write(tmp_path, saved.data[:-1]))
-    r, expected = warm.chat(messages, max_tokens=10), untouched.chat(messages, max_tokens=10)
+    r = warm.chat(messages, max_tokens=10)
     assert steps(r) == steps(expected) and reused(r) == reused(expected) > 0 and r.stats["image_encodes"] == 0
 
 
@@ -686,11 +692,16 @@ def test_a_file_moves_between_parallel_and_single_lane_sessions(tiny_model: ecso
     path = tmp_path / "state.ecso"
     a.save_state(path)
     assert len(sfe.parse(path.read_bytes()).slots) == saver
-    b = Session(tiny_model, config, parallel=loader, state=path)
-    assert b.state_status == "loaded" and b.cache_info()["conversations"] == 1
-    r = b.chat(messages, max_tokens=10)
+    del a  # sessions on a Model share their entries: only the file may serve b
+    gc.collect()
     alone = Session(tiny_model, config)
     converse(alone, TURNS[:3])
     expected = alone.chat(messages, max_tokens=10)
+    del alone
+    gc.collect()
+    b = Session(tiny_model, config, parallel=loader, state=path)
+    assert b.state_status == "loaded" and b.cache_info()["conversations"] == 1
+    r = b.chat(messages, max_tokens=10)
+    assert b.cache_info()["shared_hits"] == 0
     assert steps(r) == steps(expected)
     assert reused(r) == reused(expected) > 0 and r.stats["image_encodes"] == 0

@@ -188,6 +188,7 @@ py::dict cache_dict(const ecso::CacheStats & st) {
     d["embedding_bytes"] = st.embedding_bytes;
     d["captions"] = st.captions;
     d["hits"] = st.hits;
+    d["shared_hits"] = st.shared_hits;
     d["misses"] = st.misses;
     d["evictions"] = st.evictions;
     return d;
@@ -334,8 +335,8 @@ Calls on one session are serialised (a second thread waits); cancel() may come f
                 return cache_dict(st);
             },
             "What chat() keeps between calls: conversations and images, with their bytes, and captions; the "
-            "chat calls that found a saved conversation to continue (hits) or none (misses), and the entries "
-            "dropped for the bounds (evictions).")
+            "chat calls that found a saved conversation to continue (hits; shared_hits: another slot's or "
+            "session's on the same Model) or none (misses), and the entries dropped for the bounds (evictions).")
         .def(
             "save_state",
             [](ecso::EcsoSession & s, const std::string & path) {

@@ -24,41 +24,65 @@ void ConversationCache::set_limits(int32_t max_conversations, uint64_t max_bytes
     max_bytes_ = max_bytes;
 }
 
+void ConversationCache::share(SequenceStore & store, bool generated_cells) {
+    store_ = &store;
+    generated_cells_ = generated_cells;
+}
+
 size_t ConversationCache::restore_best(DecodingEngine & engine, int seq, const Prompt & prompt) {
     KvSequences & kv = engine.kv();
     kv.clear();
     continued_ = saved_.end();
     const auto & items = prompt.items();
+    auto shared_with = [&](const SavedSequence & entry) {
+        size_t n = 0;
+        while (n < entry.items.size() && n < items.size() && entry.items[n].same_as(items[n])) {
+            ++n;
+        }
+        return prompt.reuse_boundary(n);
+    };
     auto best = saved_.end();
     size_t best_shared = 0;
     for (auto it = saved_.begin(); it != saved_.end(); ++it) {
-        size_t n = 0;
-        while (n < it->items.size() && n < items.size() && it->items[n].same_as(items[n])) {
-            ++n;
-        }
-        const size_t shared = prompt.reuse_boundary(n);
+        const size_t shared = shared_with(*it->sequence);
         if (shared > best_shared) {
             best = it;
             best_shared = shared;
         }
     }
-    if (best == saved_.end()) {
+    std::shared_ptr<const SavedSequence> other;
+    if (store_ != nullptr) {
+        for (auto & entry : store_->others(this, generated_cells_)) {
+            const size_t shared = shared_with(*entry);
+            if (shared > best_shared) {
+                other = std::move(entry);
+                best_shared = shared;
+            }
+        }
+    }
+    const SavedSequence * chosen = other ? other.get() : best != saved_.end() ? best->sequence.get() : nullptr;
+    if (chosen == nullptr) {
         ++misses_;
         return 0;
     }
-    const size_t read = engine.restore_sequence(seq, best->state);
+    // Another context's entry may not fit this one (a smaller n_ctx): llama.cpp then refuses it.
+    const size_t read = engine.restore_sequence(seq, chosen->state);
     if (read == 0) {
         kv.clear();  // a failed restore leaves nothing to trust
         ++misses_;
         return 0;
     }
     ++hits_;
-    kv.adopt(seq, best->items);
-    best->used = ++tick_;
-    if (best_shared >= best->turn_end) {
-        continued_ = best;
+    kv.adopt(seq, chosen->items);
+    if (other) {
+        ++shared_hits_;  // the owner keeps its entry; this call's answer gets one of this cache's
+    } else {
+        best->used = ++tick_;
+        if (best_shared >= best->sequence->turn_end) {
+            continued_ = best;
+        }
     }
-    return best->items.size();
+    return chosen->items.size();
 }
 
 void ConversationCache::save(DecodingEngine & engine, int seq, size_t turn_end) {
@@ -80,21 +104,34 @@ void ConversationCache::save(DecodingEngine & engine, int seq, size_t turn_end) 
     if (n_swa > 0 && engine.seq_pos_max(seq) >= n_swa) {
         return;
     }
-    Saved entry;
+    SavedSequence entry;
     entry.state = engine.save_sequence(seq);
     if (entry.state.empty() || entry.state.size() > max_bytes_ * 1024 * 1024) {
         return;
     }
     entry.items = items;
     entry.turn_end = turn_end;
-    entry.used = ++tick_;
     // The entries this one extends are the same conversation at an earlier turn.
-    saved_.remove_if([&](const Saved & old) {
-        return old.items.size() <= entry.items.size() &&
-               std::equal(old.items.begin(), old.items.end(), entry.items.begin(),
+    saved_.remove_if([&](const Entry & old) {
+        const auto & held = old.sequence->items;
+        return held.size() <= entry.items.size() &&
+               std::equal(held.begin(), held.end(), entry.items.begin(),
                           [](const PromptItem & a, const PromptItem & b) { return a.same_as(b); });
     });
-    saved_.push_front(std::move(entry));
+    keep(std::move(entry), ++tick_, true);
+}
+
+void ConversationCache::keep(SavedSequence sequence, uint64_t used, bool front) {
+    auto shared = std::make_shared<const SavedSequence>(std::move(sequence));
+    if (store_ != nullptr) {
+        store_->publish(shared, this, generated_cells_);
+    }
+    Entry entry{std::move(shared), used};
+    if (front) {
+        saved_.push_front(std::move(entry));
+    } else {
+        saved_.push_back(std::move(entry));
+    }
 }
 
 std::optional<std::string> ConversationCache::caption(const std::string & image_id, const std::string & query) const {
@@ -127,7 +164,7 @@ void ConversationCache::touch_images(const std::vector<std::string> & image_ids)
 void ConversationCache::trim(Embeddings & embeddings) {
     while (saved_.size() > static_cast<size_t>(max_conversations_)) {
         auto oldest = std::min_element(saved_.begin(), saved_.end(),
-                                       [](const Saved & a, const Saved & b) { return a.used < b.used; });
+                                       [](const Entry & a, const Entry & b) { return a.used < b.used; });
         evict(oldest);
     }
     const uint64_t limit = max_bytes_ * 1024 * 1024;
@@ -138,7 +175,7 @@ void ConversationCache::trim(Embeddings & embeddings) {
         }
         // The least recently used of: a saved sequence, an image's encodings.
         auto oldest_saved = std::min_element(saved_.begin(), saved_.end(),
-                                             [](const Saved & a, const Saved & b) { return a.used < b.used; });
+                                             [](const Entry & a, const Entry & b) { return a.used < b.used; });
         std::string oldest_image;
         uint64_t image_tick = UINT64_MAX;
         for (const auto & [media_id, embd] : embeddings) {
@@ -167,8 +204,8 @@ void ConversationCache::trim(Embeddings & embeddings) {
 ConversationCache::Stats ConversationCache::stats(const Embeddings & embeddings) const {
     Stats s;
     s.conversations = static_cast<int32_t>(saved_.size());
-    for (const Saved & entry : saved_) {
-        s.state_bytes += entry.state.size();
+    for (const Entry & entry : saved_) {
+        s.state_bytes += entry.sequence->state.size();
     }
     std::string last;
     for (const auto & [media_id, embd] : embeddings) {
@@ -181,12 +218,13 @@ ConversationCache::Stats ConversationCache::stats(const Embeddings & embeddings)
     }
     s.captions = static_cast<int32_t>(captions_.size());
     s.hits = hits_;
+    s.shared_hits = shared_hits_;
     s.misses = misses_;
     s.evictions = evictions_;
     return s;
 }
 
-void ConversationCache::evict(std::list<Saved>::iterator entry) {
+void ConversationCache::evict(std::list<Entry>::iterator entry) {
     if (entry == continued_) {
         continued_ = saved_.end();
     }
@@ -196,8 +234,10 @@ void ConversationCache::evict(std::list<Saved>::iterator entry) {
 
 ConversationCache::Snapshot ConversationCache::snapshot(const Embeddings & embeddings) const {
     Snapshot out;
-    for (const Saved & entry : saved_) {
-        Saved copy = entry;
+    for (const Entry & entry : saved_) {
+        Saved copy;
+        static_cast<SavedSequence &>(copy) = *entry.sequence;
+        copy.used = entry.used;
         for (PromptItem & item : copy.items) {
             item.media = nullptr;
         }
@@ -216,7 +256,8 @@ void ConversationCache::replace(Snapshot from, Embeddings & embeddings) {
     saved_.clear();
     continued_ = saved_.end();
     for (Saved & entry : from.saved) {
-        saved_.push_back(std::move(entry));
+        const uint64_t used = entry.used;
+        keep(std::move(static_cast<SavedSequence &>(entry)), used, false);
     }
     image_used_.clear();
     for (const auto & [id, tick] : from.image_used) {

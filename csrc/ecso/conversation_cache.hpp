@@ -3,6 +3,10 @@
 // llama_state_seq_get_data, as llama-server's prompt cache does), the encoder output of their
 // images (the engine's embedding map, whose size this bounds), and the captions already made.
 //
+// The saved sequences are published to the Model's sequence store (sequence_store.hpp): a call
+// continues the best match among this cache's own entries and every other slot's and session's
+// on the Model. Only the owner's entries count in its bounds and are replaced by its next turn.
+//
 // Why a host copy and not the cells in place: the judge and the captions of a turn start from
 // the answer's prefix, and the cache lays their cells out exactly as an empty cache would only
 // once the answer's own cells are freed. A restore into an emptied cache puts the saved cells
@@ -12,6 +16,7 @@
 #include <cstdint>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -19,6 +24,7 @@
 
 #include "ecso/kv_sequences.hpp"
 #include "ecso/prompt.hpp"
+#include "ecso/sequence_store.hpp"
 #include "ecso/stats.hpp"
 #include "llama.h"
 
@@ -32,9 +38,12 @@ public:
     using Embeddings = std::map<std::string, std::vector<float>>;  // the engine's, by media id
 
     void set_limits(int32_t max_conversations, uint64_t max_bytes);
+    // Publishes this cache's entries to `store` and continues the entries of the others there;
+    // `generated_cells`: the owner keeps answer cells decoded one token at a time.
+    void share(SequenceStore & store, bool generated_cells);
 
     // Empties the cache and restores into `seq` the saved sequence sharing the most whole parts
-    // with `prompt`. Returns the items restored (0: nothing saved matches).
+    // with `prompt` (this cache's own on a tie). Returns the items restored (0: nothing matches).
     size_t restore_best(DecodingEngine & engine, int seq, const Prompt & prompt);
 
     // Saves what `seq` holds (a conversation's prompt and answer); `turn_end`: the item where the
@@ -58,10 +67,7 @@ public:
     Stats stats(const Embeddings & embeddings) const;
     void clear(Embeddings & embeddings);
 
-    struct Saved {
-        std::vector<PromptItem> items;  // media pointers null outside the call that saved them
-        std::vector<uint8_t> state;
-        size_t turn_end = 0;  // the items up to the end of its prompt's last message
+    struct Saved : SavedSequence {
         uint64_t used = 0;
     };
     // Everything the cache keeps, for a state file (session_state_file.hpp): the saved sequences
@@ -79,11 +85,18 @@ public:
     void replace(Snapshot from, Embeddings & embeddings);
 
 private:
+    struct Entry {
+        std::shared_ptr<const SavedSequence> sequence;  // immutable once published
+        uint64_t used = 0;
+    };
     static std::string image_of(const std::string & media_id);
-    void evict(std::list<Saved>::iterator entry);
+    void keep(SavedSequence sequence, uint64_t used, bool front);
+    void evict(std::list<Entry>::iterator entry);
 
-    std::list<Saved> saved_;
-    std::list<Saved>::iterator continued_ = saved_.end();  // restored for this call, and continued
+    std::list<Entry> saved_;
+    std::list<Entry>::iterator continued_ = saved_.end();  // restored for this call, and continued
+    SequenceStore * store_ = nullptr;
+    bool generated_cells_ = false;
     std::map<std::string, uint64_t> image_used_;  // image id -> tick of its last use
     std::map<std::pair<std::string, std::string>, std::string> captions_;
     std::list<std::pair<std::string, std::string>> caption_order_;  // oldest first
@@ -91,6 +104,7 @@ private:
     uint64_t max_bytes_ = 0;
     uint64_t tick_ = 0;
     uint64_t hits_ = 0;       // restores that found a saved sequence
+    uint64_t shared_hits_ = 0;  // of those, another slot's or session's
     uint64_t misses_ = 0;     // restores that found none
     uint64_t evictions_ = 0;  // saved sequences and images dropped for the bounds
 };

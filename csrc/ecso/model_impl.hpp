@@ -18,6 +18,7 @@
 #include "ecso/encoder_cache.hpp"
 #include "ecso/gguf_check.hpp"
 #include "ecso/model.hpp"
+#include "ecso/sequence_store.hpp"
 #include "ecso/text_weights.hpp"
 #include "llama-cpp.h"
 #include "mtmd.h"
@@ -54,6 +55,7 @@ public:
     const ModelOptions & options() const { return text_->options(); }
     // Shared by every session on this model: its own lock makes it safe from any thread.
     EncoderCache & encoder_cache() const { return encoder_cache_; }
+    SequenceStore & sequence_store() const { return sequence_store_; }
     const TextWeights & text() const { return *text_; }
     const TextModelInfo & text_info() const { return text_->info(); }
     const ProjectorInfo & projector_info() const { return projector_info_; }
@@ -86,6 +88,7 @@ private:
     mtmd::context_ptr mtmd_;
     mutable std::mutex vision_mutex_;
     mutable EncoderCache encoder_cache_;
+    mutable SequenceStore sequence_store_;
 };
 
 // The error for a pair whose projector frames images with tokens the text model does not have.

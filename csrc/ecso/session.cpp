@@ -18,6 +18,7 @@
 #include "ecso/errors.hpp"
 #include "ecso/fnv_hash.hpp"
 #include "ecso/guard_judge.hpp"
+#include "ecso/model_impl.hpp"
 #include "ecso/prompt.hpp"
 #include "ecso/single_turn_plan.hpp"
 
@@ -84,6 +85,7 @@ EcsoSession::Impl::Impl(std::shared_ptr<const Model> model, EcsoConfig config, i
         auto slot = std::make_unique<Slot>();
         slot->engine = scheduler_ ? std::make_unique<DecodingEngine>(model_, config_, *scheduler_, i)
                                   : std::make_unique<DecodingEngine>(model_, config_);
+        slot->conversations.share(model_->impl().sequence_store(), config_.reuse_answer_cells);
         slots_.push_back(std::move(slot));
     }
 }

@@ -31,6 +31,7 @@ struct CacheStats {
     uint64_t embedding_bytes = 0;  // that output
     int32_t captions = 0;
     uint64_t hits = 0;       // chat calls that restored a saved sequence
+    uint64_t shared_hits = 0;  // of those, from another slot's or session's (sequence_store.hpp)
     uint64_t misses = 0;     // chat calls that found none to continue
     uint64_t evictions = 0;  // saved sequences and images dropped to keep the bounds
 
@@ -41,6 +42,7 @@ struct CacheStats {
         embedding_bytes += o.embedding_bytes;
         captions += o.captions;
         hits += o.hits;
+        shared_hits += o.shared_hits;
         misses += o.misses;
         evictions += o.evictions;
         return *this;

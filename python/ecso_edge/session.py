@@ -355,8 +355,9 @@ class Session:
     def cache_info(self) -> dict[str, int]:
         """What ``chat`` keeps between calls: ``conversations`` and ``state_bytes`` (their KV
         cells), ``images`` and ``embedding_bytes`` (their encoder output), ``captions``; ``hits``
-        and ``misses`` (chat calls that found a saved conversation to continue, or none) and
-        ``evictions`` (entries dropped to keep the bounds)."""
+        and ``misses`` (chat calls that found a saved conversation to continue, or none),
+        ``shared_hits`` (of the hits, those that continued another slot's or another session's
+        conversation on the same Model) and ``evictions`` (entries dropped to keep the bounds)."""
         return self._core.cache_stats()
 
     def clear_cache(self) -> None:
