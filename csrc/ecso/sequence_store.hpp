@@ -10,9 +10,8 @@
 // on it. Contexts on it differ only in size and sequence count, and a restore goes into an emptied
 // cache, where the cells land as a fresh evaluation lays them out, as for a session's own entry
 // (a parallel lane beside busy neighbours is as exact as any of its requests: docs/parallel.md).
-// What a session promises about its
-// generated cells is its own (EcsoConfig::reuse_answer_cells), so an entry that holds them is
-// offered only to sessions that accept them.
+// What a session promises about its generated cells is its own (EcsoConfig::reuse_answer_cells),
+// so an entry that holds them is offered only to sessions that accept them.
 #pragma once
 
 #include <cstdint>
