@@ -6,6 +6,7 @@ only prefilled cells is not given another's decoded ones; a session prefers its 
 from __future__ import annotations
 
 import gc
+import threading
 from typing import Any
 
 import pytest
@@ -106,3 +107,29 @@ def test_a_session_prefers_its_own_entry(tiny_model: ecso_edge.Model) -> None:
     mine.chat(follow_up, max_tokens=6)
     assert (mine.cache_info()["hits"], mine.cache_info()["shared_hits"]) == (2, 1)
     del others
+
+
+def test_a_conversation_whose_slot_is_busy_continues_on_another_slot(tiny_model: ecso_edge.Model) -> None:
+    session = Session(tiny_model, parallel=2)
+    follow_up = second_turn(session.chat(first_turn(), max_tokens=6, protect=False).answer)
+    release, holding = threading.Event(), threading.Event()
+
+    def hold(piece: str) -> None:
+        holding.set()
+        release.wait()  # the slot holding the conversation stays taken until the test lets go
+
+    # the same conversation again takes the slot that answered it, and stays there
+    busy = threading.Thread(target=session.chat, args=(first_turn(),),
+                            kwargs={"max_tokens": 2, "on_token": hold, "protect": False})
+    busy.start()
+    try:
+        assert holding.wait(120)  # a hang guard, not a speed check
+        r = session.chat(follow_up, max_tokens=6, protect=False)
+    finally:
+        release.set()
+        busy.join()
+    reference = Session(tiny_model, EcsoConfig(reuse_kv=False)).chat(follow_up, max_tokens=6, protect=False)
+    assert tokens(r) == tokens(reference)
+    assert reused(r) > 0 and r.stats["image_encodes"] == 0
+    info = session.cache_info()
+    assert (info["hits"], info["shared_hits"]) == (2, 1)  # the held call continued its own slot's

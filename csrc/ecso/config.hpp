@@ -110,7 +110,8 @@ struct EcsoConfig {
     // unless judge_text_only is set (docs/conversations.md).
     bool judge_text_only = false;
     // Between chat calls the session keeps the KV cells of up to keep_conversations conversations
-    // (and the encoder output of their images) in host memory, within conversation_cache_mib.
+    // (and the encoder output of their images) in host memory, within conversation_cache_mib;
+    // every session on the Model may continue them while it keeps them (sequence_store.hpp).
     int32_t keep_conversations = 4;
     uint64_t conversation_cache_mib = 1024;
     // Also reuse the previous answer's generated cells. Those were decoded one token at a time and
