@@ -15,10 +15,11 @@ import pytest
 
 import ecso_edge
 from ecso_edge import ConfigError, EcsoConfig, Session
+from ecso_edge import tiny_models
 from ecso_edge.tiny_models import gemma3, minicpmv, qwen_vl
 
 QUERY = "What is shown in the picture? Answer please."
-FAMILIES = ["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv", "minicpmv2.5", "mobilevlm"]
+FAMILIES = list(tiny_models.FAMILIES)
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
 # SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V (2.6 and
 # 2.5) into an overview and 4 slices
@@ -252,3 +253,11 @@ def test_make_tiny_model_writes_the_familys_pair_byte_for_byte(family_pairs: dic
     written = [Path(line) for line in proc.stdout.split()]
     assert [p.name for p in written] == [p.name for p in family_pairs[family]]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(written, family_pairs[family]))
+
+
+def test_the_fuzz_sweeps_name_every_family_and_only_those() -> None:
+    """The sweeps' tables (test_fuzz.py, run with -m fuzz) are per-family data: a family added
+    without its sweep, or a sweep of a family that is gone, fails here, in the default suite."""
+    import test_fuzz
+    assert list(test_fuzz.SWEEP_TARGETS) == FAMILIES
+    assert list(test_fuzz.SWEEP_MIN_CASES) == FAMILIES

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ecso_edge
-from ecso_edge import EcsoConfig, Session
+from ecso_edge import EcsoConfig, Session, tiny_models
 from llama_reference import LlamaReference
 
 N_CTX = 1024
@@ -26,7 +26,7 @@ def fill(template: str, **values: str) -> str:
     return re.sub(r"\{([^{}]*)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-@pytest.fixture(scope="module", params=["llava15", "llava16", "gemma3", "qwen2.5vl", "smolvlm", "qwen3vl", "qwen2vl", "pixtral", "internvl", "minicpmv", "minicpmv2.5", "mobilevlm"])
+@pytest.fixture(scope="module", params=list(tiny_models.FAMILIES))
 def pair(request: pytest.FixtureRequest, family_pairs: dict[str, tuple[Path, Path]]) -> tuple[Path, Path, np.ndarray]:
     text, mmproj = family_pairs[request.param]
     size = (40, 48, 3) if request.param == "llava15" else (64, 64, 3)
