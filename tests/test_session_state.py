@@ -201,8 +201,9 @@ def test_the_saved_file_holds_the_conversation_and_its_images(saved: Saved, tiny
     assert {q for _, q, _ in slot.captions} == {"What is this?", "Tell me more.", "And this one?"}
     fingerprint = dict(line.split("=", 1) for line in sf.fingerprint.splitlines())
     assert list(fingerprint) == ["format", "text_model", "mmproj", "n_batch", "n_gpu_layers", "mmproj_gpu",
-                                 "flash_attn", "repack", "llama_cpp"]
+                                 "flash_attn", "repack", "answer_cells", "llama_cpp"]
     assert fingerprint["format"] == "1" and fingerprint["n_batch"] == "512" and fingerprint["n_gpu_layers"] == "0"
+    assert fingerprint["answer_cells"] == "prefilled"
     for key, path in (("text_model", tiny_model.text_model_path), ("mmproj", tiny_model.mmproj_path)):
         size, digest = fingerprint[key].split(":")
         assert int(size) == os.path.getsize(path) and len(digest) == 16  # the size and FNV-1a of the file
@@ -272,6 +273,17 @@ def test_a_file_from_a_model_with_another_n_batch_is_refused(tiny_model: ecso_ed
     assert_refused(tiny_model, path, "it was written for another model or context: n_batch is 64 in the file, "
                                      "512 here")
     assert Session(other, state=path).state_status == "loaded"
+
+
+def test_a_file_with_decoded_answer_cells_is_refused_where_only_prefilled_ones_are_kept(
+        tiny_model: ecso_edge.Model, tmp_path: Path) -> None:
+    decoded = Session(tiny_model, EcsoConfig(reuse_answer_cells=True, verdict_override=True))
+    converse(decoded, TURNS[:2])
+    path = tmp_path / "state.ecso"
+    decoded.save_state(path)
+    assert_refused(tiny_model, path, "it was written for another model or context: answer_cells is decoded in the "
+                                     "file, prefilled here")
+    assert Session(tiny_model, EcsoConfig(reuse_answer_cells=True), state=path).state_status == "loaded"
 
 
 def test_a_file_for_another_model_pair_is_refused(tiny_model: ecso_edge.Model, tmp_path: Path) -> None:

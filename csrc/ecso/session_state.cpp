@@ -40,7 +40,9 @@ private:
 std::string EcsoSession::Impl::state_fingerprint() const {
     // The cells' values depend on the weights, the batch split of prompt evaluation, where the
     // layers ran and with which kernels (llama.cpp's build and CPU features); their layout on the
-    // KV types and flash attention, which the KV check compares on its own.
+    // KV types and flash attention, which the KV check compares on its own. answer_cells: the
+    // saved answers' own cells were decoded one token at a time, which a session that keeps only
+    // prefilled cells (reuse_answer_cells off) must not continue from.
     const Model::Impl & m = model_->impl();
     const ModelOptions & o = m.options();
     std::string fp;
@@ -53,6 +55,7 @@ std::string EcsoSession::Impl::state_fingerprint() const {
     line("mmproj_gpu", o.mmproj_gpu ? "1" : "0");
     line("flash_attn", std::to_string(static_cast<int>(m.flash_attn_type())));
     line("repack", m.repack() ? "1" : "0");
+    line("answer_cells", config_.reuse_answer_cells ? "decoded" : "prefilled");
     line("llama_cpp", llama_print_system_info());
     return fp;
 }
