@@ -50,6 +50,7 @@ const Field kFields[] = {
     {"conversation_cache_mib", int_in(r::kConversationCacheMib)}, {"reuse_answer_cells", "True or False"},
     {"judge_layout", "'paper' or 'continue'"}, {"judge_mode", "'final' or 'incremental'"},
     {"judge_continue_template", "a str"}, {"judge_chunk_tokens", int_in(r::kJudgeChunkTokens)},
+    {"judge_first_chunk_tokens", int_in(r::kJudgeChunkTokens)},
     {"judge_chunk_sentences", "True or False"}, {"judge_check_threshold", "a float in (0, 1)"},
 };
 
@@ -272,6 +273,9 @@ decoding, and KV-cache reuse on.
                        "The continue layout's question ({query} optional).")
         .def_readwrite("judge_chunk_tokens", &EcsoConfig::judge_chunk_tokens,
                        "Incremental judging: check after every this many answer tokens (0: not by count).")
+        .def_readwrite("judge_first_chunk_tokens", &EcsoConfig::judge_first_chunk_tokens,
+                       "Incremental judging: the first check comes after this many answer tokens, each later one "
+                       "judge_chunk_tokens after the check before it (0: judge_chunk_tokens).")
         .def_readwrite("judge_chunk_sentences", &EcsoConfig::judge_chunk_sentences,
                        "Incremental judging: also check after a token that ends a sentence.")
         .def_readwrite("judge_check_threshold", &EcsoConfig::judge_check_threshold,

@@ -70,6 +70,11 @@ void EcsoConfig::validate() const {
                           " (no token rule) to " + std::to_string(ranges::kJudgeChunkTokens.max) + " (got " +
                           std::to_string(judge_chunk_tokens) + ")");
     }
+    if (!ranges::kJudgeChunkTokens.contains(judge_first_chunk_tokens)) {
+        throw ConfigError("judge_first_chunk_tokens must be from " + std::to_string(ranges::kJudgeChunkTokens.min) +
+                          " (as judge_chunk_tokens) to " + std::to_string(ranges::kJudgeChunkTokens.max) + " (got " +
+                          std::to_string(judge_first_chunk_tokens) + ")");
+    }
     if (!(judge_check_threshold > 0.0 && judge_check_threshold < 1.0)) {
         throw ConfigError("judge_check_threshold must be between 0 and 1, exclusive (got " +
                           std::to_string(judge_check_threshold) + ")");
