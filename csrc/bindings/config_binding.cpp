@@ -19,29 +19,38 @@ namespace {
 
 using ecso::EcsoConfig;
 
+// "an int in 0..1000", from the range validate() checks.
+template <class T>
+std::string int_in(const ecso::IntRange<T> & range) {
+    return "an int in " + std::to_string(range.min) + ".." + std::to_string(range.max);
+}
+
 // Every field, with what it takes: a wrong type or an int out of the C++ type's range gets that
-// sentence instead of pybind11's list of C++ signatures. tests/test_errors.py checks that the
-// list is complete.
+// sentence instead of pybind11's list of C++ signatures. tests/test_option_errors.py checks that
+// the list is complete, tests/test_config_fields.py that each int's range is the one validate()
+// enforces.
 struct Field {
     const char * name;
-    const char * takes;
+    std::string takes;
 };
+namespace r = ecso::ranges;
 const Field kFields[] = {
     {"judge_template", "a str"}, {"caption_template", "a str"}, {"text_only_template", "a str"},
     {"system_prompt", "a str or None"}, {"chat_template", "a str or None"}, {"image_placement", "'before' or 'after'"},
-    {"response_cut_chars", "an int in 1..18446744073709551615"}, {"verdict_rule", "'exact', 'prefix' or 'logits'"},
+    {"response_cut_chars", int_in(r::kResponseCutChars)}, {"verdict_rule", "'exact', 'prefix' or 'logits'"},
     {"reuse_kv", "True or False"}, {"shadow_judge", "True or False"}, {"verdict_override", "None, True or False"},
-    {"temperature", "a float >= 0"}, {"top_p", "a float in (0, 1]"}, {"top_k", "an int in 0..2147483647"},
-    {"seed", "None or an int in 0..4294967295"}, {"ignore_eos", "True or False"},
+    {"temperature", "a float >= 0"}, {"top_p", "a float in (0, 1]"}, {"top_k", int_in(r::kTopK)},
+    {"seed", "None or " + int_in(r::kSeed)}, {"ignore_eos", "True or False"},
     {"logit_bias", "a dict {token id (int): bias (float)}"},
-    {"max_tokens_answer", "None or an int in 1..2147483647"}, {"max_tokens_judge", "an int in 1..2147483647"},
-    {"max_tokens_caption", "None or an int in 1..2147483647"},
-    {"max_tokens_text_only", "None or an int in 1..2147483647"},
-    {"max_image_pixels", "an int in 1..18446744073709551615"},
-    {"judge_text_only", "True or False"}, {"keep_conversations", "an int in 0..1000"},
-    {"conversation_cache_mib", "an int in 0..1073741824"}, {"reuse_answer_cells", "True or False"},
+    {"max_tokens_answer", "None or " + int_in(r::kStepTokens)}, {"max_tokens_judge", int_in(r::kStepTokens)},
+    {"max_tokens_caption", "None or " + int_in(r::kStepTokens)},
+    {"max_tokens_text_only", "None or " + int_in(r::kStepTokens)},
+    {"max_image_pixels", int_in(r::kMaxImagePixels)},
+    {"judge_text_only", "True or False"}, {"keep_conversations", int_in(r::kKeepConversations)},
+    {"conversation_cache_mib", int_in(r::kConversationCacheMib)}, {"reuse_answer_cells", "True or False"},
     {"judge_layout", "'paper' or 'continue'"}, {"judge_mode", "'final' or 'incremental'"},
-    {"judge_continue_template", "a str"}, {"judge_chunk_tokens", "an int in 0..1000000"},
+    {"judge_continue_template", "a str"}, {"judge_chunk_tokens", int_in(r::kJudgeChunkTokens)},
+    {"judge_first_chunk_tokens", int_in(r::kJudgeChunkTokens)},
     {"judge_chunk_sentences", "True or False"}, {"judge_check_threshold", "a float in (0, 1)"},
 };
 
@@ -264,6 +273,9 @@ decoding, and KV-cache reuse on.
                        "The continue layout's question ({query} optional).")
         .def_readwrite("judge_chunk_tokens", &EcsoConfig::judge_chunk_tokens,
                        "Incremental judging: check after every this many answer tokens (0: not by count).")
+        .def_readwrite("judge_first_chunk_tokens", &EcsoConfig::judge_first_chunk_tokens,
+                       "Incremental judging: the first check comes after this many answer tokens, each later one "
+                       "judge_chunk_tokens after the check before it (0: judge_chunk_tokens).")
         .def_readwrite("judge_chunk_sentences", &EcsoConfig::judge_chunk_sentences,
                        "Incremental judging: also check after a token that ends a sentence.")
         .def_readwrite("judge_check_threshold", &EcsoConfig::judge_check_threshold,

@@ -32,6 +32,9 @@ const char * error_class(const std::exception_ptr & p, std::string & what) {
     } catch (const ecso::StateFileError & e) {
         what = e.what();
         return "StateFileError";
+    } catch (const ecso::ResourceError & e) {
+        what = e.what();
+        return "ResourceError";
     } catch (const ecso::Error & e) {
         what = e.what();
         return "EcsoError";

@@ -29,7 +29,7 @@ BatchScheduler::BatchScheduler(std::shared_ptr<const Model> model, int n_lanes, 
     const uint32_t n_batch = std::min(opts.n_batch, opts.n_ctx);
     lane_batch_ = std::max<int32_t>(static_cast<int32_t>(kMinBatch), static_cast<int32_t>(n_batch) / n_lanes);
     const uint32_t merged = std::max<uint32_t>(n_batch, static_cast<uint32_t>(lane_batch_) * n_lanes);
-    ctx_ = make_context(model_->impl().text(), static_cast<uint32_t>(cells), merged,
+    ctx_ = make_context(model_->impl().text(), ContextOwner::Session, n_lanes, static_cast<uint32_t>(cells), merged,
                         static_cast<uint32_t>(n_lanes * seqs_per_lane), &BatchScheduler::abort_requested, this);
     merged_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_.get())));
     thread_ = std::thread([this] { loop(); });

@@ -47,7 +47,7 @@ class CancelToken;
 class BatchScheduler {
 public:
     // Throws ConfigError when the lanes' cells are more than a llama.cpp context counts (a
-    // uint32), RuntimeFailure when llama.cpp cannot create the context.
+    // uint32), ResourceError when llama.cpp cannot create the context.
     BatchScheduler(std::shared_ptr<const Model> model, int n_lanes, int seqs_per_lane);
     ~BatchScheduler();
     BatchScheduler(const BatchScheduler &) = delete;

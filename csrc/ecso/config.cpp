@@ -1,4 +1,5 @@
-// Validation of EcsoConfig values (the defaults live in config.hpp and prompts.cpp).
+// Validation of EcsoConfig values (the defaults and integer ranges live in config.hpp, the
+// prompts in prompts.cpp).
 #include "ecso/config.hpp"
 
 #include <cmath>
@@ -9,9 +10,10 @@
 namespace ecso {
 namespace {
 
-void require_positive(const std::optional<int32_t> & v, const char * name) {
-    if (v && *v < 1) {
-        throw ConfigError(std::string(name) + " must be at least 1 (got " + std::to_string(*v) + ")");
+void require_step_tokens(const std::optional<int32_t> & v, const char * name) {
+    if (v && !ranges::kStepTokens.contains(*v)) {
+        throw ConfigError(std::string(name) + " must be at least " + std::to_string(ranges::kStepTokens.min) +
+                          " (got " + std::to_string(*v) + ")");
     }
 }
 
@@ -27,8 +29,9 @@ void EcsoConfig::validate() const {
     prompts::require_placeholders(judge_template, {"response"}, "judge_template");
     prompts::require_placeholders(caption_template, {"query"}, "caption_template");
     prompts::require_placeholders(text_only_template, {"caption"}, "text_only_template");
-    if (response_cut_chars == 0) {
-        throw ConfigError("response_cut_chars must be at least 1 (got 0)");
+    if (!ranges::kResponseCutChars.contains(response_cut_chars)) {
+        throw ConfigError("response_cut_chars must be at least " + std::to_string(ranges::kResponseCutChars.min) +
+                          " (got " + std::to_string(response_cut_chars) + ")");
     }
     if (!(sampling.temperature >= 0.0f && std::isfinite(sampling.temperature))) {
         throw ConfigError("temperature must be a finite number >= 0 (0 is greedy; got " +
@@ -44,26 +47,33 @@ void EcsoConfig::validate() const {
     if (!(sampling.top_p > 0.0f && sampling.top_p <= 1.0f)) {
         throw ConfigError("top_p must be in (0, 1]");
     }
-    if (sampling.top_k < 0) {
-        throw ConfigError("top_k must be >= 0 (0 disables it)");
+    if (!ranges::kTopK.contains(sampling.top_k)) {
+        throw ConfigError("top_k must be >= " + std::to_string(ranges::kTopK.min) + " (0 disables it)");
     }
-    require_positive(max_tokens_answer, "max_tokens_answer");
-    require_positive(max_tokens_judge, "max_tokens_judge");
-    require_positive(max_tokens_caption, "max_tokens_caption");
-    require_positive(max_tokens_text_only, "max_tokens_text_only");
-    if (max_image_pixels == 0) {
-        throw ConfigError("max_image_pixels must be at least 1");
+    require_step_tokens(max_tokens_answer, "max_tokens_answer");
+    require_step_tokens(max_tokens_judge, "max_tokens_judge");
+    require_step_tokens(max_tokens_caption, "max_tokens_caption");
+    require_step_tokens(max_tokens_text_only, "max_tokens_text_only");
+    if (!ranges::kMaxImagePixels.contains(max_image_pixels)) {
+        throw ConfigError("max_image_pixels must be at least " + std::to_string(ranges::kMaxImagePixels.min));
     }
-    if (keep_conversations < 0 || keep_conversations > 1000) {
-        throw ConfigError("keep_conversations must be from 0 (keep none) to 1000 (got " +
+    if (!ranges::kKeepConversations.contains(keep_conversations)) {
+        throw ConfigError("keep_conversations must be from " + std::to_string(ranges::kKeepConversations.min) +
+                          " (keep none) to " + std::to_string(ranges::kKeepConversations.max) + " (got " +
                           std::to_string(keep_conversations) + ")");
     }
     if (judge_continue_template.empty()) {
         throw ConfigError("judge_continue_template is empty: the continue layout needs a question");
     }
-    if (judge_chunk_tokens < 0 || judge_chunk_tokens > 1000000) {
-        throw ConfigError("judge_chunk_tokens must be from 0 (no token rule) to 1000000 (got " +
+    if (!ranges::kJudgeChunkTokens.contains(judge_chunk_tokens)) {
+        throw ConfigError("judge_chunk_tokens must be from " + std::to_string(ranges::kJudgeChunkTokens.min) +
+                          " (no token rule) to " + std::to_string(ranges::kJudgeChunkTokens.max) + " (got " +
                           std::to_string(judge_chunk_tokens) + ")");
+    }
+    if (!ranges::kJudgeChunkTokens.contains(judge_first_chunk_tokens)) {
+        throw ConfigError("judge_first_chunk_tokens must be from " + std::to_string(ranges::kJudgeChunkTokens.min) +
+                          " (as judge_chunk_tokens) to " + std::to_string(ranges::kJudgeChunkTokens.max) + " (got " +
+                          std::to_string(judge_first_chunk_tokens) + ")");
     }
     if (!(judge_check_threshold > 0.0 && judge_check_threshold < 1.0)) {
         throw ConfigError("judge_check_threshold must be between 0 and 1, exclusive (got " +
@@ -73,9 +83,9 @@ void EcsoConfig::validate() const {
         throw ConfigError("judge_mode 'incremental' needs a chunk rule: set judge_chunk_tokens >= 1 or "
                           "judge_chunk_sentences=True");
     }
-    if (conversation_cache_mib > (uint64_t{1} << 30)) {
-        throw ConfigError("conversation_cache_mib must be at most 1073741824 (got " +
-                          std::to_string(conversation_cache_mib) + ")");
+    if (!ranges::kConversationCacheMib.contains(conversation_cache_mib)) {
+        throw ConfigError("conversation_cache_mib must be at most " + std::to_string(ranges::kConversationCacheMib.max) +
+                          " (got " + std::to_string(conversation_cache_mib) + ")");
     }
 }
 

@@ -2,7 +2,9 @@
 // Defaults are defined here once (prompts in prompts.cpp); Python reads them through the binding.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -14,6 +16,31 @@ namespace ecso {
 
 // The smallest n_batch: a session keeps this many KV sequences, one batch row each.
 constexpr uint32_t kMinBatch = 4;
+
+// The values an integer field of EcsoConfig takes, declared once: validate() refuses the others and
+// the Python binding names the range when a value cannot even be converted ("an int in 0..1000").
+// `max` is the field's C++ type's own unless the field has a bound of its own.
+template <class T>
+struct IntRange {
+    T min;
+    T max = std::numeric_limits<T>::max();
+    constexpr bool contains(T value) const { return min <= value && value <= max; }
+};
+
+namespace ranges {
+constexpr IntRange<size_t> kResponseCutChars{1};
+constexpr IntRange<int32_t> kTopK{0};  // 0 disables top-k
+constexpr IntRange<uint32_t> kSeed{0};
+constexpr IntRange<int32_t> kStepTokens{1};  // max_tokens_answer, _judge, _caption, _text_only
+constexpr IntRange<uint64_t> kMaxImagePixels{1};
+// Every chat call compares its prompt with each kept conversation: a bound keeps that cheap.
+constexpr IntRange<int32_t> kKeepConversations{0, 1000};
+// The cache counts bytes in a uint64: 2^30 MiB is 2^50 bytes, far from wrapping around.
+constexpr IntRange<uint64_t> kConversationCacheMib{0, uint64_t{1} << 30};
+// Far more tokens than an answer has in practice; 0 is no token rule (judge_chunk_tokens) or the
+// chunk's own length (judge_first_chunk_tokens).
+constexpr IntRange<int32_t> kJudgeChunkTokens{0, 1000000};
+}  // namespace ranges
 
 // How a Model is loaded and how its contexts are sized. Immutable once a Model exists.
 struct ModelOptions {
@@ -95,6 +122,12 @@ struct EcsoConfig {
     // Incremental judging checks after every judge_chunk_tokens answer tokens (0: never by count)
     // and, with judge_chunk_sentences, after a token that ends a sentence.
     int32_t judge_chunk_tokens = 16;
+    // The token rule's first check comes after this many answer tokens, each later one
+    // judge_chunk_tokens after the check before it (4, 20, 36, ... by default). Nothing is streamed
+    // before a check says safe: a short first chunk brings the first protected text sooner, and the
+    // longer chunks after it keep the checks' cost down. 0: judge_chunk_tokens. No effect without
+    // the token rule (judge_chunk_tokens 0).
+    int32_t judge_first_chunk_tokens = 4;
     bool judge_chunk_sentences = false;
     // An incremental check calls the answer so far unsafe when its P(yes) exceeds this.
     double judge_check_threshold = 0.5;

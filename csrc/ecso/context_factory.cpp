@@ -8,10 +8,38 @@
 
 namespace ecso {
 
-llama_context_ptr make_context(const TextWeights & model, uint32_t n_ctx, uint32_t n_batch, uint32_t n_seq,
-                               ggml_abort_callback abort_callback, void * abort_data) {
+namespace {
+
+// What was asked and what would make it smaller, in the options the owner's user set: a parallel
+// session's cells are its lanes' n_ctx together, a sum the user never typed.
+std::string could_not_create(const TextWeights & model, ContextOwner owner, int parallel, uint32_t cells) {
+    const std::string n_ctx = std::to_string(model.options().n_ctx);
+    const bool gpu = model.options().n_gpu_layers != 0;  // a layer's KV cells live where its weights are
+    if (owner == ContextOwner::JudgeModel) {
+        return "llama.cpp could not create the judge model's context for its n_ctx " + n_ctx + last_log_suffix() +
+               ". Lower the judge model's n_ctx" + (gpu ? ", offload fewer of its layers (n_gpu_layers)" : "") +
+               " or free memory";
+    }
+    std::string asked = "for n_ctx " + n_ctx + " and parallel " + std::to_string(parallel);
+    std::string fix = "Lower n_ctx";
+    if (parallel > 1) {
+        asked += ", " + std::to_string(cells) + " cells in all";
+        fix += " or parallel";
+    }
+    if (gpu) {
+        fix += ", offload fewer layers (n_gpu_layers)";
+    }
+    fix += parallel > 1 && !gpu ? ", or free memory" : " or free memory";
+    return "llama.cpp could not create the session's context " + asked + last_log_suffix() + ". " + fix;
+}
+
+}  // namespace
+
+llama_context_ptr make_context(const TextWeights & model, ContextOwner owner, int parallel, uint32_t cells,
+                               uint32_t n_batch, uint32_t n_seq, ggml_abort_callback abort_callback,
+                               void * abort_data) {
     llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx = n_ctx;
+    cparams.n_ctx = cells;
     cparams.n_batch = n_batch;
     cparams.n_ubatch = n_batch;
     cparams.n_seq_max = n_seq;
@@ -31,9 +59,7 @@ llama_context_ptr make_context(const TextWeights & model, uint32_t n_ctx, uint32
     clear_log_errors();
     llama_context_ptr ctx(llama_init_from_model(model.llama(), cparams));
     if (!ctx) {
-        throw RuntimeFailure("llama.cpp could not create a context of " + std::to_string(n_ctx) + " tokens" +
-                             last_log_suffix() + ". Lower n_ctx" + (n_seq > 4 ? " or parallel" : "") +
-                             " or free memory");
+        throw ResourceError(could_not_create(model, owner, parallel, cells));
     }
     return ctx;
 }

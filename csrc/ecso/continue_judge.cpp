@@ -89,8 +89,12 @@ bool ContinueJudge::check_due(const JudgedAnswer & out, size_t last_checked) con
     if (n <= last_checked) {
         return false;
     }
+    // The first check (of either rule) closes the first chunk, which may be shorter: nothing is
+    // streamed before it.
     const auto chunk = static_cast<size_t>(config_.judge_chunk_tokens);
-    return (chunk > 0 && n - last_checked >= chunk) || (config_.judge_chunk_sentences && ends_sentence(out.pieces.back()));
+    const auto first = static_cast<size_t>(config_.judge_first_chunk_tokens);
+    const size_t due = out.checks.empty() && first > 0 ? first : chunk;
+    return (chunk > 0 && n - last_checked >= due) || (config_.judge_chunk_sentences && ends_sentence(out.pieces.back()));
 }
 
 JudgedAnswer ContinueJudge::run(const Prompt & p1, int32_t max_tokens, SinkWriter & writer) {

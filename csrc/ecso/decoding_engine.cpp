@@ -50,8 +50,8 @@ DecodingEngine::ActiveCall::~ActiveCall() {
 DecodingEngine::DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config)
     : model_(std::move(model)), config_(config) {
     const ModelOptions & opts = model_->options();
-    own_ctx_ = make_context(model_->impl().text(), opts.n_ctx, std::min(opts.n_batch, opts.n_ctx), kNumSequences,
-                            &DecodingEngine::abort_requested, this);
+    own_ctx_ = make_context(model_->impl().text(), ContextOwner::Session, 1, opts.n_ctx,
+                            std::min(opts.n_batch, opts.n_ctx), kNumSequences, &DecodingEngine::abort_requested, this);
     ctx_ = own_ctx_.get();
     kv_ = std::make_unique<KvSequences>(ctx_, kNumSequences);
     batch_ = std::make_unique<TokenBatch>(static_cast<int32_t>(llama_n_batch(ctx_)));

@@ -43,7 +43,7 @@ namespace ecso {
 
 class DecodingEngine {
 public:
-    // Throws RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory) and
+    // Throws ResourceError when llama.cpp cannot create the context (e.g. out of memory) and
     // ConfigError when verdict_rule Logits finds no yes/no tokens.
     DecodingEngine(std::shared_ptr<const Model> model, const EcsoConfig & config);
     // Lane `lane` of `scheduler` (which outlives the engine).

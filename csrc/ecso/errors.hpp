@@ -32,6 +32,11 @@ class ConfigError : public Error { using Error::Error; };
 // another model or context, or from another format version).
 class StateFileError : public Error { using Error::Error; };
 
+// llama.cpp could not allocate what was asked: a context (its KV cache, its buffers) larger than the
+// memory left, or an n_ctx whose cache is larger than the machine's memory. The message names the
+// sizes asked for and the options that make them smaller.
+class ResourceError : public Error { using Error::Error; };
+
 // llama.cpp failed during evaluation for a reason the user did not cause.
 class RuntimeFailure : public Error { using Error::Error; };
 

@@ -82,7 +82,8 @@ GuardJudge::GuardJudge(std::shared_ptr<const TextModel> model, const std::string
     // writes its turns out); the query and the answer never do (see judge()).
     s.head = s.weights().tokenize(s.frame.head + s.format->head(), true, true);
     const ModelOptions & o = s.weights().options();
-    s.ctx = make_context(s.weights(), o.n_ctx, std::min(o.n_batch, o.n_ctx), 1, &abort_if_cancelled, &s.cancel);
+    s.ctx = make_context(s.weights(), ContextOwner::JudgeModel, 1, o.n_ctx, std::min(o.n_batch, o.n_ctx), 1,
+                         &abort_if_cancelled, &s.cancel);
 }
 
 GuardJudge::~GuardJudge() = default;

@@ -35,7 +35,7 @@ void record_guard_step(EcsoResult & result, GuardOutcome outcome);
 class GuardJudge {
 public:
     // Throws ConfigError for an unknown format or a model whose chat template llama.cpp cannot
-    // apply, and RuntimeFailure when its context cannot be created.
+    // apply, and ResourceError when its context cannot be created.
     GuardJudge(std::shared_ptr<const TextModel> model, const std::string & format);
     ~GuardJudge();
     GuardJudge(const GuardJudge &) = delete;

@@ -20,7 +20,8 @@ namespace ecso {
 
 class Model {
 public:
-    // Throws ModelLoadError when either file is missing, malformed or does not fit the other.
+    // Throws ModelLoadError when either file is missing, malformed or does not fit the other, and
+    // ResourceError when n_ctx's KV cache alone is larger than the machine's memory.
     Model(const std::string & text_model_path, const std::string & mmproj_path, const ModelOptions & options);
     ~Model();
     Model(const Model &) = delete;

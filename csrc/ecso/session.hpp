@@ -34,7 +34,7 @@ namespace ecso {
 class EcsoSession {
 public:
     // Throws ConfigError for an invalid config or an unrecognised chat template, and
-    // RuntimeFailure when llama.cpp cannot create the context (e.g. out of memory).
+    // ResourceError when llama.cpp cannot create a context (its own, or a judge model's; e.g. out of memory).
     // `parallel`: requests that run together, 1 to kMaxParallel; each has the model's n_ctx.
     // `judge_model` (with `judge_format`, a name of guard_formats.hpp): a text-only guard model
     // judges step 2 in place of the vision model's self-judge (guard_judge.hpp); it judges after

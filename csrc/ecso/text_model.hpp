@@ -15,8 +15,8 @@ namespace ecso {
 
 class TextModel {
 public:
-    // Throws ConfigError for an option out of range and ModelLoadError when the file is missing,
-    // malformed, not a text model, or its KV cache cannot fit. mmproj_gpu is not used.
+    // Throws ConfigError for an option out of range, ModelLoadError when the file is missing,
+    // malformed or not a text model, and ResourceError when its KV cache cannot fit. mmproj_gpu is not used.
     // `chat_template`: a llama.cpp built-in template name (or a template's text) in place of the
     // GGUF's own, for a model that carries none ("" keeps the GGUF's).
     TextModel(const std::string & path, const ModelOptions & options, const std::string & chat_template = "");

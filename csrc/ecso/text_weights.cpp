@@ -104,10 +104,10 @@ void TextWeights::check_context_fits() const {
         }
     }
     if (memory > 0 && needed > memory) {
-        throw ModelLoadError("n_ctx " + std::to_string(options_.n_ctx) + " needs a KV cache of at least " +
-                             gib(needed) + " for text model '" + info_.path + "', more than this machine's " +
-                             gib(memory) + " of memory. Lower n_ctx (the model was trained on " +
-                             std::to_string(llama_model_n_ctx_train(m)) + " tokens)");
+        throw ResourceError("n_ctx " + std::to_string(options_.n_ctx) + " needs a KV cache of at least " +
+                            gib(needed) + " for text model '" + info_.path + "', more than this machine's " +
+                            gib(memory) + " of memory. Lower n_ctx (the model was trained on " +
+                            std::to_string(llama_model_n_ctx_train(m)) + " tokens)");
     }
 }
 

@@ -20,7 +20,7 @@ public:
     // vision pair's projector is checked before the text model's weights are read. Throws
     // ConfigError for an option out of range and ModelLoadError when the file is missing or malformed.
     TextWeights(const std::string & path, const ModelOptions & options);
-    // Throws ModelLoadError when llama.cpp cannot load the file or its KV cache cannot fit.
+    // Throws ModelLoadError when llama.cpp cannot load the file, ResourceError when its KV cache cannot fit.
     void load();
     TextWeights(const TextWeights &) = delete;
     TextWeights & operator=(const TextWeights &) = delete;
@@ -49,7 +49,7 @@ public:
     bool is_end_of_generation(llama_token token) const;
 
 private:
-    // Throws ModelLoadError when n_ctx's KV cache alone is larger than the machine's memory.
+    // Throws ResourceError when n_ctx's KV cache alone is larger than the machine's memory.
     void check_context_fits() const;
 
     ModelOptions options_;

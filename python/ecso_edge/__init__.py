@@ -25,6 +25,7 @@ from .errors import (
     ImageError,
     ModelLoadError,
     OutputError,
+    ResourceError,
     StateFileError,
 )
 from .model import Model, TextModel
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "OutputError",
     "StateFileError",
+    "ResourceError",
     "system_info",
     "tiny_pair",
     "__version__",

@@ -35,6 +35,7 @@ class EcsoConfig:
     judge_mode: str
     judge_continue_template: str
     judge_chunk_tokens: int
+    judge_first_chunk_tokens: int
     judge_chunk_sentences: bool
     judge_check_threshold: float
     def __init__(self, **kwargs: Any) -> None: ...

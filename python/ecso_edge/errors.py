@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "OutputError",
     "StateFileError",
+    "ResourceError",
 ]
 
 
@@ -46,3 +47,10 @@ class OutputError(EcsoError, OSError):
 class StateFileError(EcsoError, OSError):
     """A session state file could not be written, or was refused on load (damaged, truncated,
     from another model or context, or another format version); the session keeps its own cache."""
+
+
+class ResourceError(EcsoError, MemoryError):
+    """llama.cpp could not allocate what was asked: a context (a session's, a parallel session's
+    lanes together, a judge model's) or an ``n_ctx`` whose KV cache is larger than the memory there
+    is. The message names the sizes asked for and what to lower (``n_ctx``, ``parallel``,
+    ``n_gpu_layers``); a Session that could not be made leaves its Model usable for a smaller one."""

@@ -63,7 +63,8 @@ class Session:
 
     ``parallel=N`` lets N calls run together in one llama context (each with the model's n_ctx
     of KV cells; the context holds N times that): calls from N threads, or ``run_many``, decode
-    one batch per step for all of them (docs/parallel.md). With the default ``parallel=1`` calls
+    one batch per step for all of them (docs/parallel.md). A context (this session's, or a
+    ``judge_model``'s) that llama.cpp cannot allocate raises ``ResourceError`` here. With the default ``parallel=1`` calls
     on one session are serialised: a second thread waits for the first. Each call may take its
     own ``cancel=CancelToken()``: cancelling it (from any thread, before or during the call, or
     while it waits for a free slot) makes that call raise ``CancelledError``, and no other.
