@@ -19,9 +19,9 @@ uint64_t embedding_bytes(const std::vector<float> & e) { return e.size() * sizeo
 
 std::string ConversationCache::image_of(const std::string & media_id) { return media_id.substr(0, media_id.find('#')); }
 
-void ConversationCache::set_limits(int32_t max_conversations, uint64_t max_bytes) {
+void ConversationCache::set_limits(int32_t max_conversations, uint64_t max_mib) {
     max_conversations_ = max_conversations;
-    max_bytes_ = max_bytes;
+    max_mib_ = max_mib;
 }
 
 void ConversationCache::share(SequenceStore & store, bool generated_cells) {
@@ -106,7 +106,7 @@ void ConversationCache::save(DecodingEngine & engine, int seq, size_t turn_end) 
     }
     SavedSequence entry;
     entry.state = engine.save_sequence(seq);
-    if (entry.state.empty() || entry.state.size() > max_bytes_ * 1024 * 1024) {
+    if (entry.state.empty() || entry.state.size() > (max_mib_ << 20)) {
         return;
     }
     entry.items = items;
@@ -167,7 +167,7 @@ void ConversationCache::trim(Embeddings & embeddings) {
                                        [](const Entry & a, const Entry & b) { return a.used < b.used; });
         evict(oldest);
     }
-    const uint64_t limit = max_bytes_ * 1024 * 1024;
+    const uint64_t limit = max_mib_ << 20;
     for (;;) {
         const Stats now = stats(embeddings);
         if (now.state_bytes + now.embedding_bytes <= limit) {

@@ -37,7 +37,7 @@ public:
     using Stats = CacheStats;
     using Embeddings = std::map<std::string, std::vector<float>>;  // the engine's, by media id
 
-    void set_limits(int32_t max_conversations, uint64_t max_bytes);
+    void set_limits(int32_t max_conversations, uint64_t max_mib);  // the byte bound in MiB
     // Publishes this cache's entries to `store` and continues the entries of the others there;
     // `generated_cells`: the owner keeps answer cells decoded one token at a time.
     void share(SequenceStore & store, bool generated_cells);
@@ -101,7 +101,7 @@ private:
     std::map<std::pair<std::string, std::string>, std::string> captions_;
     std::list<std::pair<std::string, std::string>> caption_order_;  // oldest first
     int32_t max_conversations_ = 0;
-    uint64_t max_bytes_ = 0;
+    uint64_t max_mib_ = 0;
     uint64_t tick_ = 0;
     uint64_t hits_ = 0;       // restores that found a saved sequence
     uint64_t shared_hits_ = 0;  // of those, another slot's or session's
