@@ -23,7 +23,7 @@ FAMILIES = list(tiny_models.FAMILIES)
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
 # SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V (2.6 and
 # 2.5) into an overview and 4 slices
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "minicpmv2.5": 5, "mobilevlm": 1}
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "minicpmv2.5": 5, "mobilevlm": 1, "mobilevlm1": 1}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
 # (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
 # <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows;
@@ -36,7 +36,8 @@ IMAGE_MARKERS: dict[str, tuple[str | None, str]] = {"gemma3": ("<start_of_image>
 CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
          "smolvlm": "child process", "qwen3vl": "child process",
          "qwen2vl": "child process", "pixtral": "child process", "internvl": "child process",
-         "minicpmv": "child process", "minicpmv2.5": "child process", "mobilevlm": "child process"}
+         "minicpmv": "child process", "minicpmv2.5": "child process", "mobilevlm": "child process",
+         "mobilevlm1": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def _frame(family: str, system: str) -> tuple[str, str]:
         return (f"[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT]" if system else "") + "[INST] ", "[/INST]"
     if family == "smolvlm":
         return f"<|im_start|>{system + chr(10) + chr(10) if system else ''}User: ", "<end_of_utterance>\nAssistant:"
-    assert family in ("llava15", "llava16", "mobilevlm")  # vicuna turns
+    assert family in ("llava15", "llava16", "mobilevlm", "mobilevlm1")  # vicuna turns
     return (system + "\n\n" if system else "") + "USER: ", "\nASSISTANT:"
 
 
