@@ -2,19 +2,21 @@
 ECSO_TRUST_PROJECTOR, every image chunk is encoded once per run, reuse on and off pick the same
 tokens on both branches, the GGUF's own template frames the prompt with the image markers mtmd
 expects, and what is special to the family (Gemma 3: non-causal image attention, a sliding
-window; MiniCPM-V: each version's slice layout) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
+window; MiniCPM-V: each version's slice layout; MobileVLM V1: the type its depthwise kernels need) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
 files: the single-edit sweep in test_fuzz.py."""
 
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ecso_edge
-from ecso_edge import ConfigError, EcsoConfig, Session
+import gguf_mutate as gm
+from ecso_edge import ConfigError, EcsoConfig, ModelLoadError, Session
 from ecso_edge import tiny_models
 from ecso_edge.tiny_models import gemma3, minicpmv, qwen_vl
 
@@ -240,6 +242,35 @@ def test_qwen25vl_image_fills_more_context_than_positions(family_pairs: dict[str
             for reuse in (True, False)]
     assert [s.tokens for s in runs[0].steps] == [s.tokens for s in runs[1].steps]
     assert runs[0].steps[2].stats["tokens_reused"] > 64  # the caption step shares the head and the image
+
+
+def _mobilevlm1_with_f32_kernel(pairs: dict[str, tuple[Path, Path]], tmp_path: Path, kernel: str) -> Path:
+    name = f"mm.model.{kernel}.weight"
+    g = gm.Gguf.read(pairs["mobilevlm1"][1])
+    return g.set_tensor(name, g.tensors[name].astype(np.float32)).write(tmp_path / "mmproj.gguf")
+
+
+@pytest.mark.parametrize("kernel", ["mb_block.1.block.0.0", "mb_block.2.block.0.0"])
+def test_mobilevlm1_depthwise_kernel_in_f32_is_an_error(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, kernel: str) -> None:
+    # ggml_conv_2d_dw multiplies the kernel by an f16 im2col: a mul_mat of an f32 weight by f16
+    # columns, which ggml's CPU backend does not take, so the graph scheduler aborts (in the check process)
+    monkeypatch.setenv("ECSO_CACHE_DIR", str(tmp_path))
+    bad = _mobilevlm1_with_f32_kernel(family_pairs, tmp_path, kernel)
+    with pytest.raises(ModelLoadError, match=re.escape(
+            f"projector (mmproj) '{bad}': llama.cpp crashed loading it (SIGABRT in a check process, so this one is "
+            "unharmed) (llama.cpp: ") + ".*" + re.escape("GGML_ASSERT(*cur_backend_id != -1) failed)")):
+        ecso_edge.Model(family_pairs["mobilevlm1"][0], bad, n_threads=1)
+
+
+def test_mobilevlm1_pointwise_kernel_in_f32_runs(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, image: np.ndarray) -> None:
+    # a 1x1 convolution is a plain matrix in clip.cpp's graph, whatever its type
+    monkeypatch.setenv("ECSO_CACHE_DIR", str(tmp_path))
+    bad = _mobilevlm1_with_f32_kernel(family_pairs, tmp_path, "mb_block.1.block.2.0")
+    model = ecso_edge.Model(family_pairs["mobilevlm1"][0], bad, n_threads=1)
+    assert model.projector_check == "child process"
+    assert len(Session(model).answer(image, QUERY, max_tokens=4).steps[0].tokens) == 4
 
 
 @pytest.mark.parametrize("family", FAMILIES[1:])  # llava15: models/make_tiny_pair.py --check
