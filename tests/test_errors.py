@@ -439,14 +439,14 @@ def test_unknown_projector_type_reports_mtmd_reason(
         load_isolated(tiny_paths[0], bad, ECSO_TRUST_PROJECTOR="1")
 
 
-@pytest.mark.parametrize("projector_type", ["ldp", "llama4", "bogus"])
+@pytest.mark.parametrize("projector_type", ["minicpmv4_6", "llama4", "bogus"])
 def test_projector_type_not_yet_supported_is_refused(
     tiny_paths: tuple[Path, Path], write_mmproj: Callable[..., Path], projector_type: str
 ) -> None:
     bad = write_mmproj(lambda g: g.set_key("clip.projector_type", projector_type, VT.STRING))
     with pytest.raises(ModelLoadError, match=PROJECTOR + quoted(bad)[1:] + re.escape(
             f": projector type '{projector_type}' is not one ecso-edge supports yet (supported: mlp, mlp_norm, "
-            "gemma3, qwen2.5vl_merger, idefics3, qwen3vl_merger, qwen2vl_merger, pixtral, internvl, resampler, ldpv2). Use a projector of a supported family, or set the environment variable "
+            "gemma3, qwen2.5vl_merger, idefics3, qwen3vl_merger, qwen2vl_merger, pixtral, internvl, resampler, ldpv2, ldp). Use a projector of a supported family, or set the environment variable "
             "ECSO_TRUST_PROJECTOR=1 to run this one untested (it is still checked for crashes first)")):
         load_isolated(tiny_paths[0], bad)
 

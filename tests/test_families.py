@@ -2,19 +2,21 @@
 ECSO_TRUST_PROJECTOR, every image chunk is encoded once per run, reuse on and off pick the same
 tokens on both branches, the GGUF's own template frames the prompt with the image markers mtmd
 expects, and what is special to the family (Gemma 3: non-causal image attention, a sliding
-window; MiniCPM-V: each version's slice layout) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
+window; MiniCPM-V: each version's slice layout; MobileVLM V1: the type its depthwise kernels need) is handled. Tokens against llama.cpp's own evaluation: test_llama_reference.py; damaged
 files: the single-edit sweep in test_fuzz.py."""
 
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ecso_edge
-from ecso_edge import ConfigError, EcsoConfig, Session
+import gguf_mutate as gm
+from ecso_edge import ConfigError, EcsoConfig, ModelLoadError, Session
 from ecso_edge import tiny_models
 from ecso_edge.tiny_models import gemma3, minicpmv, qwen_vl
 
@@ -23,7 +25,7 @@ FAMILIES = list(tiny_models.FAMILIES)
 # media chunks one image becomes: LLaVA-1.6 slices a 64x64 image into an overview and 4 tiles,
 # SmolVLM into 4 tiles and an overview, InternVL into 4 tiles and a thumbnail, MiniCPM-V (2.6 and
 # 2.5) into an overview and 4 slices
-CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "minicpmv2.5": 5, "mobilevlm": 1}
+CHUNKS = {"llava15": 1, "llava16": 5, "gemma3": 1, "qwen2.5vl": 1, "smolvlm": 5, "qwen3vl": 1, "qwen2vl": 1, "pixtral": 1, "internvl": 5, "minicpmv": 5, "minicpmv2.5": 5, "mobilevlm": 1, "mobilevlm1": 1}
 # the text markers mtmd puts around an image's tokens (LLaVA has none)
 # (SmolVLM: each tile after <fake_token_around_image><row_R_col_C>, the overview last, closed by
 # <fake_token_around_image>; Pixtral: none before, its [IMG_BREAK]s are the projector's own rows;
@@ -36,7 +38,8 @@ IMAGE_MARKERS: dict[str, tuple[str | None, str]] = {"gemma3": ("<start_of_image>
 CHECK = {"llava15": "tensor table", "llava16": "tensor table", "gemma3": "child process", "qwen2.5vl": "child process",
          "smolvlm": "child process", "qwen3vl": "child process",
          "qwen2vl": "child process", "pixtral": "child process", "internvl": "child process",
-         "minicpmv": "child process", "minicpmv2.5": "child process", "mobilevlm": "child process"}
+         "minicpmv": "child process", "minicpmv2.5": "child process", "mobilevlm": "child process",
+         "mobilevlm1": "child process"}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +132,7 @@ def _frame(family: str, system: str) -> tuple[str, str]:
         return (f"[SYSTEM_PROMPT] {system}[/SYSTEM_PROMPT]" if system else "") + "[INST] ", "[/INST]"
     if family == "smolvlm":
         return f"<|im_start|>{system + chr(10) + chr(10) if system else ''}User: ", "<end_of_utterance>\nAssistant:"
-    assert family in ("llava15", "llava16", "mobilevlm")  # vicuna turns
+    assert family in ("llava15", "llava16", "mobilevlm", "mobilevlm1")  # vicuna turns
     return (system + "\n\n" if system else "") + "USER: ", "\nASSISTANT:"
 
 
@@ -239,6 +242,35 @@ def test_qwen25vl_image_fills_more_context_than_positions(family_pairs: dict[str
             for reuse in (True, False)]
     assert [s.tokens for s in runs[0].steps] == [s.tokens for s in runs[1].steps]
     assert runs[0].steps[2].stats["tokens_reused"] > 64  # the caption step shares the head and the image
+
+
+def _mobilevlm1_with_f32_kernel(pairs: dict[str, tuple[Path, Path]], tmp_path: Path, kernel: str) -> Path:
+    name = f"mm.model.{kernel}.weight"
+    g = gm.Gguf.read(pairs["mobilevlm1"][1])
+    return g.set_tensor(name, g.tensors[name].astype(np.float32)).write(tmp_path / "mmproj.gguf")
+
+
+@pytest.mark.parametrize("kernel", ["mb_block.1.block.0.0", "mb_block.2.block.0.0"])
+def test_mobilevlm1_depthwise_kernel_in_f32_is_an_error(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, kernel: str) -> None:
+    # ggml_conv_2d_dw multiplies the kernel by an f16 im2col: a mul_mat of an f32 weight by f16
+    # columns, which ggml's CPU backend does not take, so the graph scheduler aborts (in the check process)
+    monkeypatch.setenv("ECSO_CACHE_DIR", str(tmp_path))
+    bad = _mobilevlm1_with_f32_kernel(family_pairs, tmp_path, kernel)
+    with pytest.raises(ModelLoadError, match=re.escape(
+            f"projector (mmproj) '{bad}': llama.cpp crashed loading it (SIGABRT in a check process, so this one is "
+            "unharmed) (llama.cpp: ") + ".*" + re.escape("GGML_ASSERT(*cur_backend_id != -1) failed)")):
+        ecso_edge.Model(family_pairs["mobilevlm1"][0], bad, n_threads=1)
+
+
+def test_mobilevlm1_pointwise_kernel_in_f32_runs(family_pairs: dict[str, tuple[Path, Path]], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, image: np.ndarray) -> None:
+    # a 1x1 convolution is a plain matrix in clip.cpp's graph, whatever its type
+    monkeypatch.setenv("ECSO_CACHE_DIR", str(tmp_path))
+    bad = _mobilevlm1_with_f32_kernel(family_pairs, tmp_path, "mb_block.1.block.2.0")
+    model = ecso_edge.Model(family_pairs["mobilevlm1"][0], bad, n_threads=1)
+    assert model.projector_check == "child process"
+    assert len(Session(model).answer(image, QUERY, max_tokens=4).steps[0].tokens) == 4
 
 
 @pytest.mark.parametrize("family", FAMILIES[1:])  # llava15: models/make_tiny_pair.py --check

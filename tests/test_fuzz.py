@@ -120,15 +120,16 @@ def test_fuzz_gguf_files(request: pytest.FixtureRequest, artifacts: Path, worker
 
 
 # Sweep targets per family: a text model whose arch another family's sweep covers is left out
-# (LLaVA-1.6 shares LLaVA-1.5's text model; MiniCPM-V 2.5's `llama` and 2.6's `qwen2` are swept with
-# LLaVA-1.5's and InternVL's).
+# (LLaVA-1.6 shares LLaVA-1.5's text model; MiniCPM-V 2.5's and MobileVLM's `llama` and 2.6's `qwen2` are
+# swept with LLaVA-1.5's and InternVL's).
 SWEEP_TARGETS = {"llava15": ("text", "mmproj"), "llava16": ("mmproj",), "gemma3": ("text", "mmproj"),
                  "qwen2.5vl": ("text", "mmproj"), "smolvlm": ("text", "mmproj"),
                  "qwen3vl": ("text", "mmproj"), "qwen2vl": ("mmproj",),
                  "pixtral": ("text", "mmproj"), "internvl": ("text", "mmproj"),
-                 "minicpmv": ("mmproj",), "minicpmv2.5": ("mmproj",), "mobilevlm": ("mmproj",)}
+                 "minicpmv": ("mmproj",), "minicpmv2.5": ("mmproj",), "mobilevlm": ("mmproj",),
+                 "mobilevlm1": ("mmproj",)}
 # At least this many cases, so a sweep that silently shrinks fails.
-SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000, "qwen2.5vl": 1000, "smolvlm": 1000, "qwen3vl": 1000, "qwen2vl": 500, "pixtral": 1000, "internvl": 1000, "minicpmv": 500, "minicpmv2.5": 500, "mobilevlm": 500}
+SWEEP_MIN_CASES = {"llava15": 1000, "llava16": 400, "gemma3": 1000, "qwen2.5vl": 1000, "smolvlm": 1000, "qwen3vl": 1000, "qwen2vl": 500, "pixtral": 1000, "internvl": 1000, "minicpmv": 500, "minicpmv2.5": 500, "mobilevlm": 500, "mobilevlm1": 500}
 
 
 @pytest.mark.parametrize("family", list(SWEEP_TARGETS))

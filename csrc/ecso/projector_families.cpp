@@ -16,6 +16,7 @@ constexpr const char * kSupported[] = {
     "internvl",  // InternVL
     "resampler",  // MiniCPM-V (2.5 to 4.5, and MiniCPM-o)
     "ldpv2",     // MobileVLM V2
+    "ldp",       // MobileVLM V1
 };
 
 }  // namespace

@@ -17,7 +17,7 @@ from .gguf_io import read_scalar_metadata, read_text_n_embd
 from .internvl import write_internvl_pair
 from .llava import VITS, write_llava16_pair, write_projector_for, write_tiny_pair
 from .minicpmv import write_minicpmv25_pair, write_minicpmv_pair
-from .mobilevlm import write_mobilevlm_pair
+from .mobilevlm import write_mobilevlm1_pair, write_mobilevlm_pair
 from .pixtral import write_pixtral_pair
 from .qwen_vl import write_qwen2vl_pair, write_qwen25vl_pair, write_qwen3vl_pair
 from .smolvlm import write_smolvlm_pair
@@ -36,6 +36,7 @@ FAMILIES: dict[str, Callable[[str | pathlib.Path], tuple[pathlib.Path, pathlib.P
     "minicpmv": write_minicpmv_pair,
     "minicpmv2.5": write_minicpmv25_pair,
     "mobilevlm": write_mobilevlm_pair,
+    "mobilevlm1": write_mobilevlm1_pair,
 }
 
 
@@ -46,5 +47,5 @@ def write_family_pair(family: str, out_dir: str | pathlib.Path) -> tuple[pathlib
 
 
 __all__ = ["FAMILIES", "VITS", "read_scalar_metadata", "read_text_n_embd", "write_family_pair",
-           "write_gemma3_pair", "write_gemma3_projector_for", "write_internvl_pair", "write_llava16_pair", "write_minicpmv_pair", "write_minicpmv25_pair", "write_mobilevlm_pair", "write_pixtral_pair", "write_projector_for",
+           "write_gemma3_pair", "write_gemma3_projector_for", "write_internvl_pair", "write_llava16_pair", "write_minicpmv_pair", "write_minicpmv25_pair", "write_mobilevlm_pair", "write_mobilevlm1_pair", "write_pixtral_pair", "write_projector_for",
            "write_qwen2vl_pair", "write_qwen25vl_pair", "write_qwen3vl_pair", "write_smolvlm_pair", "write_tiny_pair"]

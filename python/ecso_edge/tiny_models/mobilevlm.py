@@ -1,8 +1,10 @@
-"""MobileVLM V2: LLaVA-1.5's CLIP tower followed by a lightweight downsample projector (`ldpv2`:
-an MLP, a 2x2 average pool, and a depthwise 3x3 convolution added back as a positional
-encoding), with a MobileLLaMA (`llama`, Vicuna-style turns) text model. clip.cpp's graph assumes
-the tower's 24x24 patch grid (336 px / 14 px), so a tiny tower keeps that grid: 96 px of 4 px
-patches, pooled into 12x12 = 144 image tokens."""
+"""MobileVLM V1 and V2: LLaVA-1.5's CLIP tower followed by a lightweight downsample projector,
+with a MobileLLaMA (`llama`, Vicuna-style turns) text model. V2's `ldpv2`: an MLP, a 2x2 average
+pool, and a depthwise 3x3 convolution added back as a positional encoding. V1's `ldp`: an MLP,
+then two MobileNetV3 blocks (a depthwise 3x3 convolution, a channel LayerNorm, hardswish, a
+squeeze-excite gate, a pointwise convolution and LayerNorm), the first with a residual, the second
+of stride 2. clip.cpp's graphs assume the tower's 24x24 patch grid (336 px / 14 px), so a tiny
+tower keeps that grid: 96 px of 4 px patches, made into 12x12 = 144 image tokens."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ MMPROJ_FILENAME = "tiny-mobilevlm-mmproj.gguf"
 TINY_VIT = VitSpec(image_size=96, patch_size=4, n_embd=32, n_ff=48, n_block=2, n_head=2, eps=1e-5,
                    weight_dtype=np.float32)
 TINY_MMPROJ_SEED = 20240325
+V1_TEXT_FILENAME = "tiny-mobilevlm1-text.gguf"
+V1_MMPROJ_FILENAME = "tiny-mobilevlm1-mmproj.gguf"
+V1_MMPROJ_SEED = 20240327
 
 
 def write_ldpv2_mmproj(path: pathlib.Path, vit: VitSpec, n_text_embd: int, normal: Normal, name: str) -> pathlib.Path:
@@ -39,10 +44,50 @@ def write_ldpv2_mmproj(path: pathlib.Path, vit: VitSpec, n_text_embd: int, norma
     return path
 
 
+def write_ldp_mmproj(path: pathlib.Path, vit: VitSpec, n_text_embd: int, normal: Normal, name: str) -> pathlib.Path:
+    """In the layout of llama.cpp's legacy LLaVA converter, which squeezes the projector's 2-D and
+    4-D tensors into f16 whatever the tower's type (a depthwise kernel [C, 1, 3, 3] becomes ggml ne
+    [3, 3, C], a 1x1 convolution a matrix) and keeps its 1-D ones f32. An f32 depthwise kernel
+    would meet ggml_conv_2d_dw's f16 im2col in a mul_mat that ggml's CPU backend refuses."""
+    c = n_text_embd
+    se = c // 4  # the squeeze-excite gate's width: a quarter of the channels, as in MobileNetV3
+    t = RandomTensors(normal, np.float16)
+    w = start_llava_projector(path, vit, c, "ldp", name, "image encoder for MobileVLM V1 (random weights)")
+    w.add_tensor("mm.model.mlp.1.weight", t.matrix(c, vit.n_embd))
+    w.add_tensor("mm.model.mlp.1.bias", t.bias(c))
+    w.add_tensor("mm.model.mlp.3.weight", t.matrix(c, c))
+    w.add_tensor("mm.model.mlp.3.bias", t.bias(c))
+    for block in (1, 2):  # stride 1 with the residual, then stride 2
+        p = f"mm.model.mb_block.{block}.block"
+        w.add_tensor(f"{p}.0.0.weight", normal((c, 3, 3), 1 / 3, np.float16))  # depthwise, no bias
+        w.add_tensor(f"{p}.0.1.weight", np.ones(c, np.float32))
+        w.add_tensor(f"{p}.0.1.bias", t.bias(c))
+        w.add_tensor(f"{p}.1.fc1.weight", t.matrix(se, c))
+        w.add_tensor(f"{p}.1.fc1.bias", t.bias(se))
+        w.add_tensor(f"{p}.1.fc2.weight", t.matrix(c, se))
+        w.add_tensor(f"{p}.1.fc2.bias", t.bias(c))
+        w.add_tensor(f"{p}.2.0.weight", t.matrix(c, c))  # pointwise, no bias
+        w.add_tensor(f"{p}.2.1.weight", np.ones(c, np.float32))
+        w.add_tensor(f"{p}.2.1.bias", t.bias(c))
+    add_vit_tensors(w, vit, normal, lambda fan_in: fan_in ** -0.5, class_embd=True, patch_bias=False, pre_ln=True,
+                    post_ln=False)
+    finish(w)
+    return path
+
+
 def write_mobilevlm_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = write_llama_text(out / TEXT_FILENAME, TextSpec(), TEXT_SEED + 9, kind="MobileVLM", label="mobilevlm")
     mmproj = write_ldpv2_mmproj(out / MMPROJ_FILENAME, TINY_VIT, TextSpec().n_embd,
                                 legacy_normal(np.random.RandomState(TINY_MMPROJ_SEED)), "ecso-edge tiny mobilevlm mmproj")
+    return text, mmproj
+
+
+def write_mobilevlm1_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_llama_text(out / V1_TEXT_FILENAME, TextSpec(), TEXT_SEED + 11, kind="MobileVLM", label="mobilevlm1")
+    mmproj = write_ldp_mmproj(out / V1_MMPROJ_FILENAME, TINY_VIT, TextSpec().n_embd,
+                              legacy_normal(np.random.RandomState(V1_MMPROJ_SEED)), "ecso-edge tiny mobilevlm1 mmproj")
     return text, mmproj
