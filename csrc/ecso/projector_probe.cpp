@@ -292,7 +292,8 @@ ProbeOutcome probe_projector(const std::string & text_model_path, const std::str
         throw ModelLoadError(where + "llama.cpp crashed loading it (" + name + " in a check process, so this one is "
                              "unharmed)" + quote +
                              ". The file is damaged, or was written for another llama.cpp version; re-download it, "
-                             "or re-convert it with llama.cpp's convert_hf_to_gguf.py --mmproj");
+                             "or re-convert it with llama.cpp's convert_hf_to_gguf.py --mmproj (MobileVLM: "
+                             "tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py)");
     }
     throw ModelLoadError(where + "mtmd could not load it" + quote +
                          ". Use the mmproj file published with this text model, converted by a current llama.cpp");
