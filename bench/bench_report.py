@@ -140,6 +140,12 @@ def policy_of(r: dict[str, Any]) -> str:
     return "default" if policy.startswith("unset") else f"`{policy}`"
 
 
+def headings(runs: list[dict[str, Any]]) -> list[str]:
+    """A column heading per run: its policy, numbered where several runs share one."""
+    policies = [policy_of(r) for r in runs]
+    return [f"{p}, run {policies[:i + 1].count(p)}" if policies.count(p) > 1 else p for i, p in enumerate(policies)]
+
+
 def _cell(t: dict[str, Any]) -> str:
     v = t["value"]
     if v is None:
@@ -160,7 +166,7 @@ def _limit(label: str, limit: Any) -> str:
 def targets_markdown(runs: list[dict[str, Any]]) -> str:
     """Every target targets_of computes, met or missed: its value per run, its limit, and where it
     was met."""
-    policies = [policy_of(r) for r in runs]
+    policies = headings(runs)
     tables = [targets_of(r)[0] for r in runs]
     lines = ["| target | " + " | ".join(policies) + " | limit | met |", "|---|" + "---|" * len(runs) + "---|---|"]
     for label in tables[0]:
@@ -174,14 +180,15 @@ def targets_markdown(runs: list[dict[str, Any]]) -> str:
 
 def llama_server_markdown(runs: list[dict[str, Any]]) -> str:
     """ecso-edge's latency over llama-server's on each path, per run (OpenMP policy)."""
-    lines = ["| path: ecso-edge s / llama-server s | " + " | ".join(policy_of(r) for r in runs) + " |",
+    lines = ["| path: ecso-edge s / llama-server s | " + " | ".join(headings(runs)) + " |",
              "|---|" + "---|" * len(runs)]
     for label, ours, theirs in LLAMA_SERVER_PATHS:
         cells = []
         for r in runs:
             a, b = r.get(ours + "_s"), r.get(theirs + "_s")
             cells.append("not measured" if a is None or b is None else
-                         f"{a:.3f} / {b:.3f} = {a / b:.3f} ({(1 - a / b) * 100:.1f} % less time)")
+                         f"{a:.3f} / {b:.3f} = {a / b:.3f} ({abs(1 - a / b) * 100:.1f} % "
+                         f"{'less' if a <= b else 'more'} time)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

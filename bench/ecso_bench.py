@@ -71,7 +71,7 @@ LIMITS = dict(
     max_tokens_caption=TOKENS["caption"],
     max_tokens_text_only=TOKENS["text_only"],
 )
-INCREMENTAL = dict(judge_mode="incremental", judge_chunk_tokens=16)
+INCREMENTAL = dict(judge_mode="incremental", judge_chunk_tokens=16, judge_first_chunk_tokens=4)
 SESSION_CONFIGS: dict[str, dict[str, Any]] = {
     "direct": {},
     "ecso_safe": dict(verdict_override=False),
