@@ -9,6 +9,7 @@ tower keeps that grid: 96 px of 4 px patches, made into 12x12 = 144 image tokens
 from __future__ import annotations
 
 import pathlib
+from typing import Callable
 
 import numpy as np
 
@@ -75,19 +76,22 @@ def write_ldp_mmproj(path: pathlib.Path, vit: VitSpec, n_text_embd: int, normal:
     return path
 
 
-def write_mobilevlm_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def _write_pair(out_dir: str | pathlib.Path, names: tuple[str, str], text_seed: int, label: str,
+                write_mmproj: Callable[[pathlib.Path, VitSpec, int, Normal, str], pathlib.Path],
+                mmproj_seed: int) -> tuple[pathlib.Path, pathlib.Path]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = write_llama_text(out / TEXT_FILENAME, TextSpec(), TEXT_SEED + 9, kind="MobileVLM", label="mobilevlm")
-    mmproj = write_ldpv2_mmproj(out / MMPROJ_FILENAME, TINY_VIT, TextSpec().n_embd,
-                                legacy_normal(np.random.RandomState(TINY_MMPROJ_SEED)), "ecso-edge tiny mobilevlm mmproj")
+    text = write_llama_text(out / names[0], TextSpec(), text_seed, kind="MobileVLM", label=label)
+    mmproj = write_mmproj(out / names[1], TINY_VIT, TextSpec().n_embd,
+                          legacy_normal(np.random.RandomState(mmproj_seed)), f"ecso-edge tiny {label} mmproj")
     return text, mmproj
+
+
+def write_mobilevlm_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    return _write_pair(out_dir, (TEXT_FILENAME, MMPROJ_FILENAME), TEXT_SEED + 9, "mobilevlm", write_ldpv2_mmproj,
+                       TINY_MMPROJ_SEED)
 
 
 def write_mobilevlm1_pair(out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = write_llama_text(out / V1_TEXT_FILENAME, TextSpec(), TEXT_SEED + 11, kind="MobileVLM", label="mobilevlm1")
-    mmproj = write_ldp_mmproj(out / V1_MMPROJ_FILENAME, TINY_VIT, TextSpec().n_embd,
-                              legacy_normal(np.random.RandomState(V1_MMPROJ_SEED)), "ecso-edge tiny mobilevlm1 mmproj")
-    return text, mmproj
+    return _write_pair(out_dir, (V1_TEXT_FILENAME, V1_MMPROJ_FILENAME), TEXT_SEED + 11, "mobilevlm1",
+                       write_ldp_mmproj, V1_MMPROJ_SEED)
