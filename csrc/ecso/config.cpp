@@ -17,6 +17,14 @@ void require_step_tokens(const std::optional<int32_t> & v, const char * name) {
     }
 }
 
+// "NAME must be from MIN (WHAT MIN MEANS) to MAX (got VALUE)".
+void require_from_to(const IntRange<int32_t> & range, int32_t value, const char * name, const char * min_means) {
+    if (!range.contains(value)) {
+        throw ConfigError(std::string(name) + " must be from " + std::to_string(range.min) + " (" + min_means +
+                          ") to " + std::to_string(range.max) + " (got " + std::to_string(value) + ")");
+    }
+}
+
 }  // namespace
 
 EcsoConfig EcsoConfig::paper_preset() {
@@ -57,24 +65,13 @@ void EcsoConfig::validate() const {
     if (!ranges::kMaxImagePixels.contains(max_image_pixels)) {
         throw ConfigError("max_image_pixels must be at least " + std::to_string(ranges::kMaxImagePixels.min));
     }
-    if (!ranges::kKeepConversations.contains(keep_conversations)) {
-        throw ConfigError("keep_conversations must be from " + std::to_string(ranges::kKeepConversations.min) +
-                          " (keep none) to " + std::to_string(ranges::kKeepConversations.max) + " (got " +
-                          std::to_string(keep_conversations) + ")");
-    }
+    require_from_to(ranges::kKeepConversations, keep_conversations, "keep_conversations", "keep none");
     if (judge_continue_template.empty()) {
         throw ConfigError("judge_continue_template is empty: the continue layout needs a question");
     }
-    if (!ranges::kJudgeChunkTokens.contains(judge_chunk_tokens)) {
-        throw ConfigError("judge_chunk_tokens must be from " + std::to_string(ranges::kJudgeChunkTokens.min) +
-                          " (no token rule) to " + std::to_string(ranges::kJudgeChunkTokens.max) + " (got " +
-                          std::to_string(judge_chunk_tokens) + ")");
-    }
-    if (!ranges::kJudgeChunkTokens.contains(judge_first_chunk_tokens)) {
-        throw ConfigError("judge_first_chunk_tokens must be from " + std::to_string(ranges::kJudgeChunkTokens.min) +
-                          " (as judge_chunk_tokens) to " + std::to_string(ranges::kJudgeChunkTokens.max) + " (got " +
-                          std::to_string(judge_first_chunk_tokens) + ")");
-    }
+    require_from_to(ranges::kJudgeChunkTokens, judge_chunk_tokens, "judge_chunk_tokens", "no token rule");
+    require_from_to(ranges::kJudgeChunkTokens, judge_first_chunk_tokens, "judge_first_chunk_tokens",
+                    "as judge_chunk_tokens");
     if (!(judge_check_threshold > 0.0 && judge_check_threshold < 1.0)) {
         throw ConfigError("judge_check_threshold must be between 0 and 1, exclusive (got " +
                           std::to_string(judge_check_threshold) + ")");
