@@ -18,18 +18,14 @@ std::vector<std::shared_ptr<const SavedSequence>> SequenceStore::others(const vo
                                                                          bool accept_generated) const {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::shared_ptr<const SavedSequence>> live;
-    auto kept = published_.begin();
     for (const Published & p : published_) {
-        std::shared_ptr<const SavedSequence> entry = p.entry.lock();
-        if (!entry) {
+        if (p.owner == owner || (p.generated_cells && !accept_generated)) {
             continue;
         }
-        *kept++ = p;
-        if (p.owner != owner && (accept_generated || !p.generated_cells)) {
+        if (std::shared_ptr<const SavedSequence> entry = p.entry.lock()) {
             live.push_back(std::move(entry));
         }
     }
-    published_.erase(kept, published_.end());
     return live;
 }
 

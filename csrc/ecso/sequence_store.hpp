@@ -45,7 +45,7 @@ private:
         bool generated_cells;
     };
     mutable std::mutex mutex_;
-    mutable std::vector<Published> published_;  // expired ones are pruned on every read
+    std::vector<Published> published_;  // expired ones are dropped by the next publish
 };
 
 }  // namespace ecso
